@@ -1,0 +1,139 @@
+"""The context a ``cylon_app`` function receives as its first argument."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from .table import TableRef
+
+
+class CylonContext:
+    """One rank's view of a running ``cylon_app`` task.
+
+    The communicator is private to this task: it spans exactly the task's
+    ranks, so collectives on it never involve other tasks running beside it
+    on the same worker.  Table operations are collective: every rank of the
+    task calls them with its own partition and gets its partition of the
+    result back.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The task's communicator (a one-rank task gets one too).
+    task_id : str
+        Executor task id, used in error messages and file names.
+    name : str
+        The app's function name.
+    scratch_root : str
+        Directory under which this rank's scratch directory is made on demand.
+    data_dir : str
+        Shared-filesystem directory for tables produced by tasks.
+    gpu_ids : sequence of int
+        Devices this rank may use (also in ``CUDA_VISIBLE_DEVICES``).
+    """
+
+    def __init__(
+        self,
+        comm: Any,
+        task_id: str,
+        name: str = "",
+        scratch_root: Optional[str] = None,
+        data_dir: Optional[str] = None,
+        gpu_ids: Sequence[int] = (),
+        options: Optional[dict] = None,
+    ) -> None:
+        self.comm = comm
+        self.rank: int = comm.Get_rank()
+        self.size: int = comm.Get_size()
+        self.task_id = task_id
+        self.name = name
+        self.data_dir = data_dir
+        self.gpu_ids: Tuple[int, ...] = tuple(gpu_ids)
+        self.options = dict(options or {})
+        self._scratch_root = scratch_root
+        self._scratch: Optional[Path] = None
+
+    def __repr__(self) -> str:
+        return f"CylonContext(task={self.task_id!r}, rank={self.rank}, size={self.size})"
+
+    @property
+    def scratch(self) -> Path:
+        """A directory private to this rank of this task, made on first use."""
+        if self._scratch is None:
+            root = Path(self._scratch_root or os.environ.get("TMPDIR", "/tmp"))
+            self._scratch = root / f"{self.task_id}.rank{self.rank}"
+            self._scratch.mkdir(parents=True, exist_ok=True)
+        return self._scratch
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    # -- distributed table operations (parsl_rcylon.engine) -----------------
+
+    def shuffle(self, table: "pa.Table", on: Union[str, List[str]]) -> "pa.Table":
+        """Hash-partition rows by ``on`` across the task's ranks."""
+        from . import engine
+
+        return engine.shuffle(self.comm, table, on)
+
+    def join(self, left: "pa.Table", right: "pa.Table", on=None, *, left_on=None,
+             right_on=None, how: str = "inner", suffixes: Tuple[str, str] = ("", "_right")) -> "pa.Table":
+        """Distributed join of two partitioned tables."""
+        from . import engine
+
+        return engine.join(self.comm, left, right, on=on, left_on=left_on, right_on=right_on,
+                           how=how, suffixes=suffixes)
+
+    def sort(self, table: "pa.Table", by, ascending: Union[bool, List[bool]] = True,
+             nulls_last: bool = True) -> "pa.Table":
+        """Global sort: ranks 0..size-1 hold consecutive, balanced runs."""
+        from . import engine
+
+        return engine.sort(self.comm, table, by, ascending=ascending, nulls_last=nulls_last)
+
+    def groupby(self, table: "pa.Table", keys, aggs) -> "pa.Table":
+        """Distributed group-by with pyarrow's aggregation names (``v_sum``)."""
+        from . import engine
+
+        return engine.groupby(self.comm, table, keys, aggs)
+
+    def unique(self, table: "pa.Table", subset=None) -> "pa.Table":
+        from . import engine
+
+        return engine.unique(self.comm, table, subset=subset)
+
+    def concat(self, tables: Sequence["pa.Table"]) -> "pa.Table":
+        from . import engine
+
+        return engine.concat(self.comm, tables)
+
+    def rebalance(self, table: "pa.Table") -> "pa.Table":
+        from . import engine
+
+        return engine.rebalance(self.comm, table)
+
+    def num_rows(self, table: "pa.Table") -> int:
+        from . import engine
+
+        return engine.num_rows(self.comm, table)
+
+    def gather(self, table: "pa.Table", root: int = 0) -> Optional["pa.Table"]:
+        from . import engine
+
+        return engine.gather(self.comm, table, root=root)
+
+    def cylon_env(self) -> Any:
+        """A pycylon ``CylonEnv`` on this task's communicator (needs pycylon)."""
+        from . import engine
+
+        return engine.cylon_env(self.comm)
+
+    # -- data plane (parsl_rcylon.table) -------------------------------------
+
+    def read(self, ref: "TableRef", columns: Optional[List[str]] = None, filter: Any = None) -> "pa.Table":
+        """This rank's share of ``ref``, with column projection and a filter pushed down."""
+        return ref.read_share(self.rank, self.size, columns=columns, filter=filter)

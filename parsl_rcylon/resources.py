@@ -1,0 +1,65 @@
+"""Resource specifications of tasks: how many ranks, cores and GPUs each needs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Optional
+
+from parsl.executors.errors import InvalidResourceSpecification
+
+#: Keys a ``parsl_resource_specification`` may hold for this executor.
+KNOWN_KEYS = frozenset({"ranks", "num_ranks", "cores_per_rank", "gpus_per_rank", "pool"})
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What one task needs from a worker pool.
+
+    Parameters
+    ----------
+    ranks : int
+        MPI ranks of the task's private communicator.
+    cores_per_rank : int
+        Cores each rank uses (threads inside a rank).
+    gpus_per_rank : int
+        GPUs each rank sees.
+    pool : str, optional
+        Name of the worker pool the task must run in.
+    """
+
+    ranks: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: int = 0
+    pool: Optional[str] = None
+
+    @classmethod
+    def from_mapping(cls, spec: Optional[Mapping[str, Any]], where: str = "task") -> "ResourceSpec":
+        """Validate a user's mapping and build a spec; raise on any bad key or value."""
+        spec = dict(spec or {})
+        unknown = set(spec) - KNOWN_KEYS
+        if unknown:
+            raise InvalidResourceSpecification(
+                unknown, f"{where}: unknown key(s); known keys are {sorted(KNOWN_KEYS)}"
+            )
+        if "num_ranks" in spec:
+            if "ranks" in spec and spec["ranks"] != spec["num_ranks"]:
+                raise InvalidResourceSpecification(
+                    {"ranks", "num_ranks"}, f"{where}: ranks and num_ranks disagree"
+                )
+            spec["ranks"] = spec.pop("num_ranks")
+        values = {}
+        for key, minimum in (("ranks", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):
+            if key not in spec:
+                continue
+            value = spec[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InvalidResourceSpecification(
+                    {key}, f"{where}: {key} must be an integer >= {minimum}, got {value!r}"
+                )
+            values[key] = value
+        pool = spec.get("pool")
+        if pool is not None and not isinstance(pool, str):
+            raise InvalidResourceSpecification({"pool"}, f"{where}: pool must be a name, got {pool!r}")
+        return cls(pool=pool, **values)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}

@@ -1,0 +1,110 @@
+"""Offline Radical Pilot configuration for the executor's run directory.
+
+Radical Pilot reads resource configurations from its package and from
+``$RADICAL_CONFIG_USER_DIR/.radical/pilot/configs``, reuses the client's
+virtualenv only when ``VIRTUAL_ENV`` names it, and looks ``mpiexec`` up with
+the virtualenv removed from ``PATH``.  Everything here makes a local pilot
+work with no user setup and keeps its artifacts under Parsl's ``run_dir``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+#: Radical Pilot releases this runtime was written and tested against.
+SUPPORTED_RP = ((1, 103), (1, 104))
+
+
+class RadicalVersionError(RuntimeError):
+    """The installed Radical Pilot is outside the tested release range."""
+
+
+def check_radical_version() -> str:
+    """Return the Radical Pilot version, or raise if it is not supported."""
+    import radical.pilot as rp
+
+    version = rp.version_short if hasattr(rp, "version_short") else rp.version
+    parts = tuple(int(p) for p in str(version).split(".")[:2])
+    if not SUPPORTED_RP[0] <= parts < SUPPORTED_RP[1]:
+        raise RadicalVersionError(
+            f"parsl_rcylon needs radical.pilot >=1.103,<1.104 (found {version}); "
+            "install the tested release with: pip install 'radical.pilot>=1.103,<1.104'"
+        )
+    return str(version)
+
+
+def python_environment() -> Dict[str, str]:
+    """Environment variables that make RP reuse this interpreter's environment."""
+    env: Dict[str, str] = {}
+    if sys.prefix != sys.base_prefix and not os.environ.get("VIRTUAL_ENV"):
+        env["VIRTUAL_ENV"] = sys.prefix
+    return env
+
+
+def mpi_bin_dir() -> Optional[str]:
+    """Directory of the ``mpiexec`` this interpreter should use."""
+    venv_bin = Path(sys.prefix) / "bin"
+    if (venv_bin / "mpiexec").exists():
+        return str(venv_bin)
+    found = shutil.which("mpiexec")
+    return str(Path(found).parent) if found else None
+
+
+def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the user resource config that RP deep-merges over its own.
+
+    ``overrides`` maps resource names of ``resource_local.json`` (for example
+    ``localhost``) to keys to merge; the MPI launcher path is always added so
+    that RP finds the ``mpiexec`` that matches this interpreter's mpi4py.
+    """
+    target = config_dir / ".radical" / "pilot" / "configs"
+    target.mkdir(parents=True, exist_ok=True)
+    localhost: Dict[str, Any] = {
+        "launch_methods": {"order": ["FORK", "MPIEXEC"], "FORK": {}, "MPIEXEC": {}},
+    }
+    bindir = mpi_bin_dir()
+    if bindir:
+        localhost["launch_methods"]["MPIEXEC"] = {
+            "pre_exec_cached": [f"export PATH={bindir}:$PATH"]
+        }
+    merged: Dict[str, Dict[str, Any]] = {"localhost": localhost}
+    for name, extra in (overrides or {}).items():
+        merged.setdefault(name, {}).update(extra)
+    path = target / "resource_local.json"
+    path.write_text(json.dumps(merged, indent=2))
+    return path
+
+
+def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Point RP at a config dir under ``base`` and at this interpreter.
+
+    Returns the variables that were set, so the caller can log them.
+    """
+    config_dir = base / "radical_config"
+    write_user_config(config_dir, overrides)
+    env = python_environment()
+    env["RADICAL_CONFIG_USER_DIR"] = str(config_dir)
+    # RP's reporter draws progress bars on stdout; Parsl owns the terminal.
+    env.setdefault("RADICAL_REPORT", os.environ.get("RADICAL_REPORT", "False"))
+    os.environ.update(env)
+    _keep_psij_under(base)
+    logger.debug("Radical Pilot environment: %s", env)
+    return env
+
+
+def _keep_psij_under(base: Path) -> None:
+    # PSI/J, which RP uses to launch pilots, writes job files to ~/.psij/work
+    # unless its default is changed before the first executor is made.
+    try:
+        from psij.job_executor_config import JobExecutorConfig
+    except ImportError:  # older RP launch paths do not use PSI/J
+        return
+    JobExecutorConfig.DEFAULT_WORK_DIRECTORY = base / "psij"
+    JobExecutorConfig.DEFAULT = JobExecutorConfig(work_directory=base / "psij")
