@@ -74,54 +74,54 @@ class CylonContext:
 
     # -- distributed table operations (parsl_rcylon.engine) -----------------
 
-    def shuffle(self, table: "pa.Table", on: Union[str, List[str]]) -> "pa.Table":
+    def shuffle(self, table: pa.Table, on: Union[str, List[str]]) -> pa.Table:
         """Hash-partition rows by ``on`` across the task's ranks."""
         from . import engine
 
         return engine.shuffle(self.comm, table, on)
 
-    def join(self, left: "pa.Table", right: "pa.Table", on=None, *, left_on=None,
-             right_on=None, how: str = "inner", suffixes: Tuple[str, str] = ("", "_right")) -> "pa.Table":
+    def join(self, left: pa.Table, right: pa.Table, on=None, *, left_on=None,
+             right_on=None, how: str = "inner", suffixes: Tuple[str, str] = ("", "_right")) -> pa.Table:
         """Distributed join of two partitioned tables."""
         from . import engine
 
         return engine.join(self.comm, left, right, on=on, left_on=left_on, right_on=right_on,
                            how=how, suffixes=suffixes)
 
-    def sort(self, table: "pa.Table", by, ascending: Union[bool, List[bool]] = True,
-             nulls_last: bool = True) -> "pa.Table":
+    def sort(self, table: pa.Table, by, ascending: Union[bool, List[bool]] = True,
+             nulls_last: bool = True) -> pa.Table:
         """Global sort: ranks 0..size-1 hold consecutive, balanced runs."""
         from . import engine
 
         return engine.sort(self.comm, table, by, ascending=ascending, nulls_last=nulls_last)
 
-    def groupby(self, table: "pa.Table", keys, aggs) -> "pa.Table":
+    def groupby(self, table: pa.Table, keys, aggs) -> pa.Table:
         """Distributed group-by with pyarrow's aggregation names (``v_sum``)."""
         from . import engine
 
         return engine.groupby(self.comm, table, keys, aggs)
 
-    def unique(self, table: "pa.Table", subset=None) -> "pa.Table":
+    def unique(self, table: pa.Table, subset=None) -> pa.Table:
         from . import engine
 
         return engine.unique(self.comm, table, subset=subset)
 
-    def concat(self, tables: Sequence["pa.Table"]) -> "pa.Table":
+    def concat(self, tables: Sequence[pa.Table]) -> pa.Table:
         from . import engine
 
         return engine.concat(self.comm, tables)
 
-    def rebalance(self, table: "pa.Table") -> "pa.Table":
+    def rebalance(self, table: pa.Table) -> pa.Table:
         from . import engine
 
         return engine.rebalance(self.comm, table)
 
-    def num_rows(self, table: "pa.Table") -> int:
+    def num_rows(self, table: pa.Table) -> int:
         from . import engine
 
         return engine.num_rows(self.comm, table)
 
-    def gather(self, table: "pa.Table", root: int = 0) -> Optional["pa.Table"]:
+    def gather(self, table: pa.Table, root: int = 0) -> Optional[pa.Table]:
         from . import engine
 
         return engine.gather(self.comm, table, root=root)
@@ -134,6 +134,6 @@ class CylonContext:
 
     # -- data plane (parsl_rcylon.table) -------------------------------------
 
-    def read(self, ref: "TableRef", columns: Optional[List[str]] = None, filter: Any = None) -> "pa.Table":
+    def read(self, ref: TableRef, columns: Optional[List[str]] = None, filter: Any = None) -> pa.Table:
         """This rank's share of ``ref``, with column projection and a filter pushed down."""
         return ref.read_share(self.rank, self.size, columns=columns, filter=filter)

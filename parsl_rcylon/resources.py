@@ -32,7 +32,7 @@ class ResourceSpec:
     pool: Optional[str] = None
 
     @classmethod
-    def from_mapping(cls, spec: Optional[Mapping[str, Any]], where: str = "task") -> "ResourceSpec":
+    def from_mapping(cls, spec: Optional[Mapping[str, Any]], where: str = "task") -> ResourceSpec:
         """Validate a user's mapping and build a spec; raise on any bad key or value."""
         spec = dict(spec or {})
         unknown = set(spec) - KNOWN_KEYS
@@ -63,3 +63,43 @@ class ResourceSpec:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """A set of warm RAPTOR MPI workers that tasks of one kind run on.
+
+    Parameters
+    ----------
+    name : str
+        Name tasks can ask for with ``pool=``.
+    ranks : int
+        Ranks of each worker of the pool; the largest task the pool can hold.
+    workers : int
+        How many such workers the pool keeps.
+    cores_per_rank : int
+        Cores reserved for each rank.
+    gpus_per_rank : int
+        GPUs given to each rank (``CUDA_VISIBLE_DEVICES``).
+    ranks_per_node : int, optional
+        Ranks placed on one node; by default as many as the node's cores allow.
+    """
+
+    name: str = "default"
+    ranks: int = 4
+    workers: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: int = 0
+    ranks_per_node: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for key, minimum in (("ranks", 1), ("workers", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"WorkerPool {self.name!r}: {key} must be an integer >= {minimum}, got {value!r}")
+        if self.ranks_per_node is not None and self.ranks_per_node < 1:
+            raise ValueError(f"WorkerPool {self.name!r}: ranks_per_node must be >= 1")
+
+    @property
+    def cores(self) -> int:
+        return self.ranks * self.workers * self.cores_per_rank

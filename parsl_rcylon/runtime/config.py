@@ -91,6 +91,12 @@ def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) 
     write_user_config(config_dir, overrides)
     env = python_environment()
     env["RADICAL_CONFIG_USER_DIR"] = str(config_dir)
+    # RP starts its bridges and agents by command name (radical-pilot-bridge,
+    # radical-pilot-agent_0): they live next to this interpreter.
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in path:
+        env["PATH"] = os.pathsep.join([bindir] + path)
     # RP's reporter draws progress bars on stdout; Parsl owns the terminal.
     env.setdefault("RADICAL_REPORT", os.environ.get("RADICAL_REPORT", "False"))
     os.environ.update(env)

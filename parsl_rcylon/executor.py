@@ -1,0 +1,460 @@
+"""RadicalCylonExecutor: Parsl tasks as MPI tasks on warm Radical Pilot workers."""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import psutil
+import typeguard
+from parsl.executors.base import ParslExecutor
+from parsl.executors.errors import InvalidResourceSpecification
+from parsl.serialize import pack_apply_message
+from parsl.utils import RepresentationMixin
+
+from .errors import ExecutorShutdown, StartupError, WorkerLost
+from .resources import ResourceSpec, WorkerPool
+from .runtime import config as rp_config
+from .runtime import protocol
+from .runtime.dispatcher import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_RESOURCES = ("local.localhost",)
+_FINAL = ("DONE", "FAILED", "CANCELED")
+
+
+class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
+    """Run Parsl apps as MPI tasks on warm RAPTOR workers inside a Radical Pilot pilot.
+
+    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and
+    the MPI workers of each pool, and returns once every worker rank is ready.
+    ``@cylon_app`` calls run on as many ranks of a worker as they ask for, with
+    a communicator of their own; plain ``python_app`` and ``bash_app`` calls
+    run on one rank, so a whole pipeline lives in one pilot.
+
+    Parameters
+    ----------
+    label : str
+        Executor label apps refer to.
+    resource : str
+        Radical Pilot resource label (``local.localhost``, ``ornl.frontier``, ...).
+    worker_ranks : int, optional
+        Ranks of the single default worker.  Locally: the machine's cores, at
+        least 4 (a small machine is oversubscribed so that 3- and 4-rank tasks
+        run on a laptop).
+    pools : list of WorkerPool, optional
+        Replace the default worker with these pools.
+    data_dir : str, optional
+        Shared-filesystem directory for tables passed between stages; default
+        ``<run_dir>/<label>/data``.
+    runtime : int
+        Pilot walltime in minutes.
+    project, queue, access_schema : str, optional
+        Batch-system settings passed to the pilot description.
+    pilot_options : dict, optional
+        Further ``radical.pilot.PilotDescription`` keys.
+    address : str, optional
+        Address worker ranks use to reach this process; ``127.0.0.1`` for
+        local pilots, this host's name otherwise.
+    heartbeat_period, heartbeat_threshold : float
+        Seconds between heartbeats, and the silence after which the pilot's
+        processes assume this client died and end themselves.
+    start_timeout : float
+        Seconds ``start()`` waits for the pilot and workers before failing.
+    table_options : dict, optional
+        Defaults for tables written by tasks (``format``, ``compression``, ...).
+    """
+
+    @typeguard.typechecked
+    def __init__(
+        self,
+        label: str = "rcylon",
+        resource: str = "local.localhost",
+        worker_ranks: Optional[int] = None,
+        pools: Optional[Sequence[WorkerPool]] = None,
+        data_dir: Optional[str] = None,
+        runtime: int = 24 * 60,
+        project: Optional[str] = None,
+        queue: Optional[str] = None,
+        access_schema: Optional[str] = None,
+        pilot_options: Optional[Dict[str, Any]] = None,
+        address: Optional[str] = None,
+        heartbeat_period: float = 2.0,
+        heartbeat_threshold: float = 30.0,
+        start_timeout: float = 300.0,
+        table_options: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        ParslExecutor.__init__(self)
+        self.label = label
+        self.resource = resource
+        if worker_ranks is not None and worker_ranks < 1:
+            raise ValueError(f"worker_ranks must be >= 1, got {worker_ranks}")
+        if pools is not None and worker_ranks is not None:
+            raise ValueError("give either worker_ranks or pools, not both")
+        self.worker_ranks = worker_ranks
+        self.pools: List[WorkerPool] = list(pools) if pools else [
+            WorkerPool(name="default", ranks=worker_ranks or max(4, os.cpu_count() or 1))]
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        self.data_dir = data_dir
+        self.runtime = runtime
+        self.project = project
+        self.queue = queue
+        self.access_schema = access_schema
+        self.pilot_options = dict(pilot_options or {})
+        self.address = address
+        self.heartbeat_period = heartbeat_period
+        self.heartbeat_threshold = heartbeat_threshold
+        self.start_timeout = start_timeout
+        self.table_options = dict(table_options or {})
+
+        self._ids = itertools.count()
+        self._dispatcher: Optional[Dispatcher] = None
+        self._session = None
+        self._pmgr = None
+        self._tmgr = None
+        self._pilot = None
+        self._workers: Dict[str, Any] = {}
+        self._master = None
+        self._startup_failure: Optional[str] = None
+        self._shutdown_lock = threading.Lock()
+        self._is_shutdown = False
+        self.timings: Dict[str, float] = {}
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        """Where this executor keeps every Radical Pilot artifact."""
+        return Path(self.run_dir) / self.label
+
+    @property
+    def session_id(self) -> Optional[str]:
+        return self._session.uid if self._session is not None else None
+
+    @property
+    def is_local(self) -> bool:
+        return self.resource in _LOCAL_RESOURCES
+
+    def start(self) -> None:
+        """Start session, pilot, master and workers; return when every rank is ready."""
+        t0 = time.monotonic()
+        rp_config.check_radical_version()
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.data_dir or str(self.base_dir / "data")
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        import radical.pilot as rp
+
+        bind = "127.0.0.1" if self.is_local else "*"
+        advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
+        self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period)
+        self._dispatcher.start()
+        try:
+            self._session = rp.Session(cfg={"base": str(self.base_dir)})
+            self.timings["session"] = time.monotonic() - t0
+            self._pmgr = rp.PilotManager(session=self._session)
+            self._tmgr = rp.TaskManager(session=self._session)
+            self._pmgr.register_callback(self._pilot_state_cb)
+            self._tmgr.register_callback(self._task_state_cb)
+            self._pilot = self._pmgr.submit_pilots(rp.PilotDescription(self._pilot_description()))
+            self._tmgr.add_pilots(self._pilot)
+            self._submit_master_and_workers(rp)
+            logger.info("%s: session %s, pilot %s submitted; waiting for %d worker(s)", self.label,
+                        self._session.uid, self._pilot.uid, len(self._workers))
+            t1 = time.monotonic()
+            self._pilot.wait(state=[rp.PMGR_ACTIVE] + list(rp.FINAL), timeout=self.start_timeout)
+            self.timings["pilot"] = time.monotonic() - t1
+            if self._startup_failure is None and self._pilot.state != rp.PMGR_ACTIVE:
+                self._startup_failure = f"pilot {self._pilot.uid} is {self._pilot.state}" + \
+                    _tail_files(self._pilot_logs())
+            t2 = time.monotonic()
+            left = max(1.0, self.start_timeout - (t2 - t0))
+            self._dispatcher.wait_ready(left, lambda: self._startup_failure)
+            self.timings["workers"] = time.monotonic() - t2
+        except BaseException as exc:
+            reason = str(exc)
+            if self._pilot is not None and "pilot" not in reason:
+                reason += _tail_files(self._pilot_logs())
+            logger.error("%s: start failed: %s", self.label, reason)
+            self.shutdown()
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise StartupError(self, reason) from exc
+        self.timings["start"] = time.monotonic() - t0
+        logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
+                    ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+
+    def _resource_overrides(self) -> Dict[str, Any]:
+        if not self.is_local:
+            return {}
+        # One fake node big enough for the master and every worker rank: a
+        # laptop is oversubscribed rather than refusing 4-rank tasks.
+        cores = 1 + sum(p.cores for p in self.pools)
+        gpus = max(p.gpus_per_rank * p.ranks * p.workers for p in self.pools)
+        return {"localhost": {"cores_per_node": max(cores, os.cpu_count() or 1),
+                              "gpus_per_node": gpus, "fake_resources": True}}
+
+    def _pilot_description(self) -> Dict[str, Any]:
+        pd: Dict[str, Any] = {
+            "resource": self.resource,
+            "runtime": self.runtime,
+            "exit_on_error": False,
+            "sandbox": str(self.base_dir / "sandbox"),
+        }
+        if self.is_local:
+            pd["cores"] = 1 + sum(p.cores for p in self.pools)
+            pd["gpus"] = sum(p.gpus_per_rank * p.ranks * p.workers for p in self.pools)
+        for key in ("project", "queue", "access_schema"):
+            if getattr(self, key):
+                pd[key] = getattr(self, key)
+        pd.update(self.pilot_options)
+        return pd
+
+    def _runtime_environment(self) -> Dict[str, str]:
+        env = {
+            protocol.ENV_ADDRESS: self._dispatcher.address,
+            protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
+            protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
+            "PYTHONUNBUFFERED": "1",
+        }
+        # The workers import the user's modules the same way the client does.
+        path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        cwd = os.getcwd()
+        if cwd not in path:
+            path.append(cwd)
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        return env
+
+    def _submit_master_and_workers(self, rp) -> None:
+        from .runtime import master, worker
+
+        env = self._runtime_environment()
+        md = rp.TaskDescription({
+            "uid": f"{self.label}.master",
+            "mode": rp.RAPTOR_MASTER,
+            "raptor_file": master.__file__,
+            "raptor_class": "CylonMaster",
+            "ranks": 1,
+            "environment": dict(env),
+        })
+        self._master = self._tmgr.submit_raptors(md)[0]
+        descriptions = []
+        for pool in self.pools:
+            for i in range(pool.workers):
+                uid = f"{self.label}.{pool.name}.worker.{i:03d}"
+                wd = {
+                    "uid": uid,
+                    "mode": rp.RAPTOR_WORKER,
+                    "raptor_id": self._master.uid,
+                    "raptor_file": worker.__file__,
+                    "raptor_class": "CylonWorker",
+                    "ranks": pool.ranks,
+                    "cores_per_rank": pool.cores_per_rank,
+                    "environment": dict(env, **{protocol.ENV_POOL: pool.name}),
+                }
+                if pool.gpus_per_rank:
+                    wd["gpus_per_rank"] = pool.gpus_per_rank
+                    wd["gpu_type"] = rp.CUDA
+                descriptions.append(rp.TaskDescription(wd))
+                self._dispatcher.expect_worker(uid, pool.ranks, pool.name, pool.gpus_per_rank)
+        for task in self._tmgr.submit_workers(descriptions):
+            self._workers[task.uid] = task
+
+    def _pilot_state_cb(self, pilot, state) -> None:
+        if state in _FINAL and not self._is_shutdown:
+            reason = f"pilot {pilot.uid} is {state}" + _tail_files(self._pilot_logs())
+            self._startup_failure = self._startup_failure or reason
+            for uid in self._workers:
+                self._dispatcher.worker_failed(uid, reason)
+
+    def _task_state_cb(self, task, state) -> None:
+        if task.uid not in self._workers and task.uid != getattr(self._master, "uid", None):
+            return
+        logger.debug("%s: %s is %s", self.label, task.uid, state)
+        if state not in _FINAL or self._is_shutdown:
+            return
+        reason = f"{task.uid} is {state}" + _tail_files(_task_logs(task))
+        if task.uid in self._workers:
+            self._dispatcher.worker_failed(task.uid, reason)
+        else:
+            for uid in self._workers:
+                self._dispatcher.worker_failed(uid, f"RAPTOR master ended: {reason}")
+        self._startup_failure = self._startup_failure or reason
+
+    def _pilot_logs(self) -> List[Path]:
+        sandbox = _sandbox_path(self._pilot)
+        if sandbox is None:
+            return []
+        return [sandbox / name for name in ("bootstrap_0.err", "agent_0.err", "bootstrap_0.out")]
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def validate_resource_specification(self, spec: Dict[str, Any], cylon: bool = True,
+                                        name: str = "task") -> ResourceSpec:
+        """Parse ``spec`` and check that some pool of this executor can ever hold it."""
+        parsed = ResourceSpec.from_mapping(spec, where=name)
+        if not cylon and parsed.ranks > 1:
+            raise InvalidResourceSpecification(
+                {"ranks"}, f"{name}: a plain python/bash app runs on one rank; use @cylon_app for "
+                           f"{parsed.ranks} ranks")
+        pools = {p.name: p for p in self.pools}
+        if parsed.pool is not None and parsed.pool not in pools:
+            raise InvalidResourceSpecification({"pool"}, f"{name}: no pool named {parsed.pool!r}; "
+                                                         f"pools are {_describe(self.pools)}")
+        fitting = [p for p in self.pools
+                   if (parsed.pool is None or p.name == parsed.pool)
+                   and p.ranks >= parsed.ranks and p.gpus_per_rank >= parsed.gpus_per_rank
+                   and (parsed.gpus_per_rank > 0 or parsed.pool is not None or p.gpus_per_rank == 0
+                        or all(q.gpus_per_rank for q in self.pools))]
+        if not fitting:
+            keys = {"ranks"} if parsed.gpus_per_rank == 0 else {"ranks", "gpus_per_rank"}
+            raise InvalidResourceSpecification(
+                keys, f"{name} needs {parsed.ranks} rank(s) with {parsed.gpus_per_rank} GPU(s) each; "
+                      f"no pool of executor {self.label!r} can hold it: {_describe(self.pools)}")
+        return parsed
+
+    def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
+        """Send one app call to the workers; the future resolves to rank 0's value."""
+        if self._dispatcher is None or self._is_shutdown:
+            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+        cylon = bool(getattr(func, "__rcylon_cylon__", False))
+        name = getattr(func, "__name__", "task")
+        spec = self.validate_resource_specification(resource_specification, cylon=cylon, name=name)
+        uid = f"{self.label}.task.{next(self._ids):06d}"
+        kwargs.pop("parsl_resource_specification", None)
+        message = {
+            "uid": uid,
+            "name": name,
+            "cylon": cylon,
+            "payload": pack_apply_message(func, args, kwargs),
+            "data_dir": self.data_dir,
+            "scratch_dir": str(self.base_dir / "scratch"),
+            "options": dict(self.table_options, **getattr(func, "__rcylon_options__", {})),
+        }
+        fut = self._dispatcher.submit(uid, spec, message)
+        fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
+        return fut
+
+    def status(self) -> Dict[str, Dict[str, int]]:
+        """Per pool: ranks, busy and idle ranks, queued and running tasks."""
+        return self._dispatcher.stats() if self._dispatcher else {}
+
+    def monitor_resources(self) -> bool:
+        return False
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop workers, master and pilot, close the session, and end leftovers.
+
+        Pending and running tasks fail with ``ExecutorShutdown``.  Safe to call
+        more than once and after a failed ``start()``.
+        """
+        with self._shutdown_lock:
+            if self._is_shutdown:
+                return
+            self._is_shutdown = True
+        t0 = time.monotonic()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+        sid = self.session_id
+        closers = (("task manager", self._tmgr, {}), ("pilot manager", self._pmgr, {"terminate": True}),
+                   ("session", self._session, {"download": False}))
+        for what, obj, kwargs in closers:
+            if obj is None:
+                continue
+            try:
+                obj.close(**kwargs)
+            except Exception:
+                logger.exception("%s: closing the %s failed", self.label, what)
+        if sid:
+            ended = end_session_processes(sid)
+            if ended:
+                logger.warning("%s: ended %d leftover process(es) of session %s: %s",
+                               self.label, len(ended), sid, ended)
+        self.timings["shutdown"] = time.monotonic() - t0
+        logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
+        super().shutdown()
+
+
+def session_processes(sid: str) -> List[psutil.Process]:
+    """Processes whose environment says they belong to Radical Pilot session ``sid``."""
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get("RP_SESSION_ID") == sid:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def end_session_processes(sid: str, grace: float = 2.0) -> List[int]:
+    """SIGTERM, then SIGKILL, what is left of session ``sid``; return their PIDs."""
+    procs = session_processes(sid)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return [p.pid for p in procs]
+
+
+def _describe(pools: Sequence[WorkerPool]) -> str:
+    return ", ".join(f"{p.name} ({p.workers} x {p.ranks} ranks, {p.gpus_per_rank} GPU/rank)" for p in pools)
+
+
+def _this_host() -> str:
+    import socket
+
+    return socket.getfqdn()
+
+
+def _sandbox_path(thing) -> Optional[Path]:
+    try:
+        url = thing.sandbox if hasattr(thing, "sandbox") else None
+    except Exception:
+        return None
+    if not url:
+        return None
+    path = str(url).replace("file://localhost", "").replace("file://", "")
+    return Path(path)
+
+
+def _task_logs(task) -> List[Path]:
+    sandbox = _sandbox_path(task)
+    if sandbox is None:
+        return []
+    return [sandbox / f"{task.uid}.err", sandbox / f"{task.uid}.out"]
+
+
+def _tail_files(paths: Sequence[Path], limit: int = 2000) -> str:
+    parts = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")[-limit:].strip()
+        except OSError:
+            continue
+        if text:
+            parts.append(f"\n--- {path} (last {limit} chars) ---\n{text}")
+    return "".join(parts)
+
+
+__all__ = ["RadicalCylonExecutor", "WorkerLost", "session_processes", "end_session_processes"]
