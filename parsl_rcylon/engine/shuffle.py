@@ -1,0 +1,131 @@
+"""Hash partitioning of rows across ranks."""
+from __future__ import annotations
+
+import logging
+from typing import List, Sequence, Union
+
+import pyarrow as pa
+from mpi4py import MPI
+
+from .hashing import hash_rows, split_by_partition, to_partitions
+from .transport import agree, exchange_tables
+from .validation import (
+    as_column_list,
+    canonical_schema,
+    check_columns,
+    check_hashable,
+    check_same_schema,
+    check_table,
+    conform,
+    signature,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def hash_partition(
+    comm: MPI.Intracomm,
+    table: pa.Table,
+    keys: Sequence[str],
+    nbuckets: int = 1,
+    nulls_stay: bool = False,
+) -> List[pa.Table]:
+    """Exchange rows so that equal keys meet on one rank, in one local bucket.
+
+    Collective; the caller has already validated and conformed ``table``.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        Communicator.
+    table : pyarrow.Table
+        This rank's rows.
+    keys : sequence of str
+        Key columns.
+    nbuckets : int
+        Local buckets per rank: rows are split into ``size * nbuckets`` hash
+        partitions, so a local kernel can then work on cache-sized pieces
+        without a second partitioning pass.
+    nulls_stay : bool
+        Keep rows with a null key on this rank (bucket 0).  Right for joins,
+        where a null key matches nothing, and it keeps a column full of nulls
+        from piling onto one rank.  Grouping needs them together instead.
+
+    Returns
+    -------
+    list of pyarrow.Table
+        One table per local bucket; rows arrive in source-rank order and keep
+        their order within each source.
+    """
+    size, rank = comm.Get_size(), comm.Get_rank()
+    nparts = size * nbuckets
+    if nparts == 1:
+        return [table]
+    hashes, any_null = hash_rows(table, keys)
+    parts = to_partitions(hashes, nparts)
+    del hashes
+    if nulls_stay and any_null is not None:
+        parts[any_null] = rank * nbuckets
+    pieces = split_by_partition(table, parts, nparts)
+    del parts
+    if size == 1:
+        return pieces
+    per_rank = [pieces[d * nbuckets : (d + 1) * nbuckets] for d in range(size)]
+    del pieces
+    received = exchange_tables(comm, per_rank)
+    del per_rank
+    return [_concat(bucket) for bucket in received]
+
+
+def _concat(tables: List[pa.Table]) -> pa.Table:
+    non_empty = [t for t in tables if t.num_rows]
+    if not non_empty:
+        return tables[0]
+    if len(non_empty) == 1:
+        return non_empty[0]
+    return pa.concat_tables(non_empty)
+
+
+def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]]) -> pa.Table:
+    """Hash-partition rows by key column(s) across the ranks.
+
+    Every row with a given key (nulls included, all alike) ends up on the same
+    rank; which rank is a function of the key only.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The task's communicator; collective over all its ranks.
+    table : pyarrow.Table
+        This rank's partition (may be empty).
+    on : str or list of str
+        Key column(s).
+
+    Returns
+    -------
+    pyarrow.Table
+        This rank's partition of the shuffled table: rows from rank 0 first,
+        then rank 1, ..., each in its original order.
+
+    Raises
+    ------
+    MissingColumnError, UnsupportedTypeError, SchemaMismatchError, InvalidArgumentError
+        On every rank, when any rank's input is bad.
+    """
+
+    def validate() -> tuple:
+        check_table(table, "table")
+        keys = as_column_list(on, "on")
+        check_columns(table, keys, "table")
+        check_hashable(table, keys, "table")
+        return signature(table.schema), table.num_rows
+
+    consensus = agree(comm, "shuffle", validate)
+    check_same_schema("shuffle", "table", [m[0] for m in consensus.metas])
+    keys = as_column_list(on, "on")
+    schema = canonical_schema(table.schema)
+    return hash_partition(comm, conform(table, schema), keys)[0]
+
+
+__all__ = ["shuffle", "hash_partition"]
+

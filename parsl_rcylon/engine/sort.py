@@ -1,0 +1,381 @@
+"""Distributed sample sort."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from mpi4py import MPI
+
+from .errors import InvalidArgumentError, UnsupportedTypeError
+from .hashing import split_by_partition
+from .transport import agree, exchange_tables
+from .validation import canonical_schema, check_columns, check_same_schema, check_table, conform, signature
+
+logger = logging.getLogger(__name__)
+
+#: Sample rows each rank contributes to the splitter choice.  With regular
+#: (evenly spaced) samples weighted by the rank's row count, 256 per rank keeps
+#: partitions within a few percent of the mean on uniform keys.
+SAMPLES_PER_RANK = 256
+
+_PA_MAJOR = int(pa.__version__.split(".")[0])
+_ORDERS = {"ascending": False, "descending": True}
+
+By = Union[str, Sequence[Union[str, Tuple[str, str], Tuple[str, str, str]]]]
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """One sort column: name, direction and where its nulls go."""
+
+    name: str
+    descending: bool
+    nulls_last: bool
+
+    @property
+    def order(self) -> str:
+        return "descending" if self.descending else "ascending"
+
+    @property
+    def placement(self) -> str:
+        return "at_end" if self.nulls_last else "at_start"
+
+
+def parse_sort_keys(
+    by: By, ascending: Union[bool, Sequence[bool]] = True, nulls_last: bool = True
+) -> List[SortKey]:
+    """Normalise ``by``/``ascending``/``nulls_last`` into :class:`SortKey` objects.
+
+    ``by`` is a column name, a list of names, or pyarrow-style
+    ``[("key", "ascending"), ...]`` (a third item ``"at_start"``/``"at_end"``
+    overrides ``nulls_last`` for that key).  Names take their direction from
+    ``ascending``: one bool for all, or one per name.
+    """
+    if not isinstance(nulls_last, (bool, np.bool_)):
+        raise InvalidArgumentError(f"nulls_last must be a bool, got {nulls_last!r}")
+    items = [by] if isinstance(by, (str, tuple)) else list(by) if by is not None else []
+    if not items:
+        raise InvalidArgumentError(f"by must name at least one column, got {by!r}")
+    names_only = [i for i in items if isinstance(i, str)]
+    if isinstance(ascending, (bool, np.bool_)):
+        directions = [bool(ascending)] * len(names_only)
+    else:
+        directions = list(ascending)
+        if len(directions) != len(names_only) or not all(isinstance(d, (bool, np.bool_)) for d in directions):
+            raise InvalidArgumentError(
+                f"ascending must be a bool or one bool per column name ({len(names_only)}), got {ascending!r}"
+            )
+    keys: List[SortKey] = []
+    next_direction = iter(directions)
+    for item in items:
+        if isinstance(item, str):
+            keys.append(SortKey(item, not next(next_direction), bool(nulls_last)))
+            continue
+        if not isinstance(item, tuple) or len(item) not in (2, 3) or not isinstance(item[0], str):
+            raise InvalidArgumentError(f"sort key {item!r} is not a name or a (name, order) tuple")
+        if item[1] not in _ORDERS:
+            raise InvalidArgumentError(
+                f"sort order {item[1]!r} of {item[0]!r}: use 'ascending' or 'descending'"
+            )
+        last = bool(nulls_last)
+        if len(item) == 3:
+            if item[2] not in ("at_start", "at_end"):
+                raise InvalidArgumentError(
+                    f"null placement {item[2]!r} of {item[0]!r}: use 'at_start' or 'at_end'"
+                )
+            last = item[2] == "at_end"
+        keys.append(SortKey(item[0], _ORDERS[item[1]], last))
+    return keys
+
+
+# -- local sort ----------------------------------------------------------------------------------
+
+
+def _is_int_like(dtype: pa.DataType) -> bool:
+    return (pa.types.is_integer(dtype) or pa.types.is_temporal(dtype)) and not pa.types.is_interval(dtype)
+
+
+def _int_values(arr: pa.Array) -> np.ndarray:
+    width = arr.type.bit_width // 8
+    signed = not pa.types.is_unsigned_integer(arr.type)
+    npdtype = np.dtype(f"{'i' if signed else 'u'}{width}")
+    values = np.frombuffer(arr.buffers()[1], dtype=npdtype, count=arr.offset + len(arr))[arr.offset :]
+    return values
+
+
+def _ordered_codes(values: np.ndarray, descending: bool) -> np.ndarray:
+    """uint64 codes whose unsigned order is the wanted order of ``values``."""
+    if values.dtype.kind == "i":
+        codes = values.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+    else:
+        codes = values.astype(np.uint64)
+    return ~codes if descending else codes
+
+
+def _sort_ints(values: np.ndarray, descending: bool) -> np.ndarray:
+    """Stable argsort of integers, fast.
+
+    When the key range and the row count fit in 64 bits together, the row
+    number is packed under the key and one plain ``np.sort`` of uint64 (about
+    twice as fast as a stable argsort, and faster still than Arrow's
+    sort_indices on this data) yields the permutation, stable by construction.
+    """
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    idx_bits = max(1, (n - 1).bit_length())
+    if (hi - lo).bit_length() + idx_bits <= 64:
+        signed = values.dtype.kind == "i"
+        wide = values.astype(np.int64).view(np.uint64) if signed else values.astype(np.uint64)
+        if descending:
+            packed = np.uint64(hi % 2**64) - wide
+        else:
+            packed = wide - np.uint64(lo % 2**64)
+        packed <<= np.uint64(idx_bits)
+        packed |= np.arange(n, dtype=np.uint64)
+        packed.sort()
+        packed &= np.uint64((1 << idx_bits) - 1)
+        return packed.view(np.int64)
+    return np.argsort(_ordered_codes(values, descending), kind="stable")
+
+
+def _combined(column: Union[pa.ChunkedArray, pa.Array]) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
+    """Stable sort permutation of ``table`` by ``keys`` (pyarrow's sort semantics)."""
+    if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
+        key = keys[0]
+        arr = _combined(table.column(key.name))
+        values = _int_values(arr)
+        if not arr.null_count:
+            return _sort_ints(values, key.descending)
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        present = np.flatnonzero(valid)
+        order = present[_sort_ints(values[present], key.descending)]
+        nulls = np.flatnonzero(~valid)
+        return np.concatenate([order, nulls] if key.nulls_last else [nulls, order])
+    return _arrow_sort_indices(table, keys)
+
+
+def _arrow_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
+    if _PA_MAJOR >= 25:
+        options = pc.SortOptions(sort_keys=[(k.name, k.order, k.placement) for k in keys])
+    else:  # pragma: no cover - older pyarrow has one placement for all keys
+        placements = {k.placement for k in keys}
+        if len(placements) > 1:
+            raise InvalidArgumentError("this pyarrow supports one null placement for all sort keys")
+        options = pc.SortOptions(sort_keys=[(k.name, k.order) for k in keys], null_placement=placements.pop())
+    return pc.sort_indices(table, options=options).to_numpy()
+
+
+# -- splitters -----------------------------------------------------------------------------------
+
+
+def _classes(arr: pa.Array, key: SortKey) -> Optional[np.ndarray]:
+    """Per-row class that orders nulls and NaNs around ordinary values.
+
+    pyarrow puts NaN next to null: ``values < NaN < null`` at the end, or
+    ``null < NaN < values`` at the start, whatever the direction.
+    """
+    has_nan = pa.types.is_floating(arr.type) and len(arr) and pc.any(pc.is_nan(arr)).as_py()
+    if not arr.null_count and not has_nan:
+        return None
+    normal, nan, null = (0, 1, 2) if key.nulls_last else (2, 1, 0)
+    cls = np.full(len(arr), normal, dtype=np.int8)
+    if has_nan:
+        cls[pc.fill_null(pc.is_nan(arr), False).to_numpy(zero_copy_only=False)] = nan
+    if arr.null_count:
+        cls[arr.is_null().to_numpy(zero_copy_only=False)] = null
+    return cls
+
+
+def _plain(arr: pa.Array) -> pa.Array:
+    return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+
+
+def _destinations(
+    table: pa.Table, keys: Sequence[SortKey], splitters: pa.Table, gpos: np.ndarray, pos_name: str
+) -> np.ndarray:
+    """For each row, how many splitters sort strictly before it.
+
+    Rows compare as ``(key..., global row position)``: the position breaks
+    ties, so a key that fills half the table is still spread over ranks, and
+    since it follows the input order the result stays a stable sort.
+    A vectorised binary search over the ``size - 1`` splitters uses Arrow's
+    comparison kernels, so every key type that Arrow can order works.
+    """
+    m = splitters.num_rows
+    n = table.num_rows
+    rows = [_plain(_combined(table.column(k.name))) for k in keys]
+    row_cls = [_classes(a, k) for a, k in zip(rows, keys, strict=True)]
+    split_cols = [_plain(_combined(splitters.column(k.name))) for k in keys]
+    split_cls = [_classes(a, k) for a, k in zip(split_cols, keys, strict=True)]
+    split_pos = splitters.column(pos_name).to_numpy()
+    lo = np.zeros(n, dtype=np.int64)
+    hi = np.full(n, m, dtype=np.int64)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = np.minimum((lo + hi) // 2, m - 1)
+        mid_arrow = pa.array(mid)
+        # splitter[mid] < row, lexicographically, built from the last column up.
+        less = split_pos[mid] < gpos
+        columns = list(zip(keys, rows, row_cls, split_cols, split_cls, strict=True))
+        for key, row, rcls, scol, scls in reversed(columns):
+            svals = scol.take(mid_arrow)
+            before = pc.greater if key.descending else pc.less
+            lt = before(svals, row).fill_null(False).to_numpy(zero_copy_only=False)
+            eq = pc.equal(svals, row).fill_null(False).to_numpy(zero_copy_only=False)
+            if rcls is not None or scls is not None:
+                rc = rcls if rcls is not None else np.full(n, 0 if key.nulls_last else 2, dtype=np.int8)
+                sc = scls[mid] if scls is not None else np.full(n, 0 if key.nulls_last else 2, dtype=np.int8)
+                normal = 0 if key.nulls_last else 2
+                same = rc == sc
+                lt = np.where(same, lt & (rc == normal), sc < rc)
+                eq = np.where(same, eq | (rc != normal), False)
+            less = lt | (eq & less)
+        lo = np.where(active & less, mid + 1, lo)
+        hi = np.where(active & ~less, mid, hi)
+
+
+def _int_destinations(table: pa.Table, key: SortKey, splitters: pa.Table, gpos: np.ndarray,
+                      pos_name: str) -> Optional[np.ndarray]:
+    """Fast path of :func:`_destinations` for one integer-like key without nulls."""
+    arr = _combined(table.column(key.name))
+    sarr = _combined(splitters.column(key.name))
+    if arr.null_count or sarr.null_count:
+        return None
+    codes = _ordered_codes(_int_values(arr), key.descending)
+    scodes = _ordered_codes(_int_values(sarr), key.descending)
+    spos = splitters.column(pos_name).to_numpy()
+    dest = np.searchsorted(scodes, codes, side="left")
+    ties = np.flatnonzero(np.searchsorted(scodes, codes, side="right") > dest)
+    if ties.size:
+        tie_codes, tie_pos = codes[ties], gpos[ties]
+        for j in range(len(scodes)):
+            dest[ties[(tie_codes == scodes[j]) & (tie_pos > spos[j])]] += 1
+    return dest
+
+
+def _choose_splitters(samples: pa.Table, weights: np.ndarray, keys: Sequence[SortKey], total: int, size: int,
+                      pos_name: str) -> pa.Table:
+    order = local_sort_indices(samples, list(keys) + [SortKey(pos_name, False, True)])
+    ordered = samples.take(pa.array(order))
+    cumulative = np.cumsum(weights[order])
+    targets = np.arange(1, size, dtype=np.float64) * (total / size)
+    picks = np.minimum(np.searchsorted(cumulative, targets, side="left"), len(order) - 1)
+    return ordered.take(pa.array(picks))
+
+
+def sort(
+    comm: MPI.Intracomm,
+    table: pa.Table,
+    by: By,
+    ascending: Union[bool, Sequence[bool]] = True,
+    nulls_last: bool = True,
+) -> pa.Table:
+    """Globally sort a partitioned table (sample sort).
+
+    Ranks 0, 1, ..., size-1 end up holding consecutive runs of the sorted
+    table, of nearly equal size; concatenating them gives exactly pyarrow's
+    stable ``sort_by`` of the concatenated input (ties keep input order).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The task's communicator; collective over all its ranks.
+    table : pyarrow.Table
+        This rank's partition.
+    by : str, list of str, or list of (name, order) tuples
+        Sort key(s); pyarrow-style tuples may add ``"at_start"``/``"at_end"``.
+    ascending : bool or list of bool
+        Direction of the keys given by name.
+    nulls_last : bool
+        Put nulls (and NaNs, next to them) after all values.
+
+    Returns
+    -------
+    pyarrow.Table
+        This rank's run of the sorted table.
+
+    Raises
+    ------
+    MissingColumnError, SchemaMismatchError, UnsupportedTypeError, InvalidArgumentError
+        On every rank, when any rank's input is bad.
+    """
+
+    def validate() -> tuple:
+        check_table(table, "table")
+        keys = parse_sort_keys(by, ascending, nulls_last)
+        check_columns(table, [k.name for k in keys], "table", role="sort column")
+        for key in keys:
+            dtype = table.schema.field(key.name).type
+            if pa.types.is_nested(dtype) or pa.types.is_null(dtype):
+                raise UnsupportedTypeError(
+                    f"sort column {key.name!r} has type {dtype}, which cannot be ordered"
+                )
+            try:  # the kernels the sort needs must exist for this type; probe them on no rows
+                empty = _plain(_combined(table.column(key.name).slice(0, 0)))
+                pc.less(empty, empty)
+                _arrow_sort_indices(table.slice(0, 0), [key])
+            except (pa.ArrowException, TypeError) as exc:
+                raise UnsupportedTypeError(
+                    f"sort column {key.name!r} has type {dtype}, which cannot be ordered: {exc}"
+                ) from exc
+        return signature(table.schema), table.num_rows
+
+    consensus = agree(comm, "sort", validate)
+    check_same_schema("sort", "table", [m[0] for m in consensus.metas])
+    keys = parse_sort_keys(by, ascending, nulls_last)
+    table = conform(table, canonical_schema(table.schema))
+    size, rank = comm.Get_size(), comm.Get_rank()
+    counts = [m[1] for m in consensus.metas]
+    total = sum(counts)
+    if size == 1 or total == 0:
+        return table.take(pa.array(local_sort_indices(table, keys))) if table.num_rows else table
+
+    n = table.num_rows
+    offset = sum(counts[:rank])
+    pos_name = "__parsl_rcylon_pos"
+    while pos_name in table.column_names:
+        pos_name += "_"
+    k = min(n, SAMPLES_PER_RANK)
+    picks = ((np.arange(k) + 0.5) * (n / k)).astype(np.int64) if k else np.zeros(0, np.int64)
+    sample = table.select([key.name for key in keys]).take(pa.array(picks))
+    sample = sample.append_column(pos_name, pa.array(picks + offset, type=pa.int64()))
+    # Samples are small metadata: pickled collectives are fine here.
+    gathered: List[Tuple[pa.Table, float]] = comm.allgather((sample, n / k if k else 0.0))
+    samples = pa.concat_tables([s for s, _ in gathered])
+    weights = np.concatenate([np.full(s.num_rows, w) for s, w in gathered])
+    splitters = _choose_splitters(samples, weights, keys, total, size, pos_name)
+
+    gpos = np.arange(offset, offset + n, dtype=np.int64)
+    dest: Any = None
+    if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
+        dest = _int_destinations(table, keys[0], splitters, gpos, pos_name)
+    if dest is None:
+        dest = _destinations(table, keys, splitters, gpos, pos_name)
+    del gpos
+    pieces = split_by_partition(table, dest, size)
+    del dest
+    received = exchange_tables(comm, [[p] for p in pieces])[0]
+    del pieces
+    non_empty = [t for t in received if t.num_rows]
+    mine = pa.concat_tables(non_empty) if len(non_empty) > 1 else (non_empty[0] if non_empty else received[0])
+    del received, non_empty
+    if not mine.num_rows:
+        return mine
+    return mine.take(pa.array(local_sort_indices(mine, keys)))
+
+
+__all__ = ["sort", "parse_sort_keys", "local_sort_indices", "SortKey"]

@@ -1,0 +1,280 @@
+"""Moving Arrow tables between ranks, and agreeing before moving them.
+
+Two building blocks every operation uses:
+
+* :func:`agree` runs a rank's local validation and lets every rank learn every
+  other rank's outcome (one small ``allgather``), so a bad input raises the
+  same named error on all ranks instead of leaving some waiting in the next
+  collective.
+* :func:`exchange_tables` sends table pieces to their destination ranks.  Each
+  piece is written as one Arrow IPC stream into a single contiguous byte buffer
+  and the buffers travel with ``Alltoallv`` (counts with ``Alltoall``), never
+  pickled.  Received pieces are read back zero-copy from the receive buffer.
+  Transfers larger than MPI's ``int`` counts allow are split into chunked
+  point-to-point messages.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+from mpi4py import MPI
+
+from .errors import ERROR_CLASSES, EngineError, RankFailedError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that lowers the largest single MPI message (bytes); tests
+#: set it tiny to exercise the chunked path.
+MAX_MESSAGE_ENV = "PARSL_RCYLON_MAX_MESSAGE_BYTES"
+#: MPI counts and displacements are C ``int``: stay below 2 GiB per call.
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+#: Tag of the chunked point-to-point path; collectives have their own context,
+#: so only a user's own point-to-point traffic with this tag could interfere.
+_CHUNK_TAG = 0x7C71
+
+
+def max_message_bytes() -> int:
+    """Largest number of bytes one MPI call may move (env override for tests)."""
+    value = os.environ.get(MAX_MESSAGE_ENV)
+    if value:
+        return max(8, int(value))
+    return DEFAULT_MAX_MESSAGE_BYTES
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Consensus:
+    """What :func:`agree` learned from all ranks.
+
+    Attributes
+    ----------
+    metas : list
+        The value each rank's validation returned, indexed by rank.
+    node_ranks : int
+        How many ranks of the communicator share this rank's host.
+    """
+
+    metas: List[Any]
+    node_ranks: int
+
+    @property
+    def use_threads(self) -> bool:
+        """Whether Arrow's thread pool may be used without oversubscribing the node.
+
+        Ranks on one host already keep its cores busy; a rank gets threads only
+        when its fair share of the cores is at least two.  A rank pinned to
+        fewer cores than the host has counts only its own cores.
+        """
+        cpus = _cpu_count()
+        share = cpus if cpus < (os.cpu_count() or cpus) else cpus // max(1, self.node_ranks)
+        return share >= 2
+
+
+def format_ranks(ranks: Sequence[int], size: int) -> str:
+    """``rank 2`` / ``ranks 0, 3`` / ``all 4 ranks`` for error messages."""
+    ranks = sorted(ranks)
+    if size > 1 and len(ranks) == size:
+        return f"all {size} ranks"
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    return "ranks " + ", ".join(str(r) for r in ranks)
+
+
+def agree(comm: MPI.Intracomm, op: str, local: Callable[[], Any]) -> Consensus:
+    """Run ``local()`` on every rank and raise on all ranks if it failed on any.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator of the operation.
+    op : str
+        Operation name, used as the message prefix.
+    local : callable
+        Validates this rank's input and returns small, picklable metadata.
+
+    Returns
+    -------
+    Consensus
+        Every rank's metadata and the number of ranks on this host.
+
+    Raises
+    ------
+    EngineError
+        The class the lowest failing rank raised (a :class:`RankFailedError`
+        for an unexpected exception), with the messages of all failing ranks.
+    """
+    local_exc: Optional[BaseException] = None
+    try:
+        payload: Any = (True, local())
+    except EngineError as exc:
+        local_exc = exc
+        payload = (False, (type(exc).__name__, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
+        local_exc = exc
+        payload = (False, (RankFailedError.__name__, f"{type(exc).__name__}: {exc}"))
+    host = socket.gethostname()
+    gathered = comm.allgather((host, payload))
+    failures = [(rank, item[1][1]) for rank, item in enumerate(gathered) if not item[1][0]]
+    if failures:
+        cls = ERROR_CLASSES.get(failures[0][1][0], EngineError)
+        by_message: dict = {}
+        for rank, (_, message) in failures:
+            by_message.setdefault(message, []).append(rank)
+        size = comm.Get_size()
+        text = "; ".join(f"{msg} [{format_ranks(ranks, size)}]" for msg, ranks in by_message.items())
+        raise cls(f"{op}: {text}") from local_exc
+    node_ranks = sum(1 for h, _ in gathered if h == host)
+    return Consensus(metas=[item[1][1] for item in gathered], node_ranks=node_ranks)
+
+
+# -- Arrow IPC framing ---------------------------------------------------------------------------
+
+
+def _ipc_size(table: pa.Table) -> int:
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.size()
+
+
+def _read_ipc(buffer: pa.Buffer) -> pa.Table:
+    # Reading from an in-memory buffer is zero-copy: the table's buffers point
+    # into the receive buffer, which stays alive as long as they do.
+    return pa.ipc.open_stream(buffer).read_all()
+
+
+# -- byte transport ------------------------------------------------------------------------------
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    displs = np.zeros(len(counts), dtype=np.int64)
+    if len(counts) > 1:
+        np.cumsum(counts[:-1], out=displs[1:])
+    return displs
+
+
+def exchange_bytes(
+    comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray
+) -> np.ndarray:
+    """All-to-all exchange of contiguous byte ranges.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        Communicator.
+    sendbuf : numpy.ndarray of uint8
+        Bytes for rank 0, then rank 1, ...
+    sendcounts, recvcounts : numpy.ndarray of int64
+        Bytes to send to / receive from each rank.
+
+    Returns
+    -------
+    numpy.ndarray of uint8
+        Bytes from rank 0, then rank 1, ...
+    """
+    size = comm.Get_size()
+    total_send = int(sendcounts.sum())
+    total_recv = int(recvcounts.sum())
+    recvbuf = np.empty(total_recv, dtype=np.uint8)
+    sdispls = _displacements(sendcounts)
+    rdispls = _displacements(recvcounts)
+    limit = max_message_bytes()
+    # Every rank must take the same path, so the decision uses the global maximum.
+    largest = comm.allreduce(max(total_send, total_recv), op=MPI.MAX)
+    if largest <= limit:
+        comm.Alltoallv(
+            [sendbuf, (sendcounts.tolist(), sdispls.tolist()), MPI.BYTE],
+            [recvbuf, (recvcounts.tolist(), rdispls.tolist()), MPI.BYTE],
+        )
+        return recvbuf
+    logger.debug("exchange of up to %d bytes per rank: chunked point-to-point (limit %d)", largest, limit)
+    rank = comm.Get_rank()
+    own = int(sendcounts[rank])
+    recvbuf[rdispls[rank] : rdispls[rank] + own] = sendbuf[sdispls[rank] : sdispls[rank] + own]
+    requests = []
+    # Receives first so that large sends find a posted buffer.
+    for offset in range(1, size):
+        src = (rank - offset) % size
+        start, count = int(rdispls[src]), int(recvcounts[src])
+        for pos in range(0, count, limit):
+            piece = recvbuf[start + pos : start + min(count, pos + limit)]
+            requests.append(comm.Irecv([piece, MPI.BYTE], source=src, tag=_CHUNK_TAG))
+    for offset in range(1, size):
+        dst = (rank + offset) % size
+        start, count = int(sdispls[dst]), int(sendcounts[dst])
+        for pos in range(0, count, limit):
+            piece = sendbuf[start + pos : start + min(count, pos + limit)]
+            requests.append(comm.Isend([piece, MPI.BYTE], dest=dst, tag=_CHUNK_TAG))
+    MPI.Request.Waitall(requests)
+    return recvbuf
+
+
+def exchange_tables(comm: MPI.Intracomm, pieces: Sequence[Sequence[pa.Table]]) -> List[List[pa.Table]]:
+    """Send ``pieces[d][b]`` to rank ``d``; return what arrived, per bucket and source.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        Communicator.
+    pieces : sequence of sequences of pyarrow.Table
+        ``pieces[d][b]``: rows for rank ``d``, local bucket ``b``; every rank
+        uses the same number of buckets and the same schema.
+
+    Returns
+    -------
+    list of lists of pyarrow.Table
+        ``result[b][s]``: the rows rank ``s`` sent for bucket ``b``, in the
+        order ``s`` sent them.  Concatenating over ``s`` keeps the global row
+        order, which stable operations (sort, first/last) rely on.
+    """
+    size, rank = comm.Get_size(), comm.Get_rank()
+    nbuckets = len(pieces[0]) if size else 0
+    schema = pieces[rank][0].schema
+    sizes = np.zeros((size, nbuckets), dtype=np.int64)
+    for dst in range(size):
+        if dst == rank:
+            continue  # our own rows never leave the process
+        for bucket, piece in enumerate(pieces[dst]):
+            if piece.num_rows:
+                sizes[dst, bucket] = _ipc_size(piece)
+    sendbuf = np.empty(int(sizes.sum()), dtype=np.uint8)
+    if sendbuf.size:
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(sendbuf))
+        for dst in range(size):
+            if dst == rank:
+                continue
+            for bucket, piece in enumerate(pieces[dst]):
+                if sizes[dst, bucket]:
+                    with pa.ipc.new_stream(sink, piece.schema) as writer:
+                        writer.write_table(piece)
+        sink.close()
+    recv_sizes = np.empty((size, nbuckets), dtype=np.int64)
+    comm.Alltoall([sizes, MPI.INT64_T], [recv_sizes, MPI.INT64_T])
+    recvbuf = exchange_bytes(comm, sendbuf, sizes.sum(axis=1), recv_sizes.sum(axis=1))
+    del sendbuf
+    received = pa.py_buffer(recvbuf)
+    empty = schema.empty_table()
+    result: List[List[pa.Table]] = [[empty] * size for _ in range(nbuckets)]
+    offset = 0
+    for src in range(size):
+        for bucket in range(nbuckets):
+            if src == rank:
+                result[bucket][src] = pieces[rank][bucket]
+                continue
+            nbytes = int(recv_sizes[src, bucket])
+            if nbytes:
+                result[bucket][src] = _read_ipc(received.slice(offset, nbytes))
+                offset += nbytes
+    return result
