@@ -4,24 +4,26 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import psutil
 import typeguard
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
-from .errors import ExecutorShutdown, StartupError, WorkerLost
+from .errors import ExecutorShutdown, StartupError
 from .resources import ResourceSpec, WorkerPool
 from .runtime import config as rp_config
 from .runtime import protocol
 from .runtime.dispatcher import Dispatcher
+from .runtime.processes import end_session
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +160,12 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period)
         self._dispatcher.start()
         try:
-            self._session = rp.Session(cfg={"base": str(self.base_dir)})
-            self.timings["session"] = time.monotonic() - t0
-            self._pmgr = rp.PilotManager(session=self._session)
-            self._tmgr = rp.TaskManager(session=self._session)
+            launcher_home = rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext()
+            with launcher_home:
+                self._session = rp.Session(cfg={"base": str(self.base_dir)})
+                self.timings["session"] = time.monotonic() - t0
+                self._pmgr = rp.PilotManager(session=self._session)
+                self._tmgr = rp.TaskManager(session=self._session)
             self._pmgr.register_callback(self._pilot_state_cb)
             self._tmgr.register_callback(self._task_state_cb)
             self._pilot = self._pmgr.submit_pilots(rp.PilotDescription(self._pilot_description()))
@@ -225,11 +229,15 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
         }
-        # The workers import the user's modules the same way the client does.
+        # The workers import the user's modules the same way the client does:
+        # its working directory and every sys.path entry outside the interpreter.
         path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        cwd = os.getcwd()
-        if cwd not in path:
-            path.append(cwd)
+        prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+        for entry in [os.getcwd()] + sys.path:
+            real = os.path.realpath(entry or os.getcwd())
+            if os.path.isdir(real) and real not in path and not any(
+                    real == pre or real.startswith(pre + os.sep) for pre in prefixes):
+                path.append(real)
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
 
@@ -376,45 +384,13 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             except Exception:
                 logger.exception("%s: closing the %s failed", self.label, what)
         if sid:
-            ended = end_session_processes(sid)
+            ended = end_session(sid)
             if ended:
                 logger.warning("%s: ended %d leftover process(es) of session %s: %s",
                                self.label, len(ended), sid, ended)
         self.timings["shutdown"] = time.monotonic() - t0
         logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
         super().shutdown()
-
-
-def session_processes(sid: str) -> List[psutil.Process]:
-    """Processes whose environment says they belong to Radical Pilot session ``sid``."""
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get("RP_SESSION_ID") == sid:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def end_session_processes(sid: str, grace: float = 2.0) -> List[int]:
-    """SIGTERM, then SIGKILL, what is left of session ``sid``; return their PIDs."""
-    procs = session_processes(sid)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    return [p.pid for p in procs]
 
 
 def _describe(pools: Sequence[WorkerPool]) -> str:
@@ -457,4 +433,4 @@ def _tail_files(paths: Sequence[Path], limit: int = 2000) -> str:
     return "".join(parts)
 
 
-__all__ = ["RadicalCylonExecutor", "WorkerLost", "session_processes", "end_session_processes"]
+__all__ = ["RadicalCylonExecutor"]

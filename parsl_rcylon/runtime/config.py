@@ -8,13 +8,14 @@ work with no user setup and keeps its artifacts under Parsl's ``run_dir``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +101,28 @@ def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) 
     # RP's reporter draws progress bars on stdout; Parsl owns the terminal.
     env.setdefault("RADICAL_REPORT", os.environ.get("RADICAL_REPORT", "False"))
     os.environ.update(env)
-    _keep_psij_under(base)
     logger.debug("Radical Pilot environment: %s", env)
     return env
 
 
-def _keep_psij_under(base: Path) -> None:
-    # PSI/J, which RP uses to launch pilots, writes job files to ~/.psij/work
-    # unless its default is changed before the first executor is made.
+@contextlib.contextmanager
+def home_for_launcher(base: Path) -> Iterator[None]:
+    """Run the body with ``HOME`` under ``base``.
+
+    RP launches local pilots through PSI/J from a separate component
+    process; PSI/J writes its job scripts to ``$HOME/.psij/work`` and offers
+    no other setting, so the launcher is started with ``HOME`` pointing into
+    the run directory.  The pilot inherits it; the client's ``sys.path`` is
+    passed to the workers explicitly, so user-site packages stay importable.
+    """
+    old = os.environ.get("HOME")
+    home = base / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["HOME"] = str(home)
     try:
-        from psij.job_executor_config import JobExecutorConfig
-    except ImportError:  # older RP launch paths do not use PSI/J
-        return
-    JobExecutorConfig.DEFAULT_WORK_DIRECTORY = base / "psij"
-    JobExecutorConfig.DEFAULT = JobExecutorConfig(work_directory=base / "psij")
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old

@@ -4,24 +4,21 @@ Radical Pilot leaves the agent, the RAPTOR master, ``mpiexec`` and the worker
 ranks running after its client is killed (the agent-side client heartbeat is
 dead code in RP 1.103).  This master keeps a connection to the executor; when
 the executor falls silent for longer than the heartbeat threshold it ends
-every process of its own pilot, found by walking up to the pilot's
-``bootstrap_0.sh`` and collecting its descendants.
+every process of its own session (see ``processes``).
 """
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import threading
 import time
-from typing import List, Optional
 
-import psutil
 import radical.pilot as rp
 import zmq
 
 from parsl_rcylon.runtime import protocol
+from parsl_rcylon.runtime.processes import end_processes, session_processes
 
 
 class CylonMaster(rp.raptor.Master):
@@ -57,41 +54,12 @@ class CylonMaster(rp.raptor.Master):
                 return
 
 
-def pilot_root(pid: Optional[int] = None) -> Optional[psutil.Process]:
-    """The pilot's ``bootstrap_0.sh`` process above ``pid``, if it still runs."""
-    try:
-        proc = psutil.Process(pid or os.getpid())
-        for parent in proc.parents():
-            if any("bootstrap_0.sh" in part for part in parent.cmdline()):
-                return parent
-    except psutil.Error:
-        return None
-    return None
-
-
 def end_pilot_processes(log=None, grace: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL, every process of this pilot, this one last."""
-    root = pilot_root()
-    me = psutil.Process()
-    victims: List[psutil.Process] = []
-    if root is not None:
-        try:
-            victims = [root] + root.children(recursive=True)
-        except psutil.Error:
-            victims = [root]
-    victims = [p for p in victims if p.pid != me.pid]
+    """End every process of this pilot's session, then this one."""
+    sid = os.environ["RP_SESSION_ID"]
+    procs = session_processes(sid)
     if log:
-        log.info("ending pilot processes: %s", [p.pid for p in victims])
-    for proc in victims:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+        log.info("ending %d processes of session %s: %s", len(procs), sid, [p.pid for p in procs])
+    end_processes(procs, grace=grace)
     sys.stdout.flush()
     os._exit(4)
