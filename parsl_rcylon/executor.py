@@ -266,7 +266,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                     "raptor_class": "CylonWorker",
                     "ranks": pool.ranks,
                     "cores_per_rank": pool.cores_per_rank,
-                    "environment": dict(env, **{protocol.ENV_POOL: pool.name}),
+                    "environment": _pool_environment(env, pool),
+                    "pre_exec": list(pool.pre_exec),
                 }
                 if pool.gpus_per_rank:
                     wd["gpus_per_rank"] = pool.gpus_per_rank
@@ -391,6 +392,14 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["shutdown"] = time.monotonic() - t0
         logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
         super().shutdown()
+
+
+def _pool_environment(env: Dict[str, str], pool: WorkerPool) -> Dict[str, str]:
+    out = dict(env, **pool.environment)
+    if "PYTHONPATH" in pool.environment and env.get("PYTHONPATH"):
+        out["PYTHONPATH"] = os.pathsep.join([pool.environment["PYTHONPATH"], env["PYTHONPATH"]])
+    out[protocol.ENV_POOL] = pool.name
+    return out
 
 
 def _describe(pools: Sequence[WorkerPool]) -> str:

@@ -1,8 +1,8 @@
 """Resource specifications of tasks: how many ranks, cores and GPUs each needs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
 from parsl.executors.errors import InvalidResourceSpecification
 
@@ -83,6 +83,11 @@ class WorkerPool:
         GPUs given to each rank (``CUDA_VISIBLE_DEVICES``).
     ranks_per_node : int, optional
         Ranks placed on one node; by default as many as the node's cores allow.
+    environment : dict, optional
+        Extra environment of the worker ranks (``PYTHONPATH`` is prepended to
+        the executor's own).
+    pre_exec : list of str, optional
+        Shell commands run before the worker starts (``module load ...``).
     """
 
     name: str = "default"
@@ -91,6 +96,8 @@ class WorkerPool:
     cores_per_rank: int = 1
     gpus_per_rank: int = 0
     ranks_per_node: Optional[int] = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    pre_exec: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for key, minimum in (("ranks", 1), ("workers", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):

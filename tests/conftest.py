@@ -1,0 +1,46 @@
+"""Shared fixtures: one real local pilot for the whole test session."""
+from __future__ import annotations
+
+import time
+
+import parsl
+import pytest
+
+from parsl_rcylon import RadicalCylonExecutor
+from parsl_rcylon.runtime.processes import session_processes
+
+#: Ranks of the session's worker: enough for tasks of 1, 2 and 3 ranks side by side.
+SESSION_RANKS = 6
+
+
+def wait_for_no_processes(sid: str, timeout: float) -> list:
+    """Poll until no process of session ``sid`` is left; return what is left at the end."""
+    deadline = time.monotonic() + timeout
+    left = session_processes(sid)
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = session_processes(sid)
+    return [(p.pid, _describe(p)) for p in left]
+
+
+def _describe(proc) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120] or proc.name()
+    except Exception:
+        return "?"
+
+
+@pytest.fixture(scope="session")
+def rcylon(tmp_path_factory):
+    """A loaded DFK with one RadicalCylonExecutor on a real local pilot."""
+    run_dir = tmp_path_factory.mktemp("runinfo")
+    ex = RadicalCylonExecutor(label="rcylon", worker_ranks=SESSION_RANKS)
+    dfk = parsl.load(parsl.Config(executors=[ex], run_dir=str(run_dir), strategy="none"))
+    sid = ex.session_id
+    try:
+        yield ex
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    left = wait_for_no_processes(sid, timeout=10)
+    assert not left, f"processes of session {sid} left after shutdown: {left}"
