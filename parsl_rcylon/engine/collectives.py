@@ -78,8 +78,7 @@ def gather(comm: MPI.Intracomm, table: pa.Table, root: int = 0) -> Optional[pa.T
     check_same_schema("gather", "table", [m[0] for m in consensus.metas])
     table = conform(table, canonical_schema(table.schema))
     empty = table.schema.empty_table()
-    pieces = [[table if dst == root else empty] for dst in range(size)]
-    received = exchange_tables(comm, pieces)[0]
+    received = exchange_tables(comm, lambda dst: [table if dst == root else empty])[0]
     if comm.Get_rank() != root:
         return None
     return pa.concat_tables(received)
@@ -108,12 +107,13 @@ def rebalance(comm: MPI.Intracomm, table: pa.Table) -> pa.Table:
     total = sum(counts)
     start = sum(counts[:rank])
     stop = start + table.num_rows
-    pieces: List[List[pa.Table]] = []
-    for dst in range(size):
+
+    def provide(dst: int) -> List[pa.Table]:
         lo = max(start, dst * total // size)
         hi = min(stop, (dst + 1) * total // size)
-        pieces.append([table.slice(lo - start, max(0, hi - lo))])
-    received = [t for t in exchange_tables(comm, pieces)[0] if t.num_rows]
+        return [table.slice(lo - start, max(0, hi - lo))]
+
+    received = [t for t in exchange_tables(comm, provide)[0] if t.num_rows]
     if not received:
         return table.schema.empty_table()
     return received[0] if len(received) == 1 else pa.concat_tables(received)

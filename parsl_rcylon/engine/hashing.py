@@ -191,29 +191,65 @@ def hash_rows(table: pa.Table, columns: Sequence[str]) -> Tuple[np.ndarray, Opti
     return _mix(h), any_null
 
 
+def _small_dtype(nparts: int) -> type:
+    return np.uint8 if nparts <= 256 else (np.uint16 if nparts <= 65536 else np.uint32)
+
+
 def to_partitions(hashes: np.ndarray, nparts: int) -> np.ndarray:
-    """Map hashes to ``[0, nparts)`` with Lemire's multiply-shift (no modulo)."""
+    """Map hashes to ``[0, nparts)`` with Lemire's multiply-shift (no modulo).
+
+    Works in place on ``hashes`` (which is garbage afterwards) and returns the
+    smallest unsigned dtype that holds the ids, to keep per-row temporaries small.
+    """
+    small = _small_dtype(nparts)
     if nparts == 1:
-        return np.zeros(len(hashes), dtype=np.int64)
-    parts = (hashes >> _U64(32)) * _U64(nparts)
-    parts >>= _U64(32)
-    return parts.view(np.int64)
+        return np.zeros(len(hashes), dtype=small)
+    hashes >>= _U64(32)
+    hashes *= _U64(nparts)
+    hashes >>= _U64(32)
+    return hashes.astype(small)
+
+
+def group_rows(parts: np.ndarray, nparts: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Row order that groups rows by partition id, stably, and the group offsets.
+
+    numpy's stable sort of 8/16-bit integers is a radix sort, O(n).  The
+    order is returned as int32 when it fits (half the memory of int64, and
+    Arrow's ``take`` accepts it).
+
+    Returns
+    -------
+    order : numpy.ndarray
+        Row indices, partition 0's rows first, each partition in input order.
+    starts : numpy.ndarray of int64
+        ``order[starts[i]:starts[i+1]]`` are partition ``i``'s rows.
+    """
+    small = _small_dtype(nparts)
+    parts = parts if parts.dtype == small else parts.astype(small)
+    counts = np.bincount(parts, minlength=nparts)
+    order = np.argsort(parts, kind="stable")
+    if len(order) < 2**31 - 1:
+        order = order.astype(np.int32)
+    starts = np.zeros(nparts + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return order, starts
+
+
+def take_range(table: pa.Table, order: np.ndarray, lo: int, hi: int) -> pa.Table:
+    """``table``'s rows ``order[lo:hi]`` as a new table (an empty slice when none)."""
+    if hi <= lo:
+        return table.slice(0, 0)
+    return table.take(pa.array(order[lo:hi]))
 
 
 def split_by_partition(table: pa.Table, parts: np.ndarray, nparts: int) -> List[pa.Table]:
     """Split ``table`` into ``nparts`` tables, keeping the row order inside each.
 
-    One stable counting-style sort of the small partition ids (numpy's radix
-    sort for 8/16-bit ints) and one ``take`` gather the rows; the pieces are
-    zero-copy slices of that one table.
+    One stable radix sort of the small partition ids and one ``take`` gather
+    the rows; the pieces are zero-copy slices of that one table.
     """
     if nparts == 1:
         return [table]
-    small = np.uint8 if nparts <= 256 else (np.uint16 if nparts <= 65536 else np.int64)
-    order = np.argsort(parts.astype(small), kind="stable")
-    counts = np.bincount(parts, minlength=nparts)
+    order, starts = group_rows(parts, nparts)
     grouped = table.take(pa.array(order)) if table.num_rows else table
-    starts = np.zeros(nparts + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    return [grouped.slice(int(starts[i]), int(counts[i])) for i in range(nparts)]
-
+    return [grouped.slice(int(starts[i]), int(starts[i + 1] - starts[i])) for i in range(nparts)]

@@ -7,7 +7,7 @@ from typing import List, Sequence, Union
 import pyarrow as pa
 from mpi4py import MPI
 
-from .hashing import hash_rows, split_by_partition, to_partitions
+from .hashing import group_rows, hash_rows, take_range, to_partitions
 from .transport import agree, exchange_tables
 from .validation import (
     as_column_list,
@@ -66,14 +66,20 @@ def hash_partition(
     del hashes
     if nulls_stay and any_null is not None:
         parts[any_null] = rank * nbuckets
-    pieces = split_by_partition(table, parts, nparts)
+    del any_null
+    order, starts = group_rows(parts, nparts)
     del parts
+
+    def provide(dst: int) -> List[pa.Table]:
+        # One take per destination rank; its buckets are zero-copy slices of it.
+        lo, hi = int(starts[dst * nbuckets]), int(starts[(dst + 1) * nbuckets])
+        taken = take_range(table, order, lo, hi)
+        bounds = starts[dst * nbuckets : (dst + 1) * nbuckets + 1] - lo
+        return [taken.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])) for b in range(nbuckets)]
+
     if size == 1:
-        return pieces
-    per_rank = [pieces[d * nbuckets : (d + 1) * nbuckets] for d in range(size)]
-    del pieces
-    received = exchange_tables(comm, per_rank)
-    del per_rank
+        return provide(0)
+    received = exchange_tables(comm, provide, nbuckets)
     return [_concat(bucket) for bucket in received]
 
 

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from mpi4py import MPI
 
 from .errors import InvalidArgumentError, UnsupportedTypeError
-from .hashing import split_by_partition
+from .hashing import group_rows, take_range
 from .transport import agree, exchange_tables
 from .validation import canonical_schema, check_columns, check_same_schema, check_table, conform, signature
 
@@ -366,10 +366,11 @@ def sort(
     if dest is None:
         dest = _destinations(table, keys, splitters, gpos, pos_name)
     del gpos
-    pieces = split_by_partition(table, dest, size)
+    order, starts = group_rows(dest, size)
     del dest
-    received = exchange_tables(comm, [[p] for p in pieces])[0]
-    del pieces
+    received = exchange_tables(
+        comm, lambda d: [take_range(table, order, int(starts[d]), int(starts[d + 1]))]
+    )[0]
     non_empty = [t for t in received if t.num_rows]
     mine = pa.concat_tables(non_empty) if len(non_empty) > 1 else (non_empty[0] if non_empty else received[0])
     del received, non_empty

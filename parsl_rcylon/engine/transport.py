@@ -167,7 +167,7 @@ def _displacements(counts: np.ndarray) -> np.ndarray:
 
 def exchange_bytes(
     comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray
-) -> np.ndarray:
+) -> pa.Buffer:
     """All-to-all exchange of contiguous byte ranges.
 
     Parameters
@@ -181,13 +181,14 @@ def exchange_bytes(
 
     Returns
     -------
-    numpy.ndarray of uint8
-        Bytes from rank 0, then rank 1, ...
+    pyarrow.Buffer
+        Bytes from rank 0, then rank 1, ... (allocated by Arrow's memory pool).
     """
     size = comm.Get_size()
     total_send = int(sendcounts.sum())
     total_recv = int(recvcounts.sum())
-    recvbuf = np.empty(total_recv, dtype=np.uint8)
+    received = pa.allocate_buffer(total_recv)
+    recvbuf = np.frombuffer(received, dtype=np.uint8)
     sdispls = _displacements(sendcounts)
     rdispls = _displacements(recvcounts)
     limit = max_message_bytes()
@@ -198,7 +199,7 @@ def exchange_bytes(
             [sendbuf, (sendcounts.tolist(), sdispls.tolist()), MPI.BYTE],
             [recvbuf, (recvcounts.tolist(), rdispls.tolist()), MPI.BYTE],
         )
-        return recvbuf
+        return received
     logger.debug("exchange of up to %d bytes per rank: chunked point-to-point (limit %d)", largest, limit)
     rank = comm.Get_rank()
     own = int(sendcounts[rank])
@@ -218,19 +219,26 @@ def exchange_bytes(
             piece = sendbuf[start + pos : start + min(count, pos + limit)]
             requests.append(comm.Isend([piece, MPI.BYTE], dest=dst, tag=_CHUNK_TAG))
     MPI.Request.Waitall(requests)
-    return recvbuf
+    return received
 
 
-def exchange_tables(comm: MPI.Intracomm, pieces: Sequence[Sequence[pa.Table]]) -> List[List[pa.Table]]:
-    """Send ``pieces[d][b]`` to rank ``d``; return what arrived, per bucket and source.
+def exchange_tables(
+    comm: MPI.Intracomm, provide: Callable[[int], Sequence[pa.Table]], nbuckets: int = 1
+) -> List[List[pa.Table]]:
+    """Send each rank its pieces; return what arrived, per bucket and source.
 
     Parameters
     ----------
     comm : mpi4py.MPI.Intracomm
         Communicator.
-    pieces : sequence of sequences of pyarrow.Table
-        ``pieces[d][b]``: rows for rank ``d``, local bucket ``b``; every rank
-        uses the same number of buckets and the same schema.
+    provide : callable
+        ``provide(d)`` returns the ``nbuckets`` tables (same schema on every
+        rank) destined for rank ``d``.  It is called once per rank, other
+        ranks first and this rank last, so each piece can be materialised
+        just before it is serialised and dropped right after: at no time are
+        all of them, the send buffer and the receive buffer alive together.
+    nbuckets : int
+        Pieces per destination rank.
 
     Returns
     -------
@@ -240,41 +248,43 @@ def exchange_tables(comm: MPI.Intracomm, pieces: Sequence[Sequence[pa.Table]]) -
         order, which stable operations (sort, first/last) rely on.
     """
     size, rank = comm.Get_size(), comm.Get_rank()
-    nbuckets = len(pieces[0]) if size else 0
-    schema = pieces[rank][0].schema
     sizes = np.zeros((size, nbuckets), dtype=np.int64)
+    outgoing: List[Optional[Sequence[pa.Table]]] = [None] * size
     for dst in range(size):
         if dst == rank:
             continue  # our own rows never leave the process
-        for bucket, piece in enumerate(pieces[dst]):
+        outgoing[dst] = provide(dst)
+        for bucket, piece in enumerate(outgoing[dst]):
             if piece.num_rows:
                 sizes[dst, bucket] = _ipc_size(piece)
-    sendbuf = np.empty(int(sizes.sum()), dtype=np.uint8)
-    if sendbuf.size:
-        sink = pa.FixedSizeBufferWriter(pa.py_buffer(sendbuf))
+    # Arrow's allocator for both buffers: memory freed by the pieces is reused at once.
+    send = pa.allocate_buffer(int(sizes.sum()))
+    if send.size:
+        sink = pa.FixedSizeBufferWriter(send)
         for dst in range(size):
             if dst == rank:
                 continue
-            for bucket, piece in enumerate(pieces[dst]):
+            for bucket, piece in enumerate(outgoing[dst]):
                 if sizes[dst, bucket]:
                     with pa.ipc.new_stream(sink, piece.schema) as writer:
                         writer.write_table(piece)
+            outgoing[dst] = None
         sink.close()
+    outgoing = []
     recv_sizes = np.empty((size, nbuckets), dtype=np.int64)
     comm.Alltoall([sizes, MPI.INT64_T], [recv_sizes, MPI.INT64_T])
-    recvbuf = exchange_bytes(comm, sendbuf, sizes.sum(axis=1), recv_sizes.sum(axis=1))
-    del sendbuf
-    received = pa.py_buffer(recvbuf)
-    empty = schema.empty_table()
-    result: List[List[pa.Table]] = [[empty] * size for _ in range(nbuckets)]
+    received = exchange_bytes(comm, np.frombuffer(send, dtype=np.uint8), sizes.sum(axis=1),
+                              recv_sizes.sum(axis=1))
+    del send
+    own = list(provide(rank))
+    result: List[List[pa.Table]] = [[own[b]] * size for b in range(nbuckets)]
+    empty = own[0].schema.empty_table()
     offset = 0
     for src in range(size):
+        if src == rank:
+            continue
         for bucket in range(nbuckets):
-            if src == rank:
-                result[bucket][src] = pieces[rank][bucket]
-                continue
             nbytes = int(recv_sizes[src, bucket])
-            if nbytes:
-                result[bucket][src] = _read_ipc(received.slice(offset, nbytes))
-                offset += nbytes
+            result[bucket][src] = _read_ipc(received.slice(offset, nbytes)) if nbytes else empty
+            offset += nbytes
     return result
