@@ -248,22 +248,34 @@ def _destinations(
         hi = np.where(active & ~less, mid, hi)
 
 
-def _int_destinations(table: pa.Table, key: SortKey, splitters: pa.Table, gpos: np.ndarray,
+def _int_destinations(table: pa.Table, key: SortKey, splitters: pa.Table, offset: int,
                       pos_name: str) -> Optional[np.ndarray]:
-    """Fast path of :func:`_destinations` for one integer-like key without nulls."""
+    """Fast path of :func:`_destinations` for one integer-like key without nulls.
+
+    Works on the raw values (no conversion pass): ascending, the count of
+    splitters below a value is a ``searchsorted``; descending, it is the
+    count of splitters above it.  Only rows equal to a splitter's key need
+    the global position to break the tie.
+    """
     arr = _combined(table.column(key.name))
     sarr = _combined(splitters.column(key.name))
     if arr.null_count or sarr.null_count:
         return None
-    codes = _ordered_codes(_int_values(arr), key.descending)
-    scodes = _ordered_codes(_int_values(sarr), key.descending)
+    values = _int_values(arr)
+    svalues = _int_values(sarr).astype(values.dtype)
     spos = splitters.column(pos_name).to_numpy()
-    dest = np.searchsorted(scodes, codes, side="left")
-    ties = np.flatnonzero(np.searchsorted(scodes, codes, side="right") > dest)
+    m = len(svalues)
+    if key.descending:
+        ascending_splitters = svalues[::-1]
+        dest = m - np.searchsorted(ascending_splitters, values, side="right")
+        ties = np.flatnonzero(m - np.searchsorted(ascending_splitters, values, side="left") > dest)
+    else:
+        dest = np.searchsorted(svalues, values, side="left")
+        ties = np.flatnonzero(np.searchsorted(svalues, values, side="right") > dest)
     if ties.size:
-        tie_codes, tie_pos = codes[ties], gpos[ties]
-        for j in range(len(scodes)):
-            dest[ties[(tie_codes == scodes[j]) & (tie_pos > spos[j])]] += 1
+        tie_values, tie_pos = values[ties], ties + offset
+        for j in range(m):
+            dest[ties[(tie_values == svalues[j]) & (tie_pos > spos[j])]] += 1
     return dest
 
 
@@ -359,13 +371,11 @@ def sort(
     weights = np.concatenate([np.full(s.num_rows, w) for s, w in gathered])
     splitters = _choose_splitters(samples, weights, keys, total, size, pos_name)
 
-    gpos = np.arange(offset, offset + n, dtype=np.int64)
     dest: Any = None
     if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
-        dest = _int_destinations(table, keys[0], splitters, gpos, pos_name)
+        dest = _int_destinations(table, keys[0], splitters, offset, pos_name)
     if dest is None:
-        dest = _destinations(table, keys, splitters, gpos, pos_name)
-    del gpos
+        dest = _destinations(table, keys, splitters, np.arange(offset, offset + n, dtype=np.int64), pos_name)
     order, starts = group_rows(dest, size)
     del dest
     received = exchange_tables(

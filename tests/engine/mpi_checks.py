@@ -461,15 +461,16 @@ def skew_and_balance() -> None:
     sevens = grouped.filter(pa.compute.equal(grouped.column("k"), 7)).column("v_count").to_pylist()
     count7 = COMM.allreduce(sum(sevens))
     agree_ok(count7 == COMM.allreduce(int((keys == 7).sum())), f"count of the heavy key {count7}")
-    for data in (mine, pa.table({"k": rng.integers(0, 10**9, 20000), "v": rng.random(20000)})):
-        out = run_on_all(lambda data=data: engine.sort(COMM, data, "k"))
+    uniform = pa.table({"k": rng.integers(0, 10**9, 20000), "v": rng.random(20000)})
+    for data, order in ((mine, "ascending"), (mine, "descending"), (uniform, "ascending")):
+        out = run_on_all(lambda data=data, order=order: engine.sort(COMM, data, [("k", order)]))
         counts = COMM.allgather(out.num_rows)
         mean = sum(counts) / SIZE
         agree_ok(max(counts) <= 1.5 * mean + 1, f"sort partition sizes {counts}")
         parts = gather_parts(out)
         wholes = gather_parts(data)
-        check_on_root(lambda parts=parts, wholes=wholes: None if rows(pa.concat_tables(parts)) == rows(
-            pa.concat_tables(wholes).sort_by("k")) else "skewed sort order differs")
+        check_on_root(lambda parts=parts, wholes=wholes, order=order: None if rows(pa.concat_tables(parts)) == rows(
+            pa.concat_tables(wholes).sort_by([("k", order)])) else f"skewed {order} sort order differs")
 
 
 def expect_error(name: str, fn: Callable[[], Any], cls: type, *needles: str) -> None:
