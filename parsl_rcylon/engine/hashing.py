@@ -11,7 +11,7 @@ Python objects):
 * decimals and fixed-size binaries: the same, over fixed-width byte rows;
 * dictionaries: the dictionary's values are hashed once, then looked up.
 
-A 64-bit finaliser mixes the combined value, and a multiply-shift
+A fold-and-multiply mixes the combined value, and a multiply-shift
 ("fastrange") maps it to a partition without a modulo.  Only the
 distribution matters (equal keys always meet); the hash is not stable across
 library versions and is not meant to be stored.
@@ -39,12 +39,14 @@ _STRING_BATCH_BYTES = 1 << 22
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place."""
-    h ^= h >> _U64(30)
+    """Fold the high half onto the low half, then one odd multiply, in place.
+
+    Partitions come from the top 32 bits (see :func:`to_partitions`), which
+    after the multiply depend on every input bit; two passes instead of
+    splitmix64's five, measurably cheaper on 4M-row partitions.
+    """
+    h ^= h >> _U64(32)
     h *= _U64(0xBF58476D1CE4E5B9)
-    h ^= h >> _U64(27)
-    h *= _U64(0x94D049BB133111EB)
-    h ^= h >> _U64(31)
     return h
 
 
