@@ -6,8 +6,8 @@ Python objects):
 
 * integers, dates, times, timestamps, durations: the value's bits;
 * floats: the bits after folding ``-0.0`` onto ``0.0`` and all NaNs onto one NaN;
-* strings and binaries: a position-weighted sum of the bytes (random odd
-  multipliers per byte position), computed chunk by chunk with prefix sums;
+* strings and binaries: a sum of their 8-byte words, each multiplied by a
+  random odd constant for its position, computed for all strings at once;
 * decimals and fixed-size binaries: the same, over fixed-width byte rows;
 * dictionaries: the dictionary's values are hashed once, then looked up.
 
@@ -31,11 +31,11 @@ _NULL_CODE = _U64(0x6E756C6C6B657921)  # any constant: all nulls of a column has
 _NAN_BITS = np.array([np.nan], dtype=np.float64).view(np.uint64)[0]
 _COMBINE = _U64(0x9E3779B97F4A7C15)
 _LENGTH_MUL = _U64(0xC2B2AE3D27D4EB4F)
-# Odd multipliers, one per byte position (mod 256), fixed so every rank agrees.
-_BYTE_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, size=256, dtype=np.int64).astype(np.uint64)
-_BYTE_WEIGHTS = _BYTE_WEIGHTS * _U64(2) + _U64(1)
-#: Bytes of string data processed per numpy batch (bounds the uint64 temporaries).
-_STRING_BATCH_BYTES = 1 << 22
+# Odd multipliers, one per 8-byte word position (mod 256), fixed so every rank agrees.
+_WORD_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, size=256, dtype=np.int64).astype(np.uint64)
+_WORD_WEIGHTS = _WORD_WEIGHTS * _U64(2) + _U64(1)
+#: Bytes of string data hashed per batch (bounds the padded copy).
+_STRING_BATCH_BYTES = 1 << 26
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -58,30 +58,41 @@ def _fixed_width_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
 
 
 def _hash_bytes_rows(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Hash variable-length byte strings ``data[offsets[i]:offsets[i+1]]``."""
+    """Hash variable-length byte strings ``data[offsets[i]:offsets[i+1]]``.
+
+    Eight bytes at a time: word ``j`` of every string still that long is read
+    through a strided 8-byte window over the (zero-padded) data, its bytes past
+    the string's end masked off, multiplied by a per-position odd constant and
+    added.  Strings of up to 8*k bytes take k vectorised passes.
+    """
     n = len(offsets) - 1
-    out = np.empty(n, dtype=np.uint64)
     lengths = np.diff(offsets)
+    out = lengths.astype(np.uint64) * _LENGTH_MUL
     row = 0
     while row < n:
-        # Grow the batch until it covers about _STRING_BATCH_BYTES of data.
+        # Batches of about _STRING_BATCH_BYTES of data bound the padded copy.
         stop = int(np.searchsorted(offsets, offsets[row] + _STRING_BATCH_BYTES, side="right"))
         stop = min(n, max(stop - 1, row + 1))
         lo, hi = int(offsets[row]), int(offsets[stop])
-        chunk = data[lo:hi].astype(np.uint64)
-        starts = offsets[row:stop] - lo
-        lens = lengths[row:stop]
-        if chunk.size:
-            pos = np.arange(chunk.size, dtype=np.int64) - np.repeat(starts, lens)
-            chunk *= _BYTE_WEIGHTS[pos & 255]
-            # Prefix sums give each string's sum without reduceat's empty-row quirk;
-            # wrap-around arithmetic is exact modulo 2**64.
-            prefix = np.zeros(chunk.size + 1, dtype=np.uint64)
-            np.cumsum(chunk, out=prefix[1:])
-            sums = prefix[starts + lens] - prefix[starts]
-        else:
-            sums = np.zeros(stop - row, dtype=np.uint64)
-        out[row:stop] = sums + lens.astype(np.uint64) * _LENGTH_MUL
+        if hi > lo:
+            padded = np.zeros(hi - lo + 8, dtype=np.uint8)
+            padded[: hi - lo] = data[lo:hi]
+            windows = np.lib.stride_tricks.as_strided(padded, shape=(hi - lo + 1, 8), strides=(1, 1))
+            lens = lengths[row:stop]
+            starts = offsets[row:stop] - lo
+            idx = np.flatnonzero(lens > 0)
+            word = 0
+            while idx.size:
+                words = windows[starts[idx] + 8 * word].view(np.uint64).ravel()
+                remaining = lens[idx] - 8 * word
+                short = np.flatnonzero(remaining < 8)
+                if short.size:
+                    bits = (remaining[short] * 8).astype(np.uint64)
+                    words[short] &= (_U64(1) << bits) - _U64(1)
+                words *= _WORD_WEIGHTS[word & 255]
+                out[row + idx] += words
+                word += 1
+                idx = idx[remaining > 8]
         row = stop
     return out
 
