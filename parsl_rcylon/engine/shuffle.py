@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import List, Sequence, Union
 
 import pyarrow as pa
@@ -61,6 +62,7 @@ def hash_partition(
     nparts = size * nbuckets
     if nparts == 1:
         return [table]
+    start = time.perf_counter()
     hashes, any_null = hash_rows(table, keys)
     parts = to_partitions(hashes, nparts)
     del hashes
@@ -69,6 +71,7 @@ def hash_partition(
     del any_null
     order, starts = group_rows(parts, nparts)
     del parts
+    grouped = time.perf_counter()
 
     def provide(dst: int) -> List[pa.Table]:
         # One take per destination rank; its buckets are zero-copy slices of it.
@@ -80,6 +83,8 @@ def hash_partition(
     if size == 1:
         return provide(0)
     received = exchange_tables(comm, provide, nbuckets)
+    logger.debug("hash_partition of %d rows into %d x %d: hash+group %.3f s, take+exchange %.3f s",
+                 table.num_rows, size, nbuckets, grouped - start, time.perf_counter() - grouped)
     return [_concat(bucket) for bucket in received]
 
 

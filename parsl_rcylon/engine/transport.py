@@ -70,16 +70,20 @@ class Consensus:
     node_ranks: int
 
     @property
-    def use_threads(self) -> bool:
-        """Whether Arrow's thread pool may be used without oversubscribing the node.
+    def cores(self) -> int:
+        """This rank's fair share of its host's cores (at least 1).
 
-        Ranks on one host already keep its cores busy; a rank gets threads only
-        when its fair share of the cores is at least two.  A rank pinned to
-        fewer cores than the host has counts only its own cores.
+        Ranks on one host already keep its cores busy, so each gets its share;
+        a rank pinned to fewer cores than the host has counts only its own.
         """
         cpus = _cpu_count()
         share = cpus if cpus < (os.cpu_count() or cpus) else cpus // max(1, self.node_ranks)
-        return share >= 2
+        return max(1, share)
+
+    @property
+    def use_threads(self) -> bool:
+        """Whether Arrow's thread pool may be used without oversubscribing the host."""
+        return self.cores >= 2
 
 
 def format_ranks(ranks: Sequence[int], size: int) -> str:
