@@ -7,7 +7,9 @@ generated in fixed chunks from per-chunk seeds, so a rank of an R-rank run
 builds just its slice of the same global tables.
 
 Engine timings run under ``mpiexec -n R`` and are taken inside, after a
-barrier, as the maximum over ranks.  pyarrow runs in a separate process with
+barrier, as the maximum over ranks.  Every configuration first runs each
+operation once untimed (first touches of fresh memory), then ``--repeats``
+timed runs; the median is reported.  pyarrow runs in a separate process with
 its thread pool on (all cores); Dask runs a ``LocalCluster`` with R worker
 processes of one thread, inputs persisted before the clock starts.
 
@@ -154,6 +156,9 @@ def engine_worker(args: argparse.Namespace) -> None:
         for op in args.ops:
             times, extras, out_rows = [], [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
+            for _ in range(args.warmup):  # first touches of fresh memory are not what we measure
+                _engine_op(engine, comm, op, left, right)()
+            load = os.getloadavg()[0]
             for _ in range(args.repeats):
                 comm.Barrier()
                 seconds, extra, out = measured(_engine_op(engine, comm, op, left, right))
@@ -165,6 +170,7 @@ def engine_worker(args: argparse.Namespace) -> None:
             per_rank = comm.gather({"input_bytes": inputs, "extra_peak_bytes": max(extras)})
             if rank == 0:
                 records.append({"engine": "parsl_rcylon", "op": op, "n": n, "ranks": size, "times": times,
+                                "load_average": load,
                                 "out_rows": out_rows, "out_rows_per_rank": part_rows, "memory": per_rank})
         del left, right
     if rank == 0:
@@ -181,6 +187,9 @@ def pyarrow_worker(args: argparse.Namespace) -> None:
         for op in args.ops:
             times, extras, out_rows = [], [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
+            for _ in range(args.warmup):
+                _pyarrow_op(op, left, right)()
+            load = os.getloadavg()[0]
             for _ in range(args.repeats):
                 seconds, extra, out = measured(_pyarrow_op(op, left, right))
                 out_rows = out.num_rows
@@ -188,6 +197,7 @@ def pyarrow_worker(args: argparse.Namespace) -> None:
                 times.append(seconds)
                 extras.append(extra)
             records.append({"engine": "pyarrow", "op": op, "n": n, "ranks": 1, "threads": pa.cpu_count(),
+                            "load_average": load,
                             "times": times, "out_rows": out_rows,
                             "memory": [{"input_bytes": inputs, "extra_peak_bytes": max(extras)}]})
     Path(args.json).write_text(json.dumps(records))
@@ -210,18 +220,21 @@ def dask_worker(args: argparse.Namespace) -> None:
             wait([left, right])
             for op in args.ops:
                 times, out_rows = [], 0
-                for _ in range(args.repeats):
+                load = os.getloadavg()[0]
+                for i in range(args.warmup + args.repeats):
                     start = time.perf_counter()
                     if op == "join":
                         out = dd.merge(left, right, on="key", how="inner").persist()
                     else:
                         out = left.sort_values("key").persist()
                     wait(out)
-                    times.append(time.perf_counter() - start)
+                    if i >= args.warmup:
+                        times.append(time.perf_counter() - start)
                     out_rows = int(out.shape[0].compute())
                     del out
                     client.run(gc.collect)
                 records.append({"engine": "dask", "op": op, "n": n, "ranks": args.workers, "times": times,
+                                "load_average": load,
                                 "out_rows": out_rows, "version": dask.__version__})
             del left, right
     Path(args.json).write_text(json.dumps(records))
@@ -345,7 +358,8 @@ def driver(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = ",".join(str(n) for n in args.sizes)
-    common = ["--sizes", sizes, "--repeats", str(args.repeats), "--ops", ",".join(args.ops)]
+    common = ["--sizes", sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+              "--ops", ",".join(args.ops)]
     me = [sys.executable, str(Path(__file__).resolve())]
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     info = machine()
@@ -382,10 +396,11 @@ def driver(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--quick", action="store_true", help="N=2M, ranks 1 and 2, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="N=2M, ranks 1 and 2")
     parser.add_argument("--sizes", default="2M,8M,16M")
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     parser.add_argument("--ops", default="join,sort")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")
