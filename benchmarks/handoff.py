@@ -334,9 +334,11 @@ def describe(entry: Dict[str, Any], nbytes: int) -> Dict[str, Any]:
     write = entry["write"]
     out: Dict[str, Any] = {"writers": entry["writers"], "options": entry["options"], "file_bytes": entry["nbytes"],
                            "write_s": round(med(write), 4), "write_gbps": rate(nbytes, med(write)),
+                           "write_all": [round(x, 4) for x in write],
                            "read": {}, "e2e": {}}
     for m, levels in entry["read"].items():
-        out["read"][m] = {level: {"s": round(med(t), 4), "gbps": rate(nbytes, med(t))} for level, t in levels.items()}
+        out["read"][m] = {level: {"s": round(med(t), 4), "gbps": rate(nbytes, med(t)),
+                                  "all": [round(x, 4) for x in t]} for level, t in levels.items()}
         # End to end: the write and read of the same repeat when both exist, else medians added.
         reads = levels["checksum"]
         pairs = [a + b for a, b in zip(write, reads, strict=False)]
