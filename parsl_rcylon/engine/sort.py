@@ -116,13 +116,15 @@ def _ordered_codes(values: np.ndarray, descending: bool) -> np.ndarray:
     return ~codes if descending else codes
 
 
-def _sort_ints(values: np.ndarray, descending: bool) -> np.ndarray:
+def _sort_ints(values: np.ndarray, descending: bool, owned: bool = False) -> np.ndarray:
     """Stable argsort of integers, fast.
 
     When the key range and the row count fit in 64 bits together, the row
     number is packed under the key and one plain ``np.sort`` of uint64 (about
     twice as fast as a stable argsort, and faster still than Arrow's
     sort_indices on this data) yields the permutation, stable by construction.
+    With ``owned`` (a fresh 64-bit array the caller gives up) the packing
+    reuses ``values``' memory instead of allocating another 8 bytes per row.
     """
     n = len(values)
     if n == 0:
@@ -131,11 +133,16 @@ def _sort_ints(values: np.ndarray, descending: bool) -> np.ndarray:
     idx_bits = max(1, (n - 1).bit_length())
     if (hi - lo).bit_length() + idx_bits <= 64:
         signed = values.dtype.kind == "i"
-        wide = values.astype(np.int64).view(np.uint64) if signed else values.astype(np.uint64)
-        if descending:
-            packed = np.uint64(hi % 2**64) - wide
+        if owned and values.dtype.itemsize == 8:
+            wide = values.view(np.uint64)
         else:
-            packed = wide - np.uint64(lo % 2**64)
+            wide = values.astype(np.int64).view(np.uint64) if signed else values.astype(np.uint64)
+        # Wrap-around uint64 arithmetic gives the exact offset from min (or to max).
+        if descending:
+            np.subtract(np.uint64(hi % 2**64), wide, out=wide)
+        else:
+            wide -= np.uint64(lo % 2**64)
+        packed = wide
         packed <<= np.uint64(idx_bits)
         packed |= np.arange(n, dtype=np.uint64)
         packed.sort()
@@ -154,10 +161,14 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
     """Stable sort permutation of ``table`` by ``keys`` (pyarrow's sort semantics)."""
     if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
         key = keys[0]
-        arr = _combined(table.column(key.name))
+        column = table.column(key.name)
+        if not column.null_count:
+            # One copy of the key straight into a 64-bit array that the sort then owns.
+            wide = np.int64 if not pa.types.is_unsigned_integer(column.type) else np.uint64
+            chunks = [_int_values(c) for c in column.chunks] or [np.zeros(0, dtype=wide)]
+            return _sort_ints(np.concatenate(chunks, dtype=wide), key.descending, owned=True)
+        arr = _combined(column)
         values = _int_values(arr)
-        if not arr.null_count:
-            return _sort_ints(values, key.descending)
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
         present = np.flatnonzero(valid)
         order = present[_sort_ints(values[present], key.descending)]
