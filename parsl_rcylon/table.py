@@ -219,10 +219,9 @@ class TableRef:
             if missing:
                 raise TableError(f"columns {missing} are not in table {self!r} "
                                  f"(columns: {self.schema.names})")
-        # Every rank stats every file (cheap), so a missing or cut file fails
-        # every reader, not only the one whose share it holds.
-        for part in self._manifest.partitions:
-            self._check_unchanged(part)
+        # Only the files of this range are opened (and checked): on a parallel
+        # filesystem, every rank stat-ing every file of a wide table is a
+        # metadata storm.  resolve_arguments makes one rank's failure everyone's.
         tables = []
         for part, pieces in _plan(self._manifest.partitions, start, stop):
             tables.append(read_pieces(self.format, self._file(part), part, pieces, self.schema, columns,

@@ -437,7 +437,16 @@ def committed(tmp_path) -> TableRef:
 def test_missing_file(committed):
     os.unlink(committed.files[2])
     with pytest.raises(TableCorruptError, match=f"{committed.files[2]}: file is missing"):
-        committed.read_share(0, 2)  # share 0 does not hold the file: still refused
+        committed.read()
+    assert committed.read_share(0, 3).num_rows == 1024  # a share without the file reads
+
+    def rank(comm):  # ... but resolve_arguments fails every rank of the task
+        ctx = CylonContext(comm, task_id="r", name="g", data_dir=None)
+        return resolve_arguments(ctx, lambda ctx, t: None, (committed,), {})
+
+    out = run_ranks(3, rank)
+    assert all(isinstance(e, TableError) and f"{committed.files[2]}: file is missing" in str(e) for e in out)
+    assert "rank 1 of 3 could not read its table share" in str(out[0])
     with pytest.raises(TableCorruptError, match="part-00002-of-00003.parquet: file is missing"):
         TableRef.from_parquet(committed.path)
 
@@ -699,9 +708,12 @@ def test_mpi_concurrent_stages(scenarios):
 
 @pytest.mark.mpi
 def test_mpi_missing_file_fails_every_reader(scenarios):
+    # Ranks 2 and 3 hold rows of the lost partition; ranks 0 and 1 fail with them.
+    errors = [r["error"] for r in scenarios["missing_file"]]
+    assert errors == ["TableError", "TableError", "TableCorruptError", "TableCorruptError"]
     for r in scenarios["missing_file"]:
-        assert r["error"] == "TableCorruptError"
         assert "stage-victim/part-00003-of-00004.parquet: file is missing" in r["message"]
+    assert "rank 2 of 4 could not read its table share" in scenarios["missing_file"][0]["message"]
 
 
 @pytest.mark.mpi

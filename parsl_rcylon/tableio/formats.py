@@ -175,7 +175,9 @@ def _row_group_starts(metadata: pq.FileMetaData) -> Optional[List[int]]:
     return starts
 
 
-def parquet_layout(mm: pa.MemoryMappedFile, path: str, with_segments: bool):
+def parquet_layout(mm: pa.MemoryMappedFile, path: str, with_segments: bool
+                   ) -> Tuple[pq.FileMetaData, Tuple[int, ...], Optional[Segment],
+                              Optional[Tuple[Segment, ...]], Segment]:
     """Describe a Parquet file as head, one segment per row group, and tail."""
     metadata, footer_start = _parquet_footer(mm, path)
     size = mm.size()
@@ -273,7 +275,8 @@ def _write_ipc(table: pa.Table, path: str, opts: WriteOptions) -> List[Tuple[int
     return positions
 
 
-def _ipc_layout(mm: pa.MemoryMappedFile, positions: List[Tuple[int, int]]):
+def _ipc_layout(mm: pa.MemoryMappedFile, positions: List[Tuple[int, int]]
+                ) -> Tuple[Tuple[int, ...], Segment, Tuple[Segment, ...], Segment]:
     # The schema message goes out with the first batch, so segment 0 covers
     # magic, schema and dictionaries, and the head is empty.
     size = mm.size()
