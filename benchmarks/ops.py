@@ -7,9 +7,10 @@ generated in fixed chunks from per-chunk seeds, so a rank of an R-rank run
 builds just its slice of the same global tables.
 
 Engine timings run under ``mpiexec -n R`` and are taken inside, after a
-barrier, as the maximum over ranks.  Every configuration first runs each
-operation once untimed (first touches of fresh memory), then ``--repeats``
-timed runs; the median is reported.  pyarrow runs in a separate process with
+barrier, as the maximum over ranks.  Each operation and size runs in a fresh
+process (or ``mpiexec`` run): the first run measures memory (peak resident
+size over the resident size with the inputs loaded, per rank) and warms up;
+then ``--repeats`` timed runs, of which the median is reported.  pyarrow runs in a separate process with
 its thread pool on (all cores); Dask runs a ``LocalCluster`` with R worker
 processes of one thread, inputs persisted before the clock starts.
 
@@ -154,20 +155,22 @@ def engine_worker(args: argparse.Namespace) -> None:
         lo, hi = rank * n // size, (rank + 1) * n // size
         left, right = make_rows(1, n, lo, hi), make_rows(2, n, lo, hi)
         for op in args.ops:
-            times, extras, out_rows = [], [], 0
+            times, out_rows = [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            for _ in range(args.warmup):  # first touches of fresh memory are not what we measure
-                _engine_op(engine, comm, op, left, right)()
+            # Memory from the first run in this fresh process (later runs reuse what the
+            # allocators kept and would look cheaper); its time is a warm-up, not reported.
+            comm.Barrier()
+            _, extra, out = measured(_engine_op(engine, comm, op, left, right))
+            del out
             load = os.getloadavg()[0]
             for _ in range(args.repeats):
                 comm.Barrier()
-                seconds, extra, out = measured(_engine_op(engine, comm, op, left, right))
+                seconds, _, out = measured(_engine_op(engine, comm, op, left, right))
                 out_rows = comm.allreduce(out.num_rows)
                 part_rows = comm.gather(out.num_rows)
                 del out
                 times.append(comm.allreduce(seconds, op=MPI.MAX))
-                extras.append(extra)
-            per_rank = comm.gather({"input_bytes": inputs, "extra_peak_bytes": max(extras)})
+            per_rank = comm.gather({"input_bytes": inputs, "extra_peak_bytes": extra})
             if rank == 0:
                 records.append({"engine": "parsl_rcylon", "op": op, "n": n, "ranks": size, "times": times,
                                 "load_average": load,
@@ -185,21 +188,20 @@ def pyarrow_worker(args: argparse.Namespace) -> None:
     for n in args.sizes:
         left, right = make_rows(1, n, 0, n), make_rows(2, n, 0, n)
         for op in args.ops:
-            times, extras, out_rows = [], [], 0
+            times, out_rows = [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            for _ in range(args.warmup):
-                _pyarrow_op(op, left, right)()
+            _, extra, out = measured(_pyarrow_op(op, left, right))  # memory + warm-up, as above
+            del out
             load = os.getloadavg()[0]
             for _ in range(args.repeats):
-                seconds, extra, out = measured(_pyarrow_op(op, left, right))
+                seconds, _, out = measured(_pyarrow_op(op, left, right))
                 out_rows = out.num_rows
                 del out
                 times.append(seconds)
-                extras.append(extra)
             records.append({"engine": "pyarrow", "op": op, "n": n, "ranks": 1, "threads": pa.cpu_count(),
                             "load_average": load,
                             "times": times, "out_rows": out_rows,
-                            "memory": [{"input_bytes": inputs, "extra_peak_bytes": max(extras)}]})
+                            "memory": [{"input_bytes": inputs, "extra_peak_bytes": extra}]})
     Path(args.json).write_text(json.dumps(records))
 
 
@@ -359,17 +361,22 @@ def driver(args: argparse.Namespace) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = ",".join(str(n) for n in args.sizes)
     common = ["--sizes", sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-              "--ops", ",".join(args.ops)]
+              "--ops", ",".join(args.ops)]  # Dask: one cluster per worker count, all sizes
     me = [sys.executable, str(Path(__file__).resolve())]
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     info = machine()
     records: List[Dict[str, Any]] = []
     print(f"machine: {info.get('cpu')} x{info['cpus']}, load {info['load_average_before']}", flush=True)
-    print("pyarrow (one process) ...", flush=True)
-    records += _launch(me + ["--pyarrow-worker"] + common, args.timeout) or []
-    for ranks in args.ranks:
-        print(f"parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
-        records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + common, args.timeout) or []
+    # One process (or mpiexec run) per operation and size: memory is then measured
+    # from a clean start, and one configuration cannot inflate the next.
+    for n in args.sizes:
+        for op in args.ops:
+            one = ["--sizes", str(n), "--repeats", str(args.repeats), "--ops", op]
+            print(f"{op} N={n}: pyarrow (one process) ...", flush=True)
+            records += _launch(me + ["--pyarrow-worker"] + one, args.timeout) or []
+            for ranks in args.ranks:
+                print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
+                records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout) or []
     try:
         import dask  # noqa: F401
         import distributed  # noqa: F401
@@ -400,7 +407,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sizes", default="2M,8M,16M")
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed Dask runs before the timed ones")
     parser.add_argument("--ops", default="join,sort")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")

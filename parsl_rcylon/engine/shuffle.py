@@ -83,6 +83,7 @@ def hash_partition(
     if size == 1:
         return provide(0)
     received = exchange_tables(comm, provide, nbuckets)
+    order = None  # drops the closure's reference as well
     logger.debug("hash_partition of %d rows into %d x %d: hash+group %.3f s, take+exchange %.3f s",
                  table.num_rows, size, nbuckets, grouped - start, time.perf_counter() - grouped)
     return [_concat(bucket) for bucket in received]

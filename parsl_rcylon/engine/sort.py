@@ -144,7 +144,10 @@ def _sort_ints(values: np.ndarray, descending: bool, owned: bool = False) -> np.
             wide -= np.uint64(lo % 2**64)
         packed = wide
         packed <<= np.uint64(idx_bits)
-        packed |= np.arange(n, dtype=np.uint64)
+        block = 1 << 20  # row numbers in blocks: no second 8-byte-per-row temporary
+        for lo_row in range(0, n, block):
+            hi_row = min(n, lo_row + block)
+            packed[lo_row:hi_row] |= np.arange(lo_row, hi_row, dtype=np.uint64)
         packed.sort()
         packed &= np.uint64((1 << idx_bits) - 1)
         return packed.view(np.int64)
@@ -276,13 +279,21 @@ def _int_destinations(table: pa.Table, key: SortKey, splitters: pa.Table, offset
     svalues = _int_values(sarr).astype(values.dtype)
     spos = splitters.column(pos_name).to_numpy()
     m = len(svalues)
+    small = np.uint8 if m < 256 else (np.uint16 if m < 65536 else np.int64)
     if key.descending:
-        ascending_splitters = svalues[::-1]
-        dest = m - np.searchsorted(ascending_splitters, values, side="right")
-        ties = np.flatnonzero(m - np.searchsorted(ascending_splitters, values, side="left") > dest)
+        dest = (m - np.searchsorted(svalues[::-1], values, side="right")).astype(small)
     else:
-        dest = np.searchsorted(svalues, values, side="left")
-        ties = np.flatnonzero(np.searchsorted(svalues, values, side="right") > dest)
+        dest = np.searchsorted(svalues, values, side="left").astype(small)
+    # Only rows whose key equals a splitter's need the position to break the tie.
+    distinct = np.unique(svalues)
+    if len(distinct) <= 16:
+        equal = np.zeros(len(values), dtype=bool)
+        for value in distinct:
+            equal |= values == value
+        ties = np.flatnonzero(equal)
+        del equal
+    else:
+        ties = np.flatnonzero(np.isin(values, distinct))
     if ties.size:
         tie_values, tie_pos = values[ties], ties + offset
         for j in range(m):
@@ -392,6 +403,7 @@ def sort(
     received = exchange_tables(
         comm, lambda d: [take_range(table, order, int(starts[d]), int(starts[d + 1]))]
     )[0]
+    order = None  # the closure's reference too: free the row order before the local sort
     non_empty = [t for t in received if t.num_rows]
     mine = pa.concat_tables(non_empty) if len(non_empty) > 1 else (non_empty[0] if non_empty else received[0])
     del received, non_empty

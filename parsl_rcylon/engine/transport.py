@@ -280,6 +280,9 @@ def exchange_tables(
     received = exchange_bytes(comm, np.frombuffer(send, dtype=np.uint8), sizes.sum(axis=1),
                               recv_sizes.sum(axis=1))
     del send
+    # The allocator keeps freed pages for reuse; hand the pieces' and the send
+    # buffer's back now so that they do not add to this rank's peak footprint.
+    pa.default_memory_pool().release_unused()
     own = list(provide(rank))
     result: List[List[pa.Table]] = [[own[b]] * size for b in range(nbuckets)]
     empty = own[0].schema.empty_table()
