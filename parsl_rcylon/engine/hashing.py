@@ -204,6 +204,10 @@ def hash_rows(table: pa.Table, columns: Sequence[str]) -> Tuple[np.ndarray, Opti
     return _mix(h), any_null
 
 
+#: Up to this many partitions, rows are grouped by one scan per partition.
+_FEW_PARTS = 8
+
+
 def _small_dtype(nparts: int) -> type:
     return np.uint8 if nparts <= 256 else (np.uint16 if nparts <= 65536 else np.uint32)
 
@@ -240,12 +244,18 @@ def group_rows(parts: np.ndarray, nparts: int) -> Tuple[np.ndarray, np.ndarray]:
     small = _small_dtype(nparts)
     parts = parts if parts.dtype == small else parts.astype(small)
     counts = np.bincount(parts, minlength=nparts)
-    order = np.argsort(parts, kind="stable")
-    if len(order) < 2**31 - 1:
-        order = order.astype(np.int32)
     starts = np.zeros(nparts + 1, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
-    return order, starts
+    index_type = np.int32 if len(parts) < 2**31 - 1 else np.int64
+    if nparts <= _FEW_PARTS:
+        # A few partitions: fill the order partition by partition, straight into
+        # the narrow index type (no full-length int64 argsort result).
+        order = np.empty(len(parts), dtype=index_type)
+        for i in range(nparts):
+            if counts[i]:
+                order[starts[i] : starts[i + 1]] = np.flatnonzero(parts == i)
+        return order, starts
+    return np.argsort(parts, kind="stable").astype(index_type), starts
 
 
 def take_range(table: pa.Table, order: np.ndarray, lo: int, hi: int) -> pa.Table:
