@@ -159,6 +159,13 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
         self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period)
         self._dispatcher.start()
+        # RP leaves non-daemon threads running, and the interpreter joins those
+        # before it runs atexit handlers (Parsl's cleanup among them): a script
+        # that ends without shutting Parsl down would hang forever.  This hook
+        # runs before that join, as concurrent.futures' own does.
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(self._shutdown_at_exit)
         try:
             launcher_home = rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext()
             with launcher_home:
@@ -360,6 +367,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         return False
 
     # -- shutdown ----------------------------------------------------------------------
+
+    def _shutdown_at_exit(self) -> None:
+        if not self._is_shutdown:
+            logger.info("%s: interpreter exiting; shutting the executor down", self.label)
+            self.shutdown()
 
     def shutdown(self) -> None:
         """Stop workers, master and pilot, close the session, and end leftovers.

@@ -9,6 +9,7 @@ every process of its own session (see ``processes``).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -54,12 +55,17 @@ class CylonMaster(rp.raptor.Master):
                 return
 
 
-def end_pilot_processes(log=None, grace: float = 3.0) -> None:
-    """End every process of this pilot's session, then this one."""
+def end_pilot_processes(log=None) -> None:
+    """Kill every process of this pilot's session, then exit.
+
+    SIGKILL, not SIGTERM: the client is gone, nothing needs a graceful end,
+    and RP's components react to SIGTERM by killing their children -- this
+    master among them -- before it could finish the sweep.
+    """
     sid = os.environ["RP_SESSION_ID"]
     procs = session_processes(sid)
     if log:
-        log.info("ending %d processes of session %s: %s", len(procs), sid, [p.pid for p in procs])
-    end_processes(procs, grace=grace)
+        log.info("killing %d processes of session %s: %s", len(procs), sid, [p.pid for p in procs])
+    end_processes(procs, grace=0.0, first_signal=signal.SIGKILL)
     sys.stdout.flush()
     os._exit(4)

@@ -10,6 +10,7 @@ run's own ids, and matching them never touches anybody else's processes.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterable, List
 
 import psutil
@@ -38,11 +39,12 @@ def _belongs(proc: psutil.Process, sid: str) -> bool:
     return proc.environ().get("RP_SESSION_ID") == sid
 
 
-def end_processes(procs: List[psutil.Process], grace: float = 2.0) -> List[int]:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; return the PIDs signalled."""
+def end_processes(procs: List[psutil.Process], grace: float = 2.0,
+                  first_signal: int = signal.SIGTERM) -> List[int]:
+    """Send ``first_signal``, then SIGKILL after ``grace`` seconds; return the PIDs signalled."""
     for proc in procs:
         try:
-            proc.terminate()
+            proc.send_signal(first_signal)
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace)

@@ -1,0 +1,120 @@
+"""Start, shutdown, failure and client death: no hang, no process left behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parsl_rcylon import ExecutorShutdown, RadicalCylonExecutor, StartupError, WorkerLost, WorkerPool, cylon_app
+
+from .conftest import wait_for_no_processes
+
+pytestmark = pytest.mark.integration
+
+
+@cylon_app(ranks=2)
+def nap(ctx, seconds):
+    time.sleep(seconds)
+    return ctx.comm.allreduce(ctx.rank)
+
+
+@cylon_app(ranks=2)
+def die_on_rank_1(ctx):
+    ctx.comm.Barrier()
+    if ctx.rank == 1:
+        os._exit(9)
+    time.sleep(30)
+    return "unreachable"
+
+
+def _start(tmp_path: Path, **kwargs) -> RadicalCylonExecutor:
+    ex = RadicalCylonExecutor(label=kwargs.pop("label", "life"), **kwargs)
+    ex.run_dir = str(tmp_path)
+    ex.start()
+    return ex
+
+
+def test_shutdown_fails_running_tasks_and_leaves_nothing(tmp_path):
+    ex = _start(tmp_path, worker_ranks=2)
+    sid = ex.session_id
+    assert ex.submit(nap.func, {"ranks": 2}, 0).result(timeout=60) == 1
+    running = ex.submit(nap.func, {"ranks": 2}, 120)
+    queued = ex.submit(nap.func, {"ranks": 2}, 1)
+    time.sleep(1)
+    ex.shutdown()
+    for fut in (running, queued):
+        with pytest.raises(ExecutorShutdown, match="shut down"):
+            fut.result(timeout=5)
+    with pytest.raises(ExecutorShutdown):
+        ex.submit(nap.func, {"ranks": 2}, 0)
+    assert wait_for_no_processes(sid, timeout=10) == []
+    # every RP artifact stays under the run directory
+    assert (tmp_path / "life" / "sandbox").is_dir()
+    assert any(p.name.startswith("rp.session.") for p in (tmp_path / "life").iterdir())
+    print(f"shutdown took {ex.timings['shutdown']:.1f} s")
+
+
+def test_worker_death_fails_its_tasks_and_breaks_the_executor(tmp_path):
+    ex = _start(tmp_path, worker_ranks=2)
+    sid = ex.session_id
+    try:
+        fut = ex.submit(die_on_rank_1.func, {"ranks": 2})
+        with pytest.raises(WorkerLost, match="lost its worker life.default.worker.000"):
+            fut.result(timeout=120)
+        later = ex.submit(nap.func, {"ranks": 2}, 0)
+        with pytest.raises(WorkerLost, match="no MPI worker is left"):
+            later.result(timeout=10)
+    finally:
+        ex.shutdown()
+    assert wait_for_no_processes(sid, timeout=10) == []
+
+
+def test_worker_start_failure_raises_with_its_stderr(tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "mpi4py").mkdir(parents=True)
+    (broken / "mpi4py" / "__init__.py").write_text(
+        "raise ImportError('mpi4py deliberately broken by the test')\n")
+    pool = WorkerPool(name="default", ranks=2, environment={"PYTHONPATH": str(broken)})
+    ex = RadicalCylonExecutor(label="broken", pools=[pool], start_timeout=240)
+    ex.run_dir = str(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(StartupError) as info:
+        ex.start()
+    elapsed = time.monotonic() - t0
+    assert "mpi4py deliberately broken by the test" in str(info.value)
+    assert "broken.default.worker.000" in str(info.value)
+    assert elapsed < 200, f"start() should fail as soon as the worker fails, took {elapsed:.0f} s"
+    sid = ex.session_id
+    assert sid and wait_for_no_processes(sid, timeout=10) == []
+
+
+def test_killed_client_leaves_no_process_behind(tmp_path):
+    script = Path(__file__).with_name("lifecycle_client.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    sid = None
+    lines = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("SESSION "):
+                sid = line.split()[1]
+                break
+        assert sid, "client did not start:\n" + "".join(lines[-40:])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    killed_at = time.monotonic()
+    left = wait_for_no_processes(sid, timeout=60)
+    assert left == [], f"still running {time.monotonic() - killed_at:.0f} s after SIGKILL: {left}"
+    print(f"all processes of {sid} ended {time.monotonic() - killed_at:.0f} s after SIGKILL")
