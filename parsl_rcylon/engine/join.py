@@ -12,6 +12,7 @@ import pyarrow as pa
 from mpi4py import MPI
 
 from .errors import InvalidArgumentError, KeyTypeError
+from .kernels import acero_join, duckdb_join
 from .shuffle import hash_partition
 from .transport import agree
 from .validation import (
@@ -107,7 +108,8 @@ def join(
 
     Both sides are hash-partitioned by key (rows with a null key stay where
     they are: in pyarrow, as here, a null key never matches), then every
-    rank joins its rows with pyarrow's Acero hash join, bucket by bucket.
+    rank joins its rows bucket by bucket, with DuckDB where it is installed
+    and pyarrow's Acero hash join otherwise (same result; see ``kernels``).
 
     Parameters
     ----------
@@ -176,23 +178,31 @@ def join(
     right_buckets = hash_partition(comm, right, rk, nbuckets, nulls_stay=True)
     shuffled = time.perf_counter()
 
-    def join_bucket(parts: Tuple[pa.Table, pa.Table], threads: bool) -> pa.Table:
-        lpart, rpart = parts
-        return lpart.join(rpart, keys=lk, right_keys=rk, join_type=join_type, left_suffix=lsuf,
-                          right_suffix=rsuf, use_threads=threads)
-
+    expected = canonical_schema(
+        left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
+                              left_suffix=lsuf, right_suffix=rsuf).schema
+    )
     pairs = list(zip(left_buckets, right_buckets, strict=True))
     del left_buckets, right_buckets
-    if consensus.cores >= 2 and len(pairs) > 1:
+    duck = duckdb_join(left.schema, right.schema, lk, rk, join_type, lsuf, rsuf, expected, consensus.cores)
+    kernel = "duckdb" if duck is not None else "acero"
+    if duck is not None:
+        try:
+            results = [duck(lpart, rpart) for lpart, rpart in pairs]
+        finally:
+            duck.close()
+    elif consensus.cores >= 2 and len(pairs) > 1:
         # Small buckets leave Acero's own threads idle; joining several buckets
         # at once (Acero releases the GIL) keeps this rank's cores busy instead.
+        run = acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=False)
         with ThreadPoolExecutor(max_workers=consensus.cores) as pool:
-            results = list(pool.map(lambda pair: join_bucket(pair, False), pairs))
+            results = list(pool.map(lambda pair: run(*pair), pairs))
     else:
-        results = [join_bucket(pair, consensus.use_threads) for pair in pairs]
+        run = acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=consensus.use_threads)
+        results = [run(lpart, rpart) for lpart, rpart in pairs]
     del pairs
-    logger.debug("join: %d bucket(s) x %d core(s): validate %.3f s, shuffle %.3f s, local joins %.3f s",
-                 nbuckets, consensus.cores, validated - start, shuffled - validated,
+    logger.debug("join: %d bucket(s) x %d core(s), %s: validate %.3f s, shuffle %.3f s, local joins %.3f s",
+                 nbuckets, consensus.cores, kernel, validated - start, shuffled - validated,
                  time.perf_counter() - shuffled)
     if len(results) == 1:
         return results[0]

@@ -30,6 +30,7 @@ from mpi4py import MPI
 
 from parsl_rcylon import engine
 from parsl_rcylon.engine import transport
+from parsl_rcylon.engine.kernels import KERNEL_ENV
 
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
@@ -223,16 +224,31 @@ def join() -> None:
     prop()
 
 
+def _join_with(bucket_rows: int, kernel: str) -> None:
+    join_module = importlib.import_module("parsl_rcylon.engine.join")
+    saved = join_module.BUCKET_ROWS, os.environ.get(KERNEL_ENV)
+    join_module.BUCKET_ROWS = bucket_rows
+    os.environ[KERNEL_ENV] = kernel
+    try:
+        CASES["join"]()
+    finally:
+        join_module.BUCKET_ROWS = saved[0]
+        if saved[1] is None:
+            del os.environ[KERNEL_ENV]
+        else:
+            os.environ[KERNEL_ENV] = saved[1]
+
+
 @case
 def join_bucketed() -> None:
     """Many local buckets per rank (tiny bucket size) must not change the result."""
-    join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS
-    join_module.BUCKET_ROWS = 3
-    try:
-        join.__wrapped__() if hasattr(join, "__wrapped__") else CASES["join"]()
-    finally:
-        join_module.BUCKET_ROWS = saved
+    _join_with(3, "auto")
+
+
+@case
+def join_acero() -> None:
+    """pyarrow's Acero kernel (the default where DuckDB is not installed), many buckets."""
+    _join_with(3, "acero")
 
 
 @st.composite

@@ -1,0 +1,142 @@
+"""Local join kernels: pyarrow's Acero hash join, or DuckDB where it is installed.
+
+Both give exactly pyarrow ``Table.join``'s result (columns, names, types, null
+keys never matching); only the speed differs.  DuckDB joined the engine's
+hash buckets about a third faster than Acero here (one thread, 4M x 4M rows
+in 30 buckets: 0.32 s against 0.49 s), so it is used when importable and the
+tables' types survive its round trip exactly; otherwise, or with
+``PARSL_RCYLON_JOIN_KERNEL=acero``, Acero runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, List, Optional, Sequence
+
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+#: ``auto`` (DuckDB when importable and applicable), ``duckdb`` or ``acero``.
+KERNEL_ENV = "PARSL_RCYLON_JOIN_KERNEL"
+
+JoinFn = Callable[[pa.Table, pa.Table], pa.Table]
+
+
+def acero_join(lk: Sequence[str], rk: Sequence[str], join_type: str, lsuf: Optional[str], rsuf: Optional[str],
+               use_threads: bool) -> JoinFn:
+    """A bucket join with pyarrow's Acero hash join."""
+
+    def run(left: pa.Table, right: pa.Table) -> pa.Table:
+        return left.join(right, keys=list(lk), right_keys=list(rk), join_type=join_type, left_suffix=lsuf,
+                         right_suffix=rsuf, use_threads=use_threads)
+
+    return run
+
+
+def _round_trips(dtype: pa.DataType) -> bool:
+    """Types DuckDB hands back as the same Arrow type (or one cast back losslessly)."""
+    return (
+        pa.types.is_integer(dtype)
+        or pa.types.is_floating(dtype) and not pa.types.is_float16(dtype)
+        or pa.types.is_boolean(dtype)
+        or pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_date32(dtype)
+        or (pa.types.is_timestamp(dtype) and dtype.tz is None)
+    )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _output_columns(lnames: Sequence[str], rnames: Sequence[str], lk: Sequence[str], rk: Sequence[str],
+                    join_type: str, lsuf: Optional[str], rsuf: Optional[str]) -> Optional[List[tuple]]:
+    """``(name, SQL expression)`` per output column, following pyarrow's rules.
+
+    pyarrow keeps the left columns then the right ones, drops the right keys
+    (the left keys for a right outer join), coalesces the keys of a full
+    outer join, and suffixes only names that appear on both sides.
+    """
+    if join_type in ("left semi", "left anti"):
+        return [(c, f"l.{_quote(c)}") for c in lnames]
+    if join_type in ("right semi", "right anti"):
+        return [(c, f"r.{_quote(c)}") for c in rnames]
+    right_outer = join_type == "right outer"
+    left_out = [c for c in lnames if not (right_outer and c in lk)]
+    right_out = [c for c in rnames if right_outer or c not in rk]
+    clash = set(left_out) & set(right_out)
+    columns = []
+    for c in left_out:
+        name = c + (lsuf or "") if c in clash else c
+        expr = f"l.{_quote(c)}"
+        if join_type == "full outer" and c in lk:
+            expr = f"COALESCE({expr}, r.{_quote(rk[list(lk).index(c)])})"
+        columns.append((name, expr))
+    for c in right_out:
+        columns.append((c + (rsuf or "") if c in clash else c, f"r.{_quote(c)}"))
+    return columns
+
+
+_SQL_JOIN = {"inner": "JOIN", "left outer": "LEFT JOIN", "right outer": "RIGHT JOIN",
+             "full outer": "FULL OUTER JOIN", "left semi": "SEMI JOIN", "left anti": "ANTI JOIN",
+             "right semi": "SEMI JOIN", "right anti": "ANTI JOIN"}
+
+
+def duckdb_join(left_schema: pa.Schema, right_schema: pa.Schema, lk: Sequence[str], rk: Sequence[str],
+                join_type: str, lsuf: Optional[str], rsuf: Optional[str], expected: pa.Schema,
+                threads: int) -> Optional[Any]:
+    """A bucket join run by DuckDB, or None where it cannot give pyarrow's exact result."""
+    choice = os.environ.get(KERNEL_ENV, "auto").lower()
+    if choice == "acero":
+        return None
+    try:
+        import duckdb
+    except ImportError:
+        if choice == "duckdb":
+            logger.warning("%s=duckdb but duckdb is not importable: using Acero", KERNEL_ENV)
+        return None
+    if not all(_round_trips(f.type) for f in list(left_schema) + list(right_schema)):
+        return None
+    if any(pa.types.is_floating(left_schema.field(k).type) for k in lk):
+        return None  # DuckDB matches NaN with NaN and -0.0 with 0.0; Acero compares bits
+    columns = _output_columns(left_schema.names, right_schema.names, lk, rk, join_type, lsuf, rsuf)
+    if columns is None or [c[0] for c in columns] != expected.names:
+        logger.debug("join: DuckDB column mapping differs from pyarrow's; using Acero")
+        return None
+    on = " AND ".join(f"l.{_quote(a)} = r.{_quote(b)}" for a, b in zip(lk, rk, strict=True))
+    select = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in columns)
+    if join_type in ("right semi", "right anti"):
+        query = f"SELECT {select} FROM r {_SQL_JOIN[join_type]} l ON {on}"
+    else:
+        query = f"SELECT {select} FROM l {_SQL_JOIN[join_type]} r ON {on}"
+    return _DuckJoin(duckdb, query, expected, threads)
+
+
+class _DuckJoin:
+    """One DuckDB connection that joins bucket after bucket."""
+
+    def __init__(self, duckdb: Any, query: str, expected: pa.Schema, threads: int) -> None:
+        self.query = query
+        self.expected = expected
+        self.con = duckdb.connect(config={"threads": max(1, threads)})
+
+    def __call__(self, left: pa.Table, right: pa.Table) -> pa.Table:
+        self.con.register("l", left)
+        self.con.register("r", right)
+        try:
+            out = self.con.sql(self.query).to_arrow_table()
+        finally:
+            self.con.unregister("l")
+            self.con.unregister("r")
+        if not out.schema.equals(self.expected):
+            # DuckDB returns large strings as strings, and so on: cast back (lossless here).
+            out = out.cast(self.expected)
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+
+
+__all__ = ["acero_join", "duckdb_join", "KERNEL_ENV"]
