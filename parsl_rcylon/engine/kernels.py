@@ -114,6 +114,16 @@ def duckdb_join(left_schema: pa.Schema, right_schema: pa.Schema, lk: Sequence[st
     return _DuckJoin(duckdb, query, expected, threads)
 
 
+def _fetch_arrow(relation: Any) -> pa.Table:
+    # DuckDB renamed its Arrow export across releases; take what this one has.
+    for name in ("to_arrow_table", "fetch_arrow_table"):
+        method = getattr(relation, name, None)
+        if method is not None:
+            return method()
+    out = relation.arrow()
+    return out.read_all() if hasattr(out, "read_all") else out
+
+
 class _DuckJoin:
     """One DuckDB connection that joins bucket after bucket."""
 
@@ -126,7 +136,7 @@ class _DuckJoin:
         self.con.register("l", left)
         self.con.register("r", right)
         try:
-            out = self.con.sql(self.query).to_arrow_table()
+            out = _fetch_arrow(self.con.sql(self.query))
         finally:
             self.con.unregister("l")
             self.con.unregister("r")
