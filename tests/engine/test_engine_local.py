@@ -188,3 +188,33 @@ def test_cylon_env_old_pycylon_on_a_subcommunicator(monkeypatch: pytest.MonkeyPa
         # running inside a bigger worker, so only a congruent multi-rank communicator falls back.
         with pytest.raises(RuntimeError, match="cannot be bound"):
             engine.cylon_env(COMM)
+
+
+JOIN_TYPES = ["inner", "left outer", "right outer", "full outer", "left semi", "left anti", "right semi",
+              "right anti"]
+
+
+@pytest.mark.parametrize("join_type", JOIN_TYPES)
+@pytest.mark.parametrize("renamed", [False, True])
+def test_duckdb_kernel_matches_acero(join_type: str, renamed: bool) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    del duckdb
+    from parsl_rcylon.engine.kernels import acero_join, duckdb_join
+
+    left = pa.table({"k": pa.array([1, 2, 2, None, 5], pa.int32()), "s": pa.array(["a", "b", None, "d", "e"],
+                                                                                  pa.large_string()),
+                     "v": [1.0, 2.0, 3.0, None, 5.0]})
+    rk = ["rk"] if renamed else ["k"]
+    right = pa.table({rk[0]: pa.array([2, 2, 3, None], pa.int32()), "v": [10.0, 20.0, 30.0, 40.0],
+                      "t": pa.array([0, 1, 2, 3], pa.timestamp("us"))})
+    want = acero_join(["k"], rk, join_type, None, "_right", False)(left, right)
+    expected = want.schema
+    kernel = duckdb_join(left.schema, right.schema, ["k"], rk, join_type, None, "_right", expected, 1)
+    assert kernel is not None, "DuckDB kernel declined a supported join"
+    try:
+        got = kernel(left, right)
+    finally:
+        kernel.close()
+    assert got.schema.names == want.schema.names
+    assert [f.type for f in got.schema] == [f.type for f in want.schema]
+    assert sorted(map(str, got.to_pylist())) == sorted(map(str, want.to_pylist()))
