@@ -128,6 +128,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._startup_failure: Optional[str] = None
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
+        self._owner_pid = os.getpid()
         self.timings: Dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -163,6 +164,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         # before it runs atexit handlers (Parsl's cleanup among them): a script
         # that ends without shutting Parsl down would hang forever.  This hook
         # runs before that join, as concurrent.futures' own does.
+        self._owner_pid = os.getpid()
         register = getattr(threading, "_register_atexit", None)
         if register is not None:
             register(self._shutdown_at_exit)
@@ -369,7 +371,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     # -- shutdown ----------------------------------------------------------------------
 
     def _shutdown_at_exit(self) -> None:
-        if not self._is_shutdown:
+        # RP forks helper processes; their exit runs this hook too, and a
+        # forked copy must never touch the parent's sockets or pilot.
+        if os.getpid() == self._owner_pid and not self._is_shutdown:
             logger.info("%s: interpreter exiting; shutting the executor down", self.label)
             self.shutdown()
 
@@ -386,18 +390,23 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         t0 = time.monotonic()
         if self._dispatcher is not None:
             self._dispatcher.stop()
+        self.timings["shutdown_ranks"] = time.monotonic() - t0
         sid = self.session_id
-        closers = (("task manager", self._tmgr, {}), ("pilot manager", self._pmgr, {"terminate": True}),
+        closers = (("tmgr", self._tmgr, {}), ("pmgr", self._pmgr, {"terminate": True}),
                    ("session", self._session, {"download": False}))
         for what, obj, kwargs in closers:
             if obj is None:
                 continue
+            t = time.monotonic()
             try:
                 obj.close(**kwargs)
             except Exception:
                 logger.exception("%s: closing the %s failed", self.label, what)
+            self.timings[f"shutdown_{what}"] = time.monotonic() - t
         if sid:
+            t = time.monotonic()
             ended = end_session(sid)
+            self.timings["shutdown_sweep"] = time.monotonic() - t
             if ended:
                 logger.warning("%s: ended %d leftover process(es) of session %s: %s",
                                self.label, len(ended), sid, ended)
