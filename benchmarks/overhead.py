@@ -67,7 +67,7 @@ def run_cycle(run_dir: str, calls: int, throughput_tasks: int, baseline_script: 
     try:
         assert trivial_mpi().result() == 2
         out["first_result_s"] = time.perf_counter() - t0
-        out["breakdown_s"] = {k: ex.timings[k] for k in ("session", "pilot", "workers") if k in ex.timings}
+        out["breakdown_s"] = {k: ex.timings[k] for k in ("session", "managers", "pilot", "workers") if k in ex.timings}
         if measure_tasks:
             lat, base = [], []
             for i in range(calls):
@@ -106,6 +106,7 @@ def summarize(cycles: list) -> dict:
     summary = {
         "first_result_s": med([c["first_result_s"] for c in cycles]),
         "session_s": med([c["breakdown_s"].get("session", float("nan")) for c in cycles]),
+        "managers_s": med([c["breakdown_s"].get("managers", float("nan")) for c in cycles]),
         "pilot_s": med([c["breakdown_s"].get("pilot", float("nan")) for c in cycles]),
         "workers_s": med([c["breakdown_s"].get("workers", float("nan")) for c in cycles]),
         "latency_2rank_ms": lat * 1e3,
@@ -132,8 +133,9 @@ def plot(result: dict, path: Path) -> None:
     cyc = result["cycles"][0]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     ax = axes[0]
-    parts = [("session", s["session_s"]), ("pilot", s["pilot_s"]), ("workers", s["workers_s"]),
-             ("first task", s["first_result_s"] - s["session_s"] - s["pilot_s"] - s["workers_s"])]
+    known = [("session", s["session_s"]), ("managers", s["managers_s"]), ("pilot", s["pilot_s"]),
+             ("workers", s["workers_s"])]
+    parts = known + [("submission + first task", s["first_result_s"] - sum(v for _, v in known))]
     left = 0.0
     for name, val in parts:
         ax.barh([0], [val], left=left, label=f"{name} {val:.1f} s")

@@ -173,8 +173,10 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             with launcher_home:
                 self._session = rp.Session(cfg={"base": str(self.base_dir)})
                 self.timings["session"] = time.monotonic() - t0
+                t = time.monotonic()
                 self._pmgr = rp.PilotManager(session=self._session)
                 self._tmgr = rp.TaskManager(session=self._session)
+                self.timings["managers"] = time.monotonic() - t
             self._pmgr.register_callback(self._pilot_state_cb)
             self._tmgr.register_callback(self._task_state_cb)
             self._pilot = self._pmgr.submit_pilots(rp.PilotDescription(self._pilot_description()))
