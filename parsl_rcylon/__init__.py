@@ -7,12 +7,12 @@ from .app import CylonApp, cylon_app
 from .context import CylonContext
 from .errors import ExecutorShutdown, RadicalCylonError, ResultError, StartupError, WorkerLost
 from .executor import RadicalCylonExecutor
-from .resources import ResourceSpec, WorkerPool
+from .resources import PilotSpec, ResourceSpec, WorkerPool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CylonApp", "CylonContext", "ExecutorShutdown", "RadicalCylonError", "RadicalCylonExecutor",
+    "CylonApp", "CylonContext", "ExecutorShutdown", "PilotSpec", "RadicalCylonError", "RadicalCylonExecutor",
     "ResourceSpec", "ResultError", "StartupError", "TableRef", "WorkerLost", "WorkerPool", "cylon_app",
 ]
 

@@ -19,15 +19,22 @@ from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
-from .resources import ResourceSpec, WorkerPool
+from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime import config as rp_config
 from .runtime import protocol
 from .runtime.dispatcher import Dispatcher
+from .runtime.pilot import (
+    PoolPlacement,
+    local_overrides,
+    pilot_description,
+    place_pools,
+    resource_config,
+    worker_description,
+)
 from .runtime.processes import end_session
 
 logger = logging.getLogger(__name__)
 
-_LOCAL_RESOURCES = ("local.localhost",)
 _FINAL = ("DONE", "FAILED", "CANCELED")
 
 
@@ -51,7 +58,12 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         least 4 (a small machine is oversubscribed so that 3- and 4-rank tasks
         run on a laptop).
     pools : list of WorkerPool, optional
-        Replace the default worker with these pools.
+        Replace the default worker with these pools (CPU and GPU pools,
+        pools of different sizes, pools in different pilots).
+    pilots : list of PilotSpec, optional
+        Several allocations under this one executor (for example a CPU and
+        a GPU partition); replaces ``resource``, ``runtime``, ``project``,
+        ``queue``, ``access_schema`` and ``pilot_options``.
     data_dir : str, optional
         Shared-filesystem directory for tables passed between stages; default
         ``<run_dir>/<label>/data``.
@@ -80,6 +92,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         resource: str = "local.localhost",
         worker_ranks: Optional[int] = None,
         pools: Optional[Sequence[WorkerPool]] = None,
+        pilots: Optional[Sequence[PilotSpec]] = None,
         data_dir: Optional[str] = None,
         runtime: int = 24 * 60,
         project: Optional[str] = None,
@@ -111,6 +124,17 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.queue = queue
         self.access_schema = access_schema
         self.pilot_options = dict(pilot_options or {})
+        if pilots and (resource != "local.localhost" or project or queue or access_schema or pilot_options):
+            raise ValueError("give either pilots=[PilotSpec(...)] or resource/project/queue/..., not both")
+        self.pilots: List[PilotSpec] = list(pilots) if pilots else [PilotSpec(
+            name="main", resource=resource, runtime=runtime, project=project, queue=queue,
+            access_schema=access_schema, options=self.pilot_options)]
+        pilot_names = [p.name for p in self.pilots]
+        if len(set(pilot_names)) != len(pilot_names):
+            raise ValueError(f"pilot names must be unique, got {pilot_names}")
+        for pool in self.pools:
+            if pool.pilot is not None and pool.pilot not in pilot_names:
+                raise ValueError(f"pool {pool.name!r} names pilot {pool.pilot!r}; pilots are {pilot_names}")
         self.address = address
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
@@ -122,9 +146,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._session = None
         self._pmgr = None
         self._tmgr = None
-        self._pilot = None
-        self._workers: Dict[str, Any] = {}
-        self._master = None
+        self._pilots: Dict[str, Any] = {}   # PilotSpec name -> rp.Pilot
+        self._workers: Dict[str, Any] = {}  # worker uid -> rp.Task
+        self._masters: Dict[str, Any] = {}  # master uid -> rp.Task
         self._startup_failure: Optional[str] = None
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
@@ -144,12 +168,24 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     @property
     def is_local(self) -> bool:
-        return self.resource in _LOCAL_RESOURCES
+        """Whether every pilot runs on this machine."""
+        return all(p.is_local for p in self.pilots)
+
+    def pools_of(self, pilot: PilotSpec) -> List[WorkerPool]:
+        """The pools that live in ``pilot``."""
+        first = self.pilots[0].name
+        return [p for p in self.pools if (p.pilot or first) == pilot.name]
+
+    def pilot_descriptions(self) -> Dict[str, Dict[str, Any]]:
+        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing."""
+        return {spec.name: pilot_description(spec, self.pools_of(spec), str(self.base_dir / "sandbox"))
+                for spec in self.pilots}
 
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
         t0 = time.monotonic()
         rp_config.check_radical_version()
+        self._check_local_gpus()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
@@ -179,25 +215,29 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 self.timings["managers"] = time.monotonic() - t
             self._pmgr.register_callback(self._pilot_state_cb)
             self._tmgr.register_callback(self._task_state_cb)
-            self._pilot = self._pmgr.submit_pilots(rp.PilotDescription(self._pilot_description()))
-            self._tmgr.add_pilots(self._pilot)
-            self._submit_master_and_workers(rp)
-            logger.info("%s: session %s, pilot %s submitted; waiting for %d worker(s)", self.label,
-                        self._session.uid, self._pilot.uid, len(self._workers))
+            descriptions = self.pilot_descriptions()
+            submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
+            self._pilots = {spec.name: pilot for spec, pilot in zip(self.pilots, submitted, strict=True)}
+            self._tmgr.add_pilots(submitted)
+            self._submit_masters_and_workers(rp)
+            logger.info("%s: session %s, pilot(s) %s submitted; waiting for %d worker(s)", self.label,
+                        self._session.uid, [p.uid for p in submitted], len(self._workers))
             t1 = time.monotonic()
-            self._pilot.wait(state=[rp.PMGR_ACTIVE] + list(rp.FINAL), timeout=self.start_timeout)
+            self._pmgr.wait_pilots(uids=[p.uid for p in submitted], state=[rp.PMGR_ACTIVE] + list(rp.FINAL),
+                                   timeout=self.start_timeout)
             self.timings["pilot"] = time.monotonic() - t1
-            if self._startup_failure is None and self._pilot.state != rp.PMGR_ACTIVE:
-                self._startup_failure = f"pilot {self._pilot.uid} is {self._pilot.state}" + \
-                    _tail_files(self._pilot_logs())
+            for pilot in submitted:
+                if self._startup_failure is None and pilot.state != rp.PMGR_ACTIVE:
+                    self._startup_failure = f"pilot {pilot.uid} is {pilot.state}" + \
+                        _tail_files(_pilot_logs(pilot))
             t2 = time.monotonic()
             left = max(1.0, self.start_timeout - (t2 - t0))
             self._dispatcher.wait_ready(left, lambda: self._startup_failure)
             self.timings["workers"] = time.monotonic() - t2
         except BaseException as exc:
             reason = str(exc)
-            if self._pilot is not None and "pilot" not in reason:
-                reason += _tail_files(self._pilot_logs())
+            if self._pilots and "pilot" not in reason:
+                reason += "".join(_tail_files(_pilot_logs(p)) for p in self._pilots.values())
             logger.error("%s: start failed: %s", self.label, reason)
             self.shutdown()
             if isinstance(exc, KeyboardInterrupt):
@@ -208,30 +248,26 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
 
     def _resource_overrides(self) -> Dict[str, Any]:
-        if not self.is_local:
-            return {}
-        # One fake node big enough for the master and every worker rank: a
-        # laptop is oversubscribed rather than refusing 4-rank tasks.
-        cores = 1 + sum(p.cores for p in self.pools)
-        gpus = max(p.gpus_per_rank * p.ranks * p.workers for p in self.pools)
-        return {"localhost": {"cores_per_node": max(cores, os.cpu_count() or 1),
-                              "gpus_per_node": gpus, "fake_resources": True}}
+        overrides: Dict[str, Any] = {}
+        for spec in self.pilots:
+            if spec.is_local:
+                need = local_overrides(self.pools_of(spec))
+                have = overrides.get(spec.resource, {})
+                for key in ("cores_per_node", "gpus_per_node"):
+                    need[key] = max(need[key], have.get(key, 0))
+                overrides[spec.resource] = need
+            elif spec.resource_config:
+                overrides[spec.resource] = dict(spec.resource_config)
+        return overrides
 
-    def _pilot_description(self) -> Dict[str, Any]:
-        pd: Dict[str, Any] = {
-            "resource": self.resource,
-            "runtime": self.runtime,
-            "exit_on_error": False,
-            "sandbox": str(self.base_dir / "sandbox"),
-        }
-        if self.is_local:
-            pd["cores"] = 1 + sum(p.cores for p in self.pools)
-            pd["gpus"] = sum(p.gpus_per_rank * p.ranks * p.workers for p in self.pools)
-        for key in ("project", "queue", "access_schema"):
-            if getattr(self, key):
-                pd[key] = getattr(self, key)
-        pd.update(self.pilot_options)
-        return pd
+    def _check_local_gpus(self) -> None:
+        wanted = sum(p.gpus_per_rank * p.ranks * p.workers for spec in self.pilots if spec.is_local
+                     for p in self.pools_of(spec) if not p.pretend_gpus)
+        if wanted:
+            found = count_local_gpus()
+            if found < wanted:
+                raise StartupError(self, f"the pools ask for {wanted} GPU(s) on this machine but it has {found}; "
+                                         "declare WorkerPool(..., pretend_gpus=True) to run without GPUs")
 
     def _runtime_environment(self) -> Dict[str, str]:
         env = {
@@ -252,51 +288,65 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
 
-    def _submit_master_and_workers(self, rp) -> None:
+    def _submit_masters_and_workers(self, rp) -> None:
         from .runtime import master, worker
 
         env = self._runtime_environment()
-        md = rp.TaskDescription({
-            "uid": f"{self.label}.master",
-            "mode": rp.RAPTOR_MASTER,
-            "raptor_file": master.__file__,
-            "raptor_class": "CylonMaster",
-            "ranks": 1,
-            "environment": dict(env),
-        })
-        self._master = self._tmgr.submit_raptors(md)[0]
         descriptions = []
-        for pool in self.pools:
-            for i in range(pool.workers):
-                uid = f"{self.label}.{pool.name}.worker.{i:03d}"
-                wd = {
-                    "uid": uid,
-                    "mode": rp.RAPTOR_WORKER,
-                    "raptor_id": self._master.uid,
-                    "raptor_file": worker.__file__,
-                    "raptor_class": "CylonWorker",
-                    "ranks": pool.ranks,
-                    "cores_per_rank": pool.cores_per_rank,
-                    "environment": _pool_environment(env, pool),
-                    "pre_exec": list(pool.pre_exec),
-                }
-                if pool.gpus_per_rank:
-                    wd["gpus_per_rank"] = pool.gpus_per_rank
-                    wd["gpu_type"] = rp.CUDA
-                descriptions.append(rp.TaskDescription(wd))
-                self._dispatcher.expect_worker(uid, pool.ranks, pool.name, pool.gpus_per_rank)
+        for spec in self.pilots:
+            pilot = self._pilots[spec.name]
+            md = rp.TaskDescription({
+                "uid": f"{self.label}.{spec.name}.master",
+                "mode": rp.RAPTOR_MASTER,
+                "raptor_file": master.__file__,
+                "raptor_class": "CylonMaster",
+                "ranks": 1,
+                "environment": dict(env),
+            })
+            master_task = self._tmgr.submit_raptors(md, pilot_id=pilot.uid)[0]
+            self._masters[master_task.uid] = master_task
+            pools = self.pools_of(spec)
+            cfg = {} if spec.is_local else resource_config(spec)
+            placements = [PoolPlacement(p.name, p.ranks, 1, p.workers) for p in pools] if spec.is_local \
+                else place_pools(spec, pools, cfg)
+            gpu_offset = 0
+            for pool, placement in zip(pools, placements, strict=True):
+                for i in range(pool.workers):
+                    uid = f"{self.label}.{pool.name}.worker.{i:03d}"
+                    wenv = _pool_environment(env, pool)
+                    if pool.gpus_per_rank:
+                        wenv[protocol.ENV_GPUS_PER_RANK] = str(pool.gpus_per_rank)
+                        wenv[protocol.ENV_GPU_OFFSET] = str(gpu_offset)
+                        wenv[protocol.ENV_GPU_SOURCE] = "rp" if not spec.is_local else "local"
+                        gpu_offset += pool.gpus_per_rank * pool.ranks if spec.is_local else 0
+                    elif spec.is_local:
+                        wenv["CUDA_VISIBLE_DEVICES"] = ""  # CPU pools never grab a GPU by accident
+                    wd = {
+                        "uid": uid,
+                        "mode": rp.RAPTOR_WORKER,
+                        "raptor_id": master_task.uid,
+                        "raptor_file": worker.__file__,
+                        "raptor_class": "CylonWorker",
+                        "pilot": pilot.uid,
+                        "environment": wenv,
+                        "pre_exec": list(pool.pre_exec),
+                        **worker_description(pool, placement, spec.is_local),
+                    }
+                    descriptions.append(rp.TaskDescription(wd))
+                    self._dispatcher.expect_worker(uid, pool.ranks, pool.name, pool.gpus_per_rank)
         for task in self._tmgr.submit_workers(descriptions):
             self._workers[task.uid] = task
 
     def _pilot_state_cb(self, pilot, state) -> None:
         if state in _FINAL and not self._is_shutdown:
-            reason = f"pilot {pilot.uid} is {state}" + _tail_files(self._pilot_logs())
+            reason = f"pilot {pilot.uid} is {state}" + _tail_files(_pilot_logs(pilot))
             self._startup_failure = self._startup_failure or reason
-            for uid in self._workers:
-                self._dispatcher.worker_failed(uid, reason)
+            for uid, task in list(self._workers.items()):
+                if task.pilot == pilot.uid:
+                    self._dispatcher.worker_failed(uid, reason)
 
     def _task_state_cb(self, task, state) -> None:
-        if task.uid not in self._workers and task.uid != getattr(self._master, "uid", None):
+        if task.uid not in self._workers and task.uid not in self._masters:
             return
         logger.debug("%s: %s is %s", self.label, task.uid, state)
         if state not in _FINAL or self._is_shutdown:
@@ -305,15 +355,10 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if task.uid in self._workers:
             self._dispatcher.worker_failed(task.uid, reason)
         else:
-            for uid in self._workers:
-                self._dispatcher.worker_failed(uid, f"RAPTOR master ended: {reason}")
+            for uid, worker in list(self._workers.items()):
+                if worker.description.get("raptor_id") == task.uid:
+                    self._dispatcher.worker_failed(uid, f"RAPTOR master ended: {reason}")
         self._startup_failure = self._startup_failure or reason
-
-    def _pilot_logs(self) -> List[Path]:
-        sandbox = _sandbox_path(self._pilot)
-        if sandbox is None:
-            return []
-        return [sandbox / name for name in ("bootstrap_0.err", "agent_0.err", "bootstrap_0.out")]
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -444,6 +489,27 @@ def _sandbox_path(thing) -> Optional[Path]:
         return None
     path = str(url).replace("file://localhost", "").replace("file://", "")
     return Path(path)
+
+
+def _pilot_logs(pilot) -> List[Path]:
+    sandbox = _sandbox_path(pilot)
+    if sandbox is None:
+        return []
+    return [sandbox / name for name in ("bootstrap_0.err", "agent_0.err", "bootstrap_0.out")]
+
+
+def count_local_gpus() -> int:
+    """NVIDIA GPUs on this machine (the driver's /proc entries, else nvidia-smi)."""
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir():
+        return len(list(proc.iterdir()))
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    except (OSError, subprocess.SubprocessError):
+        return 0
 
 
 def _task_logs(task) -> List[Path]:

@@ -88,6 +88,13 @@ class WorkerPool:
         the executor's own).
     pre_exec : list of str, optional
         Shell commands run before the worker starts (``module load ...``).
+    pilot : str, optional
+        Name of the :class:`PilotSpec` whose allocation the pool lives in;
+        by default the executor's first pilot.
+    pretend_gpus : bool
+        Give ranks device ids even where the machine has no GPUs (tests,
+        dry runs); without it a local pool asking for more GPUs than the
+        machine has fails at ``start()``.
     """
 
     name: str = "default"
@@ -98,6 +105,8 @@ class WorkerPool:
     ranks_per_node: Optional[int] = None
     environment: Mapping[str, str] = field(default_factory=dict)
     pre_exec: Sequence[str] = ()
+    pilot: Optional[str] = None
+    pretend_gpus: bool = False
 
     def __post_init__(self) -> None:
         for key, minimum in (("ranks", 1), ("workers", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):
@@ -110,3 +119,55 @@ class WorkerPool:
     @property
     def cores(self) -> int:
         return self.ranks * self.workers * self.cores_per_rank
+
+
+@dataclass(frozen=True)
+class PilotSpec:
+    """One allocation: a laptop, a cloud VM, or a batch job on a supercomputer.
+
+    Parameters
+    ----------
+    name : str
+        Name pools refer to with ``WorkerPool(pilot=...)``.
+    resource : str
+        Radical Pilot resource label: ``local.localhost``, ``ornl.frontier``,
+        ``anl.polaris``, ``tacc.frontera``, ... or a label defined in
+        ``resource_config``.
+    nodes : int, optional
+        Nodes to request; by default the fewest that hold the pilot's pools
+        (and its RAPTOR master).
+    runtime : int
+        Walltime in minutes.
+    project, queue, access_schema : str, optional
+        Account to charge, batch queue or partition, and RP access schema
+        (``local``, ``ssh``, ``batch``, ...).
+    resource_config : dict, optional
+        Keys merged over the resource's packaged configuration, or a whole
+        configuration for a new label (``cores_per_node``, ``gpus_per_node``,
+        ``resource_manager``, ``launch_methods``, ``default_queue``, ...).
+    options : dict, optional
+        Further ``radical.pilot.PilotDescription`` keys.
+    """
+
+    name: str = "main"
+    resource: str = "local.localhost"
+    nodes: Optional[int] = None
+    runtime: int = 24 * 60
+    project: Optional[str] = None
+    queue: Optional[str] = None
+    access_schema: Optional[str] = None
+    resource_config: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "." not in self.resource:
+            raise ValueError(f"PilotSpec {self.name!r}: resource labels look like 'site.machine', "
+                             f"got {self.resource!r}")
+        if self.nodes is not None and (not isinstance(self.nodes, int) or self.nodes < 1):
+            raise ValueError(f"PilotSpec {self.name!r}: nodes must be an integer >= 1, got {self.nodes!r}")
+        if not isinstance(self.runtime, int) or self.runtime < 1:
+            raise ValueError(f"PilotSpec {self.name!r}: runtime is in minutes and must be >= 1")
+
+    @property
+    def is_local(self) -> bool:
+        return self.resource == "local.localhost"

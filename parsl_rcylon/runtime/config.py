@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ def mpi_bin_dir() -> Optional[str]:
     return str(Path(found).parent) if found else None
 
 
-def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> Path:
-    """Write the user resource config that RP deep-merges over its own.
+def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> List[Path]:
+    """Write the user resource configs that RP deep-merges over its own.
 
-    ``overrides`` maps resource names of ``resource_local.json`` (for example
-    ``localhost``) to keys to merge; the MPI launcher path is always added so
-    that RP finds the ``mpiexec`` that matches this interpreter's mpi4py.
+    ``overrides`` maps resource labels (``local.localhost``, ``site.machine``)
+    to keys to merge, or to whole configurations for labels RP does not
+    ship.  The local MPI launcher path is always added so that RP finds the
+    ``mpiexec`` that matches this interpreter's mpi4py.
     """
     target = config_dir / ".radical" / "pilot" / "configs"
     target.mkdir(parents=True, exist_ok=True)
@@ -75,12 +76,16 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
         localhost["launch_methods"]["MPIEXEC"] = {
             "pre_exec_cached": [f"export PATH={bindir}:$PATH"]
         }
-    merged: Dict[str, Dict[str, Any]] = {"localhost": localhost}
-    for name, extra in (overrides or {}).items():
-        merged.setdefault(name, {}).update(extra)
-    path = target / "resource_local.json"
-    path.write_text(json.dumps(merged, indent=2))
-    return path
+    sites: Dict[str, Dict[str, Dict[str, Any]]] = {"local": {"localhost": localhost}}
+    for label, extra in (overrides or {}).items():
+        site, machine = label.split(".", 1)
+        sites.setdefault(site, {}).setdefault(machine, {}).update(extra)
+    written = []
+    for site, machines in sites.items():
+        path = target / f"resource_{site}.json"
+        path.write_text(json.dumps(machines, indent=2))
+        written.append(path)
+    return written
 
 
 def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, str]:

@@ -24,6 +24,9 @@ ENV_ADDRESS = "RCYLON_CLIENT_ADDRESS"
 ENV_HEARTBEAT = "RCYLON_HEARTBEAT_PERIOD"
 ENV_THRESHOLD = "RCYLON_HEARTBEAT_THRESHOLD"
 ENV_POOL = "RCYLON_POOL"
+ENV_GPUS_PER_RANK = "RCYLON_GPUS_PER_RANK"   # devices each rank of a GPU pool gets
+ENV_GPU_OFFSET = "RCYLON_GPU_OFFSET"         # first device of this worker on its node
+ENV_GPU_SOURCE = "RCYLON_GPU_SOURCE"         # "rp": trust RP's per-rank CUDA_VISIBLE_DEVICES
 
 
 def pack(kind: bytes, body: Any = None) -> List[bytes]:

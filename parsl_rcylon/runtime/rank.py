@@ -7,7 +7,6 @@ resolve the task's future, and the rank stays usable for the next task.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -109,9 +108,3 @@ def _publish_result(ctx: CylonContext, value: Any, ok: bool) -> Any:
     except ImportError:
         return value
     return publish_result(ctx, value, ok=ok)
-
-
-def apply_gpu_visibility(gpu_ids) -> None:
-    """Make only ``gpu_ids`` visible to CUDA libraries loaded after this call."""
-    if gpu_ids:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)

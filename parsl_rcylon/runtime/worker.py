@@ -28,7 +28,7 @@ import zmq
 from radical.pilot.raptor.worker import Worker
 
 from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.rank import apply_gpu_visibility, run_task
+from parsl_rcylon.runtime.rank import run_task
 
 _INPROC = "inproc://rcylon-results"
 
@@ -54,7 +54,7 @@ class CylonWorker(rp.raptor.MPIWorker):
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
         self._threshold = float(os.environ.get(protocol.ENV_THRESHOLD, "30"))
-        self._gpu_ids = _visible_gpus()
+        self._gpu_ids = self._assign_gpus()
         self._io: Optional[threading.Thread] = None
 
     # -- RAPTOR worker protocol ------------------------------------------------
@@ -102,10 +102,7 @@ class CylonWorker(rp.raptor.MPIWorker):
                     comm = self._world.Create_group(group, tag=task.get("tag", 0))
                 else:
                     comm = MPI.COMM_SELF.Dup()
-                gpus = task.get("gpu_ids") or ()
-                if gpus:
-                    apply_gpu_visibility(gpus)
-                report = run_task(task, comm, gpu_ids=gpus)
+                report = run_task(task, comm, gpu_ids=self._gpu_ids)
             except BaseException as exc:  # communicator setup failed
                 report = {"uid": task["uid"], "rank": ranks.index(self._rank), "ok": False,
                           "setup_error": f"{type(exc).__name__}: {exc}"}
@@ -161,6 +158,33 @@ class CylonWorker(rp.raptor.MPIWorker):
         finally:
             sock.close(linger=500)
             results.close(linger=0)
+
+
+    def _assign_gpus(self) -> List[int]:
+        """Pick this rank's devices and hide all others, before user code imports CUDA.
+
+        RAPTOR workers get GPUs per worker, not per rank (RP tracks cores
+        only inside a worker), so each rank takes its own slice: on a batch
+        system RP's per-rank ``CUDA_VISIBLE_DEVICES`` when it already names
+        exactly this rank's share; otherwise the slice at
+        ``offset + local_rank * gpus_per_rank`` of the node's devices.
+        """
+        per_rank = int(os.environ.get(protocol.ENV_GPUS_PER_RANK, "0"))
+        visible = _visible_gpus()
+        if not per_rank:
+            return visible
+        if os.environ.get(protocol.ENV_GPU_SOURCE) == "rp" and len(visible) == per_rank:
+            return visible
+        from mpi4py import MPI
+
+        node = self._world.Split_type(MPI.COMM_TYPE_SHARED)
+        local_rank = node.Get_rank()
+        node.Free()
+        first = int(os.environ.get(protocol.ENV_GPU_OFFSET, "0")) + local_rank * per_rank
+        pool = visible if len(visible) >= first + per_rank else list(range(first + per_rank))
+        mine = pool[first:first + per_rank]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in mine)
+        return mine
 
 
 def _visible_gpus() -> List[int]:
