@@ -108,6 +108,7 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._loop, name="rcylon-dispatcher", daemon=True)
         self.on_task_done: Optional[Callable[[str, Dict[str, Any]], None]] = None
         self.task_times: Dict[str, Tuple[float, float]] = {}
+        self.report_period = 30.0  # seconds between "pools: ..." log lines while work is queued
 
     # -- public API (any thread) ---------------------------------------------------
 
@@ -197,6 +198,7 @@ class Dispatcher:
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
         next_beat = time.monotonic()
+        next_report = time.monotonic() + self.report_period
         try:
             while True:
                 events = dict(poller.poll(timeout=max(0, int((next_beat - time.monotonic()) * 1000))))
@@ -223,6 +225,9 @@ class Dispatcher:
                 if time.monotonic() >= next_beat:
                     self._broadcast(protocol.HEARTBEAT)
                     next_beat = time.monotonic() + self._period
+                    if (self._pending or self._running) and time.monotonic() >= next_report:
+                        logger.info("pools: %s", self.stats())
+                        next_report = time.monotonic() + self.report_period
         except Exception as exc:  # a bug here must not leave futures hanging
             logger.exception("dispatcher loop failed")
             self._break(ResultError(None, f"dispatcher failed: {exc!r}"))
