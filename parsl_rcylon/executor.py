@@ -19,7 +19,7 @@ from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
-from .resources import PilotSpec, ResourceSpec, WorkerPool
+from .resources import PilotSpec, ResourceSpec, WorkerPool, pool_accepts
 from .runtime import config as rp_config
 from .runtime import protocol
 from .runtime.dispatcher import Dispatcher
@@ -374,11 +374,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if parsed.pool is not None and parsed.pool not in pools:
             raise InvalidResourceSpecification({"pool"}, f"{name}: no pool named {parsed.pool!r}; "
                                                          f"pools are {_describe(self.pools)}")
-        fitting = [p for p in self.pools
-                   if (parsed.pool is None or p.name == parsed.pool)
-                   and p.ranks >= parsed.ranks and p.gpus_per_rank >= parsed.gpus_per_rank
-                   and (parsed.gpus_per_rank > 0 or parsed.pool is not None or p.gpus_per_rank == 0
-                        or all(q.gpus_per_rank for q in self.pools))]
+        cpu_pool = any(not p.gpus_per_rank for p in self.pools)
+        fitting = [p for p in self.pools if pool_accepts(parsed, p.name, p.ranks, p.gpus_per_rank, cpu_pool)]
         if not fitting:
             keys = {"ranks"} if parsed.gpus_per_rank == 0 else {"ranks", "gpus_per_rank"}
             raise InvalidResourceSpecification(

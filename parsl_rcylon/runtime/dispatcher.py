@@ -25,7 +25,7 @@ import zmq
 from parsl.serialize import deserialize
 
 from ..errors import ExecutorShutdown, ResultError, WorkerLost
-from ..resources import ResourceSpec
+from ..resources import ResourceSpec, pool_accepts
 from . import protocol
 
 logger = logging.getLogger(__name__)
@@ -357,13 +357,9 @@ class Dispatcher:
 
     # -- placement -----------------------------------------------------------------
 
-    @staticmethod
-    def _fits_worker(w: _Worker, spec: ResourceSpec) -> bool:
-        if spec.pool is not None and w.pool != spec.pool:
-            return False
-        if spec.pool is None and spec.gpus_per_rank and not w.gpus_per_rank:
-            return False
-        return w.size >= spec.ranks and w.gpus_per_rank >= spec.gpus_per_rank
+    def _fits_worker(self, w: _Worker, spec: ResourceSpec) -> bool:
+        cpu_pool = any(x.alive and not x.gpus_per_rank for x in self._workers.values())
+        return pool_accepts(spec, w.pool, w.size, w.gpus_per_rank, cpu_pool)
 
     def _schedule(self) -> None:
         blocked_pools: Set[str] = set()
