@@ -146,7 +146,9 @@ class Doctor:
             self.checks.append(check)
             self.say(check.line())
         failed = [c for c in self.checks if not c.ok and not c.skipped]
-        self.say(f"{len(self.checks) - len(failed)} of {len(self.checks)} checks passed"
+        skipped = [c for c in self.checks if c.skipped]
+        self.say(f"{len(self.checks) - len(failed) - len(skipped)} of {len(self.checks)} checks passed"
+                 + (f", {len(skipped)} skipped" if skipped else "")
                  + (f"; failed: {', '.join(c.name for c in failed)}" if failed else ""))
         return not failed
 
@@ -173,7 +175,7 @@ class Doctor:
         text = (proc.stdout + proc.stderr).strip()
         self.mpiexec = mpiexec
         self.mpiexec_flavour = _mpi_flavour(text)
-        version = next((ln.strip() for ln in text.splitlines() if "version" in ln.lower()), text[:80])
+        version = next((" ".join(ln.split()) for ln in text.splitlines() if "version" in ln.lower()), text[:80])
         check.ok = proc.returncode == 0
         check.detail = f"{mpiexec} ({self.mpiexec_flavour}; {version})"
 
@@ -182,7 +184,7 @@ class Doctor:
         import mpi4py
         from mpi4py import MPI
 
-        library = MPI.Get_library_version().splitlines()[0].strip()
+        library = " ".join(MPI.Get_library_version().splitlines()[0].split())
         self.library_flavour = _mpi_flavour(library)
         check.ok = True
         check.detail = f"mpi4py {mpi4py.__version__}, MPI library: {library}"
@@ -479,8 +481,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``parsl-rcylon`` with ``argv``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.verbose:
+        # Radical Pilot warns (and risks deadlocks at fork) when the root logger
+        # has handlers before it is imported: configure logging only when asked.
+        import radical.pilot  # noqa: F401
+
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except CliError as err:

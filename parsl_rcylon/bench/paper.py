@@ -464,7 +464,7 @@ def _machine(load_before: Tuple[float, float, float]) -> Dict[str, Any]:
     try:
         from mpi4py import MPI
 
-        mpi = MPI.Get_library_version().splitlines()[0].strip()
+        mpi = " ".join(MPI.Get_library_version().splitlines()[0].split())
     except Exception as err:  # the benchmark ran, so this is informational only
         mpi = f"unknown ({err})"
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

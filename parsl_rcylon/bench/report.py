@@ -27,7 +27,8 @@ def markdown(result: Dict[str, Any]) -> str:
         "",
         f"{result['when']}: {m['cpus']} cores, {m['platform']}, Python {m['python']}, pyarrow {m['pyarrow']}, "
         f"{m['mpi']}. Load average {m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after. "
-        f"Ranks {o['ranks']}, {o['rows_per_rank']:,} rows per rank (weak scaling), {o['strong_rows']:,} rows "
+        f"Ranks {', '.join(str(r) for r in o['ranks'])}, {o['rows_per_rank']:,} rows per rank (weak scaling), "
+        f"{o['strong_rows']:,} rows "
         f"(strong scaling), {o['iterations']} iteration(s) per mode; medians. "
         f"{'`--quick` run. ' if o['quick'] else ''}Whole run {result['elapsed_s']:.0f} s.",
         "",
