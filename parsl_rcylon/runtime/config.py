@@ -97,6 +97,9 @@ def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) 
     write_user_config(config_dir, overrides)
     env = python_environment()
     env["RADICAL_CONFIG_USER_DIR"] = str(config_dir)
+    # radical.utils keeps per-session id counters under $RADICAL_BASE/.radical
+    # ($HOME by default); they belong to the run like everything else.
+    env["RADICAL_BASE"] = str(base)
     # RP starts its bridges and agents by command name (radical-pilot-bridge,
     # radical-pilot-agent_0): they live next to this interpreter.
     bindir = str(Path(sys.executable).parent)
