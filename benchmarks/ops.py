@@ -359,13 +359,23 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
 def driver(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = ",".join(str(n) for n in args.sizes)
-    common = ["--sizes", sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+    dask_sizes = ",".join(str(n) for n in (args.dask_sizes or args.sizes))
+    common = ["--sizes", dask_sizes, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
               "--ops", ",".join(args.ops)]  # Dask: one cluster per worker count, all sizes
     me = [sys.executable, str(Path(__file__).resolve())]
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     info = machine()
     records: List[Dict[str, Any]] = []
+
+    def save() -> None:
+        # Rewritten after every launch, so an interrupted run keeps what it measured.
+        done = [summarize(dict(r)) for r in records]
+        result = {"machine": dict(info, load_average_now=os.getloadavg()),
+                  "shape": "N x N inner join on int64 key uniform in [0, N) + float64 value; "
+                  "sort of N rows by the int64 key", "repeats": args.repeats, "records": done}
+        (out_dir / "ops.json").write_text(json.dumps(result, indent=1))
+        (out_dir / "ops.md").write_text(table_text(done) + "\n")
+
     print(f"machine: {info.get('cpu')} x{info['cpus']}, load {info['load_average_before']}", flush=True)
     # One process (or mpiexec run) per operation and size: memory is then measured
     # from a clean start, and one configuration cannot inflate the next.
@@ -374,9 +384,11 @@ def driver(args: argparse.Namespace) -> None:
             one = ["--sizes", str(n), "--repeats", str(args.repeats), "--ops", op]
             print(f"{op} N={n}: pyarrow (one process) ...", flush=True)
             records += _launch(me + ["--pyarrow-worker"] + one, args.timeout) or []
+            save()
             for ranks in args.ranks:
                 print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
                 records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout) or []
+                save()
     try:
         import dask  # noqa: F401
         import distributed  # noqa: F401
@@ -389,15 +401,11 @@ def driver(args: argparse.Namespace) -> None:
         for workers in args.ranks:
             print(f"Dask distributed, {workers} worker(s) ...", flush=True)
             records += _launch(me + ["--dask-worker", "--workers", str(workers)] + common, args.timeout) or []
-    records = [summarize(r) for r in records]
-    info["load_average_after"] = os.getloadavg()
-    result = {"machine": info, "shape": "N x N inner join on int64 key uniform in [0, N) + float64 value; "
-              "sort of N rows by the int64 key", "repeats": args.repeats, "records": records}
-    (out_dir / "ops.json").write_text(json.dumps(result, indent=1))
-    plot(records, out_dir / "ops.png")
-    text = table_text(records)
-    (out_dir / "ops.md").write_text(text + "\n")
-    print(text)
+            save()
+    save()
+    done = [summarize(r) for r in records]
+    plot(done, out_dir / "ops.png")
+    print(table_text(done))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -411,6 +419,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--ops", default="join,sort")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--dask-sizes", default="", help="sizes for Dask (default: --sizes)")
     parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pyarrow-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dask-worker", action="store_true", help=argparse.SUPPRESS)
@@ -420,6 +429,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.quick:
         args.sizes, args.ranks = "2M", "1,2"
     args.sizes = [parse_size(s) if not s.isdigit() else int(s) for s in str(args.sizes).split(",")]
+    args.dask_sizes = [parse_size(s) if not s.isdigit() else int(s) for s in args.dask_sizes.split(",") if s]
     args.ranks = [int(r) for r in str(args.ranks).split(",")]
     args.ops = args.ops.split(",")
     if args.engine_worker:
