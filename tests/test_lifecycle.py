@@ -95,9 +95,13 @@ def test_worker_start_failure_raises_with_its_stderr(tmp_path):
 
 def test_killed_client_leaves_no_process_behind(tmp_path):
     script = Path(__file__).with_name("lifecycle_client.py")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    home, cwd, run_dir = tmp_path / "home", tmp_path / "cwd", tmp_path / "runinfo"
+    for d in (home, cwd):
+        d.mkdir()
+    env = dict(os.environ, HOME=str(home),
+               PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=str(cwd))
     sid = None
     lines = []
     deadline = time.monotonic() + 240
@@ -118,3 +122,6 @@ def test_killed_client_leaves_no_process_behind(tmp_path):
     left = wait_for_no_processes(sid, timeout=60)
     assert left == [], f"still running {time.monotonic() - killed_at:.0f} s after SIGKILL: {left}"
     print(f"all processes of {sid} ended {time.monotonic() - killed_at:.0f} s after SIGKILL")
+    # nothing of Radical Pilot, PSI/J or radical.utils in the user's home or working directory
+    assert sorted(p.name for p in home.iterdir()) == []
+    assert sorted(p.name for p in cwd.iterdir()) == []
