@@ -69,7 +69,9 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
     given = {"out": Path(args.out), "ranks": args.ranks, "rows_per_rank": args.rows_per_rank,
              "strong_rows": args.strong_rows, "iterations": args.iterations, "run_dir": Path(args.run_dir),
              "ops": tuple(args.ops.split(",")), "scalings": tuple(args.scaling.split(",")),
-             "pipeline": not args.no_pipeline, "keep_data": args.keep_data}
+             "pipeline": not args.no_pipeline, "keep_data": args.keep_data, "resource": args.resource,
+             "project": args.project, "queue": args.queue, "access_schema": args.access_schema, "nodes": args.nodes,
+             "runtime": args.runtime, "ranks_per_node": args.ranks_per_node, "launcher": args.launcher}
     try:
         if args.quick:
             options = paper.quick_options(**given)
@@ -461,6 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--no-pipeline", action="store_true", help="skip the batch vs pilot pipeline")
     paper.add_argument("--run-dir", default="runinfo", help="Parsl run directory (pilot, sandbox, tables)")
     paper.add_argument("--keep-data", action="store_true", help="keep the generated tables")
+    hpc = paper.add_argument_group("batch systems", "where the pilot runs and how bare-metal jobs start "
+                                                    "(see docs/benchmarks.md)")
+    hpc.add_argument("--resource", default=None, help="Radical Pilot resource label (default local.localhost)")
+    hpc.add_argument("--project", default=None, help="allocation to charge")
+    hpc.add_argument("--queue", default=None, help="batch queue or partition")
+    hpc.add_argument("--access-schema", default=None,
+                     help="RP access schema, e.g. 'interactive' to run the pilot inside the current allocation")
+    hpc.add_argument("--nodes", type=int, default=None, help="pilot nodes (default: what the worker needs)")
+    hpc.add_argument("--runtime", type=int, default=None, help="pilot walltime in minutes (default 120)")
+    hpc.add_argument("--ranks-per-node", type=int, default=None, help="worker ranks per node")
+    hpc.add_argument("--launcher", default=None,
+                     help="bare-metal launch command with {ranks}, e.g. 'srun --overlap -n {ranks}' "
+                          "(default: mpiexec -n {ranks})")
     paper.set_defaults(func=cmd_bench_paper)
 
     doctor = sub.add_parser("doctor", help="check MPI, mpi4py, Radical Pilot, pyarrow and a local pilot")

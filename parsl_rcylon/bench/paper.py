@@ -37,6 +37,7 @@ import logging
 import os
 import pickle
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -102,6 +103,19 @@ class PaperOptions:
         Seconds one ``mpiexec`` job may take.
     keep_data : bool
         Keep the generated tables (under ``run_dir``) after the run.
+    resource, project, queue, access_schema : str, optional
+        Where the pilot runs (``local.localhost`` by default); on a batch
+        system run the benchmark inside an allocation and pass
+        ``access_schema="interactive"`` where the resource has that schema, so
+        that the pilot and the bare-metal jobs share the same nodes.
+    nodes, runtime : int, optional
+        Pilot nodes (default: what the worker needs) and walltime in minutes.
+    ranks_per_node : int, optional
+        Worker ranks per node (default: as many as a node's cores allow).
+    launcher : str, optional
+        Command that starts a bare-metal job, with ``{ranks}`` for the rank
+        count, e.g. ``"srun --overlap -n {ranks}"``; default ``mpiexec -n {ranks}``
+        with the ``mpiexec`` next to this interpreter.
     """
 
     out: Path
@@ -116,6 +130,14 @@ class PaperOptions:
     quick: bool = False
     launch_timeout: float = 900.0
     keep_data: bool = False
+    resource: str = "local.localhost"
+    project: Optional[str] = None
+    queue: Optional[str] = None
+    access_schema: Optional[str] = None
+    nodes: Optional[int] = None
+    runtime: int = 120
+    ranks_per_node: Optional[int] = None
+    launcher: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -130,6 +152,20 @@ class PaperOptions:
             raise BenchError(f"unknown operation or scaling: {sorted(bad)}")
         if self.strong_rows is None:
             self.strong_rows = self.rows_per_rank * max(self.ranks)
+        if self.launcher is not None and "{ranks}" not in self.launcher:
+            raise BenchError(f"the launcher needs a {{ranks}} placeholder, got {self.launcher!r}")
+
+    def executor_options(self) -> Dict[str, Any]:
+        """Keyword arguments of the RadicalCylonExecutor that runs the parsl_rcylon mode."""
+        from ..resources import PilotSpec, WorkerPool
+
+        options: Dict[str, Any] = {"pools": [WorkerPool(name="default", ranks=self.worker_ranks,
+                                                        ranks_per_node=self.ranks_per_node)]}
+        if self.resource != "local.localhost" or self.project or self.queue or self.access_schema or self.nodes:
+            options["pilots"] = [PilotSpec(name="paper", resource=self.resource, nodes=self.nodes,
+                                           runtime=self.runtime, project=self.project, queue=self.queue,
+                                           access_schema=self.access_schema)]
+        return options
 
     @property
     def worker_ranks(self) -> int:
@@ -158,15 +194,20 @@ class BareMetal:
         Where the jobs write their tables and result files.
     timeout : float
         Seconds one job may take before it is killed and reported.
+    launcher : str, optional
+        Launch command with a ``{ranks}`` placeholder (``srun --overlap -n {ranks}``);
+        default: the ``mpiexec`` next to this interpreter (or on ``PATH``).
     """
 
-    def __init__(self, data_dir: Path, timeout: float) -> None:
+    def __init__(self, data_dir: Path, timeout: float, launcher: Optional[str] = None) -> None:
         from ..runtime.config import mpi_bin_dir
 
-        bindir = mpi_bin_dir()
-        if bindir is None:
-            raise BenchError("no mpiexec next to the interpreter or on PATH; run `parsl-rcylon doctor`")
-        self.mpiexec = str(Path(bindir) / "mpiexec")
+        if launcher is None:
+            bindir = mpi_bin_dir()
+            if bindir is None:
+                raise BenchError("no mpiexec next to the interpreter or on PATH; run `parsl-rcylon doctor`")
+            launcher = f"{shlex.quote(str(Path(bindir) / 'mpiexec'))} -n {{ranks}}"
+        self.launcher = launcher
         self.script = str(Path(__file__).with_name("ops_script.py"))
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -185,8 +226,9 @@ class BareMetal:
         """Run one job; return its wall time (launch to exit) and the StageResults of rank 0."""
         self._count += 1
         result = self.data_dir / f"result-{self._count:05d}.pkl"
-        cmd = [self.mpiexec, "-n", str(ranks), sys.executable, self.script, "--data-dir", str(self.data_dir),
-               "--result", str(result)] + (["--warm-up"] if warm_up else []) + list(stage_args)
+        cmd = shlex.split(self.launcher.format(ranks=ranks)) + [
+            sys.executable, self.script, "--data-dir", str(self.data_dir), "--result", str(result)]
+        cmd += (["--warm-up"] if warm_up else []) + list(stage_args)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=self.timeout,
@@ -215,12 +257,16 @@ class Pilot:
         Ranks of the pilot's single worker.
     data_dir : Path
         Where tasks write their tables.
+    executor_options : dict, optional
+        Further RadicalCylonExecutor arguments (pools, pilots).
     """
 
-    def __init__(self, run_dir: Path, worker_ranks: int, data_dir: Path) -> None:
+    def __init__(self, run_dir: Path, worker_ranks: int, data_dir: Path,
+                 executor_options: Optional[Dict[str, Any]] = None) -> None:
         self.run_dir = Path(run_dir)
         self.worker_ranks = worker_ranks
         self.data_dir = Path(data_dir)
+        self.executor_options = dict(executor_options or {"worker_ranks": worker_ranks})
         self.dfk: Any = None
         self.executor: Any = None
         self.timings: Dict[str, Any] = {}
@@ -232,8 +278,7 @@ class Pilot:
         from .. import RadicalCylonExecutor, cylon_app
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.executor = RadicalCylonExecutor(label="paper", worker_ranks=self.worker_ranks,
-                                             data_dir=str(self.data_dir))
+        self.executor = RadicalCylonExecutor(label="paper", data_dir=str(self.data_dir), **self.executor_options)
         t0 = time.perf_counter()
         self.dfk = parsl.load(parsl.Config(executors=[self.executor], run_dir=str(self.run_dir),
                                            strategy="none", initialize_logging=True))
@@ -245,6 +290,7 @@ class Pilot:
         warm = self.call("warm_up", self.worker_ranks).result()
         self.timings["warm_up_s"] = time.perf_counter() - t1
         self.timings["worker"] = warm.info
+        self.timings.update(idle_cpu(self.executor.session_id))
         return self.timings
 
     def call(self, stage: str, ranks: int, *args: Any) -> Any:
@@ -270,6 +316,33 @@ class Pilot:
             parsl.clear()
             self.dfk = None
         return {"cleanup_s": time.perf_counter() - t0, "shutdown_s": self.executor.timings.get("shutdown")}
+
+
+def idle_cpu(sid: str, seconds: float = 3.0) -> Dict[str, float]:
+    """Cores an idle pilot keeps busy: its processes' CPU time over ``seconds``, and this client's.
+
+    Radical Pilot's components poll their queues even when no task runs; on a
+    small machine that is a background load both modes share while measured.
+    """
+    import psutil
+
+    from ..runtime.processes import session_processes
+
+    def cpu(proc: Any) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    procs = session_processes(sid)
+    me = psutil.Process()
+    before = [cpu(p) for p in procs]
+    mine = cpu(me)
+    time.sleep(seconds)
+    used = sum(max(0.0, cpu(p) - b) for p, b in zip(procs, before, strict=True))
+    return {"pilot_idle_cpu_cores": used / seconds, "client_idle_cpu_cores": (cpu(me) - mine) / seconds,
+            "pilot_processes": len(procs)}
 
 
 # -- the experiment --------------------------------------------------------------------------------
@@ -309,8 +382,8 @@ class PaperRun:
         self.progress = progress
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.work = self.o.run_dir / f"paper-data-{stamp}-{os.getpid()}"
-        self.bare = BareMetal(self.work / "bare", options.launch_timeout)
-        self.pilot = Pilot(self.o.run_dir, options.worker_ranks, self.work / "parsl")
+        self.bare = BareMetal(self.work / "bare", options.launch_timeout, options.launcher)
+        self.pilot = Pilot(self.o.run_dir, options.worker_ranks, self.work / "parsl", options.executor_options())
         self.ops: List[OpConfig] = []
         self.pipeline: List[Dict[str, Any]] = []
         self.launch: Dict[str, List[float]] = {}
@@ -331,7 +404,9 @@ class PaperRun:
             ex = self.startup["executor"]
             self.progress(f"pilot ready in {self.startup['load_s']:.1f} s (session {ex.get('session', 0):.1f}, "
                           f"managers {ex.get('managers', 0):.1f}, pilot {ex.get('pilot', 0):.1f}, workers "
-                          f"{ex.get('workers', 0):.1f} s); warm-up task {self.startup['warm_up_s']:.2f} s")
+                          f"{ex.get('workers', 0):.1f} s); warm-up task {self.startup['warm_up_s']:.2f} s; idle, "
+                          f"its {self.startup['pilot_processes']} processes use "
+                          f"{self.startup['pilot_idle_cpu_cores']:.2f} cores")
             self.measure_launches()
             if o.ops and o.scalings:
                 self.measure_operations()
