@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import functools
+import pickle
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
 
 from parsl.app.app import AppBase
 from parsl.dataflow.dflow import DataFlowKernel, DataFlowKernelLoader
+from parsl.dataflow.memoization import id_for_memo
 from parsl.executors.errors import InvalidResourceSpecification
 
 from .resources import ResourceSpec
@@ -125,3 +127,11 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     if function is not None:
         return decorator(function)
     return decorator
+
+
+@id_for_memo.register(CylonFunction)
+def _id_for_memo_cylon_function(fn: CylonFunction, output_ref: bool = False) -> bytes:
+    # Like Parsl's rule for plain functions: name and module identify the app
+    # across runs, so cache=True and checkpoints work for cylon_apps too.
+    return pickle.dumps(["parsl_rcylon.CylonFunction", fn.__name__, fn.__module__,
+                         sorted(fn.__rcylon_options__.items())])

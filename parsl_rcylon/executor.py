@@ -154,6 +154,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._is_shutdown = False
         self._owner_pid = os.getpid()
         self.timings: Dict[str, float] = {}
+        self.tables: Dict[str, List[Any]] = {}  # app name -> TableRefs its tasks produced
+        self.tasks_submitted = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         bind = "127.0.0.1" if self.is_local else "*"
         advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
         self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period)
+        self._dispatcher.on_result = self._record_table
         self._dispatcher.start()
         # RP leaves non-daemon threads running, and the interpreter joins those
         # before it runs atexit handlers (Parsl's cleanup among them): a script
@@ -391,6 +394,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         name = getattr(func, "__name__", "task")
         spec = self.validate_resource_specification(resource_specification, cylon=cylon, name=name)
         uid = f"{self.label}.task.{next(self._ids):06d}"
+        self.tasks_submitted += 1
         kwargs.pop("parsl_resource_specification", None)
         message = {
             "uid": uid,
@@ -404,6 +408,37 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         fut = self._dispatcher.submit(uid, spec, message)
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         return fut
+
+    def _record_table(self, name: str, value: Any) -> None:
+        if type(value).__name__ != "TableRef":  # avoid importing pyarrow for non-table results
+            return
+        from .table import stage_summary
+
+        self.tables.setdefault(name, []).append(value)
+        logger.info("%s: %s wrote %s", self.label, name, stage_summary([value]))
+
+    def table_summary(self) -> Dict[str, Dict[str, int]]:
+        """Per app: tables, rows and bytes written so far."""
+        return {name: {"tables": len(refs), "rows": sum(r.num_rows for r in refs),
+                       "bytes": sum(r.nbytes for r in refs)} for name, refs in self.tables.items()}
+
+    def release_tables(self) -> None:
+        """Log bytes written per stage; delete the tables of apps that asked not to keep them.
+
+        Runs at shutdown; call it earlier to free space once later stages have read them.
+        """
+        for name, refs in self.tables.items():
+            stats = self.table_summary()[name]
+            dropped = [r for r in refs if not r.keep]
+            note = f"; deleting {len(dropped)} (keep=False)" if dropped else ""
+            logger.info("%s: stage %s wrote %d table(s), %d rows, %.1f MB%s", self.label, name, stats["tables"],
+                        stats["rows"], stats["bytes"] / 1e6, note)
+            for ref in dropped:
+                try:
+                    ref.delete()
+                except Exception:
+                    logger.exception("%s: could not delete table %s", self.label, getattr(ref, "path", ref))
+            self.tables[name] = [r for r in refs if r.keep]
 
     def status(self) -> Dict[str, Dict[str, int]]:
         """Per pool: ranks, busy and idle ranks, queued and running tasks."""
@@ -435,6 +470,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if self._dispatcher is not None:
             self._dispatcher.stop()
         self.timings["shutdown_ranks"] = time.monotonic() - t0
+        self.release_tables()
         sid = self.session_id
         closers = (("tmgr", self._tmgr, {}), ("pmgr", self._pmgr, {"terminate": True}),
                    ("session", self._session, {"download": False}))

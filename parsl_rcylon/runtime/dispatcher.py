@@ -106,7 +106,8 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._ready_cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="rcylon-dispatcher", daemon=True)
-        self.on_task_done: Optional[Callable[[str, Dict[str, Any]], None]] = None
+        #: called as on_result(app name, value) for every successful task, before its future resolves
+        self.on_result: Optional[Callable[[str, Any], None]] = None
         self.task_times: Dict[str, Tuple[float, float]] = {}
         self.report_period = 30.0  # seconds between "pools: ..." log lines while work is queued
 
@@ -311,7 +312,10 @@ class Dispatcher:
             w.free.update(task.ranks)
         if task.error is None and not task.future.done():
             try:
-                task.future.set_result(deserialize(task.value))
+                value = deserialize(task.value)
+                if self.on_result is not None:
+                    self.on_result(task.message.get("name", ""), value)
+                task.future.set_result(value)
             except Exception as exc:
                 task.future.set_exception(ResultError(None, f"result of task {task.uid} "
                                                             f"cannot be deserialized: {exc!r}"))
