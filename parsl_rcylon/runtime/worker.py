@@ -60,6 +60,7 @@ class CylonWorker(rp.raptor.MPIWorker):
     # -- RAPTOR worker protocol ------------------------------------------------
 
     def start(self) -> None:
+        _preload()
         # Bind the result socket before the I/O thread connects to it.
         self._results = self._context.socket(zmq.PUSH)
         self._results.bind(_INPROC)
@@ -185,6 +186,20 @@ class CylonWorker(rp.raptor.MPIWorker):
         mine = pool[first:first + per_rank]
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in mine)
         return mine
+
+
+def _preload() -> None:
+    """Import what every task needs while the worker starts, not in the first tasks.
+
+    Eight ranks importing pyarrow at once on a small machine took ~10 s;
+    start-up is the place to pay for it.
+    """
+    import parsl.serialize  # noqa: F401
+
+    try:
+        import parsl_rcylon.table  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _visible_gpus() -> List[int]:
