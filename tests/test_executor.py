@@ -171,3 +171,31 @@ def test_status_shows_the_pool(rcylon):
 def test_many_small_tasks_complete(rcylon):
     futs = [make_numbers(i) for i in range(100)]
     assert [len(f.result(timeout=120)) for f in futs] == list(range(100))
+
+
+@cylon_app(ranks=2)
+def make_table(ctx, n):
+    import pyarrow as pa
+
+    return pa.table({"v": list(range(ctx.rank, n, ctx.size))})
+
+
+@cylon_app(ranks=2, keep=False)
+def make_scratch_table(ctx, n):
+    import pyarrow as pa
+
+    return pa.table({"v": list(range(ctx.rank, n, ctx.size))})
+
+
+def test_tables_are_counted_per_stage_and_released_unless_kept(rcylon):
+    from pathlib import Path
+
+    kept = make_table(1000).result(timeout=120)
+    scratch = make_scratch_table(1000).result(timeout=120)
+    assert (kept.num_rows, scratch.num_rows) == (1000, 1000)
+    summary = rcylon.table_summary()
+    assert summary["make_table"]["rows"] >= 1000 and summary["make_table"]["bytes"] > 0
+    assert summary["make_scratch_table"]["rows"] >= 1000
+    rcylon.release_tables()
+    assert not Path(scratch.path).exists(), "keep=False tables are deleted"
+    assert Path(kept.path).is_dir() and kept.read().num_rows == 1000
