@@ -188,6 +188,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         t0 = time.monotonic()
         rp_config.check_radical_version()
         self._check_local_gpus()
+        descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,6 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 self.timings["managers"] = time.monotonic() - t
             self._pmgr.register_callback(self._pilot_state_cb)
             self._tmgr.register_callback(self._task_state_cb)
-            descriptions = self.pilot_descriptions()
             submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
             self._pilots = {spec.name: pilot for spec, pilot in zip(self.pilots, submitted, strict=True)}
             self._tmgr.add_pilots(submitted)
