@@ -67,7 +67,8 @@ def cmd_bench_paper(args: argparse.Namespace) -> int:
     from .bench import paper
 
     given = {"out": Path(args.out), "ranks": args.ranks, "rows_per_rank": args.rows_per_rank,
-             "strong_rows": args.strong_rows, "iterations": args.iterations, "run_dir": Path(args.run_dir),
+             "strong_rows": args.strong_rows, "iterations": args.iterations, "op_repeats": args.op_repeats,
+             "run_dir": Path(args.run_dir),
              "ops": tuple(args.ops.split(",")), "scalings": tuple(args.scaling.split(",")),
              "pipeline": not args.no_pipeline, "keep_data": args.keep_data, "resource": args.resource,
              "project": args.project, "queue": args.queue, "access_schema": args.access_schema, "nodes": args.nodes,
@@ -449,15 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
                                              "weak and strong scaling) and a generate -> join + sort pipeline, "
                                              "batch jobs vs one pilot.")
     paper.add_argument("--quick", action="store_true",
-                       help="small sizes, 2 iterations: a few minutes on a laptop (explicit options win)")
+                       help="250K rows per rank, ranks 1,2, 2 iterations: a few minutes on a laptop "
+                            "(explicit options win)")
     paper.add_argument("--out", default="benchmarks/results/paper", help="directory for results.json, results.md "
                                                                          "and the figures")
-    paper.add_argument("--ranks", type=_int_list, default=None, help="rank counts, e.g. 1,2,4 (default)")
+    paper.add_argument("--ranks", type=_int_list, default=None, help="rank counts (default 1,2,4; --quick 1,2)")
     paper.add_argument("--rows-per-rank", type=_rows, default=None,
                        help="weak scaling rows per rank per table (default 2M; --quick 250K)")
     paper.add_argument("--strong-rows", type=_rows, default=None,
                        help="strong scaling rows per table (default rows-per-rank x largest rank count)")
     paper.add_argument("--iterations", type=int, default=None, help="measurements per mode (default 3; --quick 2)")
+    paper.add_argument("--op-repeats", type=int, default=None,
+                       help="runs of the operation inside each measured job/task; the first is reported, later "
+                            "ones show what warm processes gain (default 2)")
     paper.add_argument("--ops", default="join,sort", help="operations to measure (join,sort)")
     paper.add_argument("--scaling", default="weak,strong", help="scalings to measure (weak,strong)")
     paper.add_argument("--no-pipeline", action="store_true", help="skip the batch vs pilot pipeline")

@@ -1,8 +1,8 @@
 """Bare-metal and batch stages: one pipeline stage as its own ``mpiexec`` job.
 
     mpiexec -n R python ops_script.py [--warm-up] --data-dir D --result F generate --rows N --tables 0,1
-    mpiexec -n R python ops_script.py [--warm-up] --data-dir D --result F join --left L.pkl --right R.pkl
-    mpiexec -n R python ops_script.py [--warm-up] --data-dir D --result F sort --input T.pkl
+    mpiexec -n R python ops_script.py [--warm-up] [--repeat K] --data-dir D --result F join --left L.pkl --right R.pkl
+    mpiexec -n R python ops_script.py [--warm-up] [--repeat K] --data-dir D --result F sort --input T.pkl
     mpiexec -n R python ops_script.py noop
 
 It runs the very functions of :mod:`parsl_rcylon.bench.stages` that the
@@ -62,6 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--result", help="rank 0 pickles the list of StageResult here")
     parser.add_argument("--warm-up", action="store_true",
                         help="run a small untimed join and sort first (first-call imports)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the join or sort this many times")
     sub = parser.add_subparsers(dest="stage", required=True)
     sub.add_parser("noop")
     gen = sub.add_parser("generate")
@@ -100,8 +101,8 @@ def run(args: argparse.Namespace, comm: Any) -> List[Any]:
     if args.stage == "generate":
         return [stages.generate(context(f"generate{t}"), int(t), args.rows) for t in args.tables.split(",")]
     if args.stage == "join":
-        return [stages.join(context("join"), _load(args.left), _load(args.right))]
-    return [stages.sort(context("sort"), _load(args.input))]
+        return [stages.join(context("join"), _load(args.left), _load(args.right), repeat=args.repeat)]
+    return [stages.sort(context("sort"), _load(args.input), repeat=args.repeat)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

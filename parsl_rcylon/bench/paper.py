@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import platform
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 TARGETS = {"speedup_vs_batch_min": 1.25, "overhead_pct_max": 5.0}
 
 #: What ``--quick`` changes when the option is not given explicitly.
-QUICK = {"rows_per_rank": 250_000, "iterations": 2}
+QUICK = {"rows_per_rank": 250_000, "iterations": 2, "ranks": (1, 2)}
 
 Progress = Callable[[str], None]
 
@@ -91,6 +92,10 @@ class PaperOptions:
         ``rows_per_rank * max(ranks)``.
     iterations : int
         Measurements per mode and configuration (medians are reported).
+    op_repeats : int
+        Runs of the operation inside each measured job or task: the first is
+        the operation time (one operation per job, as in the paper); the
+        later ones show what a warm process gains.
     run_dir : Path
         Parsl run directory; the pilot, its sandbox and every table live under it.
     ops, scalings : tuple of str
@@ -123,6 +128,7 @@ class PaperOptions:
     rows_per_rank: int = 2_000_000
     strong_rows: Optional[int] = None
     iterations: int = 3
+    op_repeats: int = 2
     run_dir: Path = Path("runinfo")
     ops: Tuple[str, ...] = ("join", "sort")
     scalings: Tuple[str, ...] = ("weak", "strong")
@@ -145,8 +151,8 @@ class PaperOptions:
         self.ranks = tuple(sorted(set(int(r) for r in self.ranks)))
         if not self.ranks or min(self.ranks) < 1:
             raise BenchError(f"rank counts must be positive integers, got {self.ranks}")
-        if self.rows_per_rank < 1 or self.iterations < 1:
-            raise BenchError("rows per rank and iterations must be at least 1")
+        if self.rows_per_rank < 1 or self.iterations < 1 or self.op_repeats < 1:
+            raise BenchError("rows per rank, iterations and operation repeats must be at least 1")
         bad = set(self.ops) - {"join", "sort"} or set(self.scalings) - {"weak", "strong"}
         if bad:
             raise BenchError(f"unknown operation or scaling: {sorted(bad)}")
@@ -293,14 +299,14 @@ class Pilot:
         self.timings.update(idle_cpu(self.executor.session_id))
         return self.timings
 
-    def call(self, stage: str, ranks: int, *args: Any) -> Any:
+    def call(self, stage: str, ranks: int, *args: Any, **kwargs: Any) -> Any:
         """Submit one stage on ``ranks`` ranks; return its Parsl future."""
-        return self.apps[stage](*args, parsl_resource_specification={"ranks": ranks})
+        return self.apps[stage](*args, parsl_resource_specification={"ranks": ranks}, **kwargs)
 
-    def run(self, stage: str, ranks: int, *args: Any) -> Tuple[float, StageResult]:
+    def run(self, stage: str, ranks: int, *args: Any, **kwargs: Any) -> Tuple[float, StageResult]:
         """Run one stage and wait; return the client-side wall time and its StageResult."""
         t0 = time.perf_counter()
-        res = self.call(stage, ranks, *args).result()
+        res = self.call(stage, ranks, *args, **kwargs).result()
         return time.perf_counter() - t0, res
 
     def stop(self) -> Dict[str, Any]:
@@ -335,14 +341,27 @@ def idle_cpu(sid: str, seconds: float = 3.0) -> Dict[str, float]:
         except psutil.Error:
             return 0.0
 
+    def name(proc: Any) -> str:
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            return "?"
+        # RP renames its components (rp.agent_scheduling.0000); workers and the master show their script.
+        words = [os.path.basename(w) for w in cmd[:3] if not w.endswith("python3") and not w.endswith("python")]
+        return (words[0] if words else proc.name()).split(".0000")[0]
+
     procs = session_processes(sid)
     me = psutil.Process()
     before = [cpu(p) for p in procs]
     mine = cpu(me)
     time.sleep(seconds)
-    used = sum(max(0.0, cpu(p) - b) for p, b in zip(procs, before, strict=True))
-    return {"pilot_idle_cpu_cores": used / seconds, "client_idle_cpu_cores": (cpu(me) - mine) / seconds,
-            "pilot_processes": len(procs)}
+    by_name: Dict[str, float] = {}
+    for proc, b in zip(procs, before, strict=True):
+        key = name(proc)
+        by_name[key] = by_name.get(key, 0.0) + max(0.0, cpu(proc) - b) / seconds
+    top = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:8])
+    return {"pilot_idle_cpu_cores": sum(by_name.values()), "client_idle_cpu_cores": (cpu(me) - mine) / seconds,
+            "pilot_processes": len(procs), "pilot_idle_cpu_by_process": top}
 
 
 # -- the experiment --------------------------------------------------------------------------------
@@ -453,8 +472,9 @@ class PaperRun:
             stages.delete_outputs(inputs)
 
     def _measure_op(self, cfg: OpConfig, inputs: List[StageResult], saved: List[str]) -> None:
-        args = (["join", "--left", saved[0], "--right", saved[1]] if cfg.op == "join"
-                else ["sort", "--input", saved[0]])
+        repeat = self.o.op_repeats
+        args = ["--repeat", str(repeat)] + (["join", "--left", saved[0], "--right", saved[1]] if cfg.op == "join"
+                                            else ["sort", "--input", saved[0]])
         refs = (inputs[0].ref, inputs[1].ref) if cfg.op == "join" else (inputs[0].ref,)
         for it in range(self.o.iterations):
             bare = parsl = None
@@ -464,7 +484,7 @@ class PaperRun:
                     wall, (bare,) = self.bare.launch(cfg.ranks, args, warm_up=True)
                     cfg.bare_metal.append(_record(wall, bare, "launch_wall_s"))
                 else:
-                    wall, parsl = self.pilot.run(cfg.op, cfg.ranks, *refs)
+                    wall, parsl = self.pilot.run(cfg.op, cfg.ranks, *refs, repeat=repeat)
                     cfg.parsl_rcylon.append(_record(wall, parsl, "task_wall_s"))
             assert bare is not None and parsl is not None
             if bare.rows_out != parsl.rows_out:
@@ -472,8 +492,8 @@ class PaperRun:
                                           f"{bare.rows_out:,} rows, parsl_rcylon {parsl.rows_out:,}")
             stages.delete_outputs([bare, parsl])
             self.progress(f"{cfg.op:4} {'/'.join(cfg.scalings):11} {cfg.ranks} rank(s) {cfg.rows:>11,} rows "
-                          f"[{it + 1}/{self.o.iterations}]: op bare-metal {bare.op_s:.3f} s, parsl_rcylon "
-                          f"{parsl.op_s:.3f} s")
+                          f"[{it + 1}/{self.o.iterations}]: op bare-metal {_runs(bare)}, parsl_rcylon "
+                          f"{_runs(parsl)}")
 
     def measure_pipeline(self) -> None:
         """Generate -> (join || sort): each stage a batch job vs all stages in the pilot."""
@@ -523,6 +543,11 @@ class PaperRun:
         return out
 
 
+def _runs(res: StageResult) -> str:
+    first = f"{res.op_s:.3f} s"
+    return first if len(res.op_runs) < 2 else f"{first} (then {', '.join(f'{t:.3f}' for t in res.op_runs[1:])})"
+
+
 def _stage_walls(batch: Dict[str, Any]) -> List[str]:
     names = ("generate", "join", "sort")
     walls = [batch["stages"][0]["launch_wall_s"], batch["stages"][2]["launch_wall_s"],
@@ -551,12 +576,19 @@ def _op_summary(cfg: OpConfig) -> Dict[str, Any]:
     def med(records: List[Dict[str, Any]], key: str) -> float:
         return median([r[key] for r in records])
 
+    def later(records: List[Dict[str, Any]]) -> float:
+        return median([t for r in records for t in r.get("op_runs", [])[1:]])
+
     bare, parsl = med(cfg.bare_metal, "op_s"), med(cfg.parsl_rcylon, "op_s")
+    bare_warm, parsl_warm = later(cfg.bare_metal), later(cfg.parsl_rcylon)
     return {
         "op": cfg.op, "scalings": cfg.scalings, "ranks": cfg.ranks, "rows": cfg.rows,
         "rows_per_rank": cfg.rows // cfg.ranks,
         "bare_metal_op_s": bare, "parsl_rcylon_op_s": parsl,
-        "overhead_s": parsl - bare, "overhead_pct": 100.0 * (parsl - bare) / bare if bare else float("nan"),
+        "overhead_s": parsl - bare, "overhead_pct": _pct(parsl, bare),
+        # Later runs in the same processes: both warm, so what is left is the pilot's own cost.
+        "bare_metal_warm_op_s": bare_warm, "parsl_rcylon_warm_op_s": parsl_warm,
+        "warm_overhead_pct": _pct(parsl_warm, bare_warm),
         "bare_metal_read_s": med(cfg.bare_metal, "read_s"), "parsl_rcylon_read_s": med(cfg.parsl_rcylon, "read_s"),
         "bare_metal_write_s": med(cfg.bare_metal, "write_s"),
         "parsl_rcylon_write_s": med(cfg.parsl_rcylon, "write_s"),
@@ -564,6 +596,10 @@ def _op_summary(cfg: OpConfig) -> Dict[str, Any]:
         "parsl_rcylon_task_wall_s": med(cfg.parsl_rcylon, "task_wall_s"),
         "raw": {"bare_metal": cfg.bare_metal, "parsl_rcylon": cfg.parsl_rcylon},
     }
+
+
+def _pct(value: float, base: float) -> float:
+    return 100.0 * (value - base) / base if base and not math.isnan(base) else float("nan")
 
 
 def _pipeline_summary(entry: Dict[str, Any]) -> Dict[str, Any]:
@@ -591,6 +627,9 @@ def summarize(run: PaperRun, load_before: Tuple[float, float, float], elapsed: f
     bare_total = sum(o["bare_metal_op_s"] for o in ops)
     parsl_total = sum(o["parsl_rcylon_op_s"] for o in ops)
     overhead_pct = 100.0 * (parsl_total - bare_total) / bare_total if bare_total else None
+    warm = [o for o in ops if not math.isnan(o["bare_metal_warm_op_s"]) and not math.isnan(o["parsl_rcylon_warm_op_s"])]
+    bare_warm = sum(o["bare_metal_warm_op_s"] for o in warm)
+    warm_pct = 100.0 * (sum(o["parsl_rcylon_warm_op_s"] for o in warm) - bare_warm) / bare_warm if warm else None
     speedups = {str(p["ranks"]): p["speedup"] for p in pipes}
     speedup = min(speedups.values()) if speedups else None
     startup = dict(run.startup)
@@ -604,6 +643,7 @@ def summarize(run: PaperRun, load_before: Tuple[float, float, float], elapsed: f
         "speedup_vs_batch_by_ranks": speedups,
         "overhead_pct": overhead_pct,
         "overhead_s": (parsl_total - bare_total) / len(ops) if ops else None,
+        "warm_overhead_pct": warm_pct,
         "overhead_pct_by_config": {f"{o['op']}/{'+'.join(o['scalings'])}/{o['ranks']}": o["overhead_pct"]
                                    for o in ops},
         "startup_s": startup.get("load_s"),
