@@ -34,7 +34,7 @@ from parsl_rcylon.engine.kernels import KERNEL_ENV
 
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
-EXAMPLES = int(os.environ.get("ENGINE_CHECK_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("ENGINE_CHECK_EXAMPLES", "25"))
 CASES: Dict[str, Callable[[], None]] = {}
 
 

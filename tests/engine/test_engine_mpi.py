@@ -25,7 +25,7 @@ CASES = ["join", "join_bucketed", "join_acero", "sort", "groupby", "unique", "sh
          "chunked_messages", "skew_and_balance", "errors"]
 RANKS = [1, 2, 3, 4]
 #: Seconds one launch (all cases) may take before it counts as hung.
-LAUNCH_TIMEOUT = int(os.environ.get("ENGINE_MPI_TIMEOUT", "240"))
+LAUNCH_TIMEOUT = int(os.environ.get("ENGINE_MPI_TIMEOUT", "420"))
 
 pytestmark = [
     pytest.mark.mpi,
