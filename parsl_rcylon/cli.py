@@ -2,7 +2,7 @@
 
     parsl-rcylon bench paper [--quick] [--out DIR] [--ranks 1,2,4] [--rows-per-rank N] [--iterations K]
     parsl-rcylon doctor [--run-dir DIR] [--no-pilot]
-    parsl-rcylon clean [--run-dir DIR] [--older-than HOURS] [--yes]
+    parsl-rcylon clean [--run-dir DIR] [--older-than HOURS] [--yes] [--force]
 
 Also ``python -m parsl_rcylon ...``.  Every command prints a line per step as
 it goes; ``doctor`` exits non-zero when a check fails, ``clean`` only lists
@@ -331,6 +331,7 @@ class RunDir:
     age_hours: float
     nbytes: int
     processes: List[Any] = field(default_factory=list)
+    clients: List[int] = field(default_factory=list)
 
 
 def _newest_mtime(path: Path, limit: int = 20000) -> float:
@@ -383,6 +384,28 @@ def find_runs(run_dir: Path, older_than_hours: float = 0.0) -> List[RunDir]:
     return runs
 
 
+def _clients(path: Path, session_pids: set) -> List[int]:
+    """PIDs of this user's other processes with a file open under ``path``: a workflow still running there.
+
+    A live Parsl client writes its log and Radical Pilot's client-side
+    profiles under the run directory; its session's own processes are
+    excluded, they are what ``clean`` is for.
+    """
+    import psutil
+
+    prefix = str(path.resolve()) + os.sep
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid() or proc.pid in session_pids or not _same_user(proc):
+            continue
+        try:
+            if any(f.path.startswith(prefix) for f in proc.open_files()):
+                found.append(proc.pid)
+        except Exception:  # vanished or not ours to inspect
+            continue
+    return found
+
+
 def _same_user(proc: Any) -> bool:
     try:
         return proc.uids().real == os.getuid()
@@ -403,19 +426,23 @@ def cmd_clean(args: argparse.Namespace) -> int:
         _say(f"{run_dir}: no run directory with a Radical Pilot session"
              + (f" older than {args.older_than:g} h" if args.older_than else ""))
         return 0
-    total_procs = 0
     for run in runs:
         for sid in run.sessions:
             run.processes += [p for p in session_processes(sid) if _same_user(p)]
-        total_procs += len(run.processes)
+        run.clients = _clients(run.path, {p.pid for p in run.processes})
         _say(f"{run.path}: sessions {', '.join(run.sessions)}; last written {run.age_hours:.1f} h ago; "
              f"{run.nbytes / 2**20:.1f} MiB; {len(run.processes)} live process(es)")
         for proc in run.processes:
             _say(f"    pid {proc.pid}: {_describe_process(proc)}")
+        if run.clients:
+            _say(f"    in use by pid {', '.join(str(p) for p in run.clients)} (a workflow still running?): "
+                 + ("--force given, cleaning it anyway" if args.force else "skipped; --force cleans it anyway"))
+    runs = [r for r in runs if args.force or not r.clients]
+    total_procs = sum(len(r.processes) for r in runs)
     total = sum(r.nbytes for r in runs)
     if not args.yes:
-        _say(f"would end {total_procs} process(es) and remove {len(runs)} run director(y/ies), "
-             f"{total / 2**20:.1f} MiB; run again with --yes to do it")
+        _say(f"would end {total_procs} process(es) and remove {len(runs)} run "
+             f"director{'y' if len(runs) == 1 else 'ies'}, {total / 2**20:.1f} MiB; run again with --yes to do it")
         return 0
     for run in runs:
         if run.processes:
@@ -428,7 +455,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def _describe_process(proc: Any) -> str:
     try:
-        cmd = " ".join(proc.cmdline()) or proc.name()
+        # Renamed RP components pad their titles with spaces.
+        cmd = " ".join(" ".join(proc.cmdline()).split()) or proc.name()
     except Exception:
         cmd = "?"
     return cmd if len(cmd) <= 160 else cmd[:157] + "..."
@@ -493,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--older-than", type=float, default=0.0, metavar="HOURS",
                        help="only runs whose newest file is older than this (default 0: all)")
     clean.add_argument("--yes", action="store_true", help="do it; without this only list")
+    clean.add_argument("--force", action="store_true",
+                       help="also clean runs that another process of yours still has files open in")
     clean.set_defaults(func=cmd_clean)
     return parser
 
@@ -515,6 +545,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("parsl-rcylon: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -99,6 +99,27 @@ def test_clean_older_than_spares_recent_runs(fake_runs, capsys):
     assert (run_dir / "000").is_dir()
 
 
+def test_clean_spares_a_run_a_live_client_still_writes_to(fake_runs, capsys):
+    run_dir, _sid, leftover, _bystander = fake_runs
+    log = run_dir / "000" / "parsl.log"
+    client = subprocess.Popen([sys.executable, "-c", f"f = open({str(log)!r}, 'a'); import time; time.sleep(300)"])
+    try:
+        deadline = time.monotonic() + 10
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert cli.main(["clean", "--run-dir", str(run_dir), "--yes"]) == 0
+        out = capsys.readouterr().out
+        assert f"in use by pid {client.pid}" in out and "skipped" in out
+        assert leftover.poll() is None and (run_dir / "000").is_dir()
+        assert cli.main(["clean", "--run-dir", str(run_dir), "--yes", "--force"]) == 0
+        assert _wait_gone(leftover) and client.poll() is None  # the client itself is not a session process
+        assert not (run_dir / "000").exists()
+    finally:
+        client.kill()
+        client.wait()
+
+
 def test_clean_missing_dir_is_not_an_error(tmp_path, capsys):
     assert cli.main(["clean", "--run-dir", str(tmp_path / "nope")]) == 0
     assert "nothing to clean" in capsys.readouterr().out
