@@ -239,6 +239,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             self.timings["workers"] = time.monotonic() - t2
         except BaseException as exc:
             reason = str(exc)
+            if isinstance(exc, TimeoutError):
+                reason += self._runtime_task_states()
             if self._pilots and "pilot" not in reason:
                 reason += "".join(_tail_files(_pilot_logs(p)) for p in self._pilots.values())
             logger.error("%s: start failed: %s", self.label, reason)
@@ -249,6 +251,16 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["start"] = time.monotonic() - t0
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+
+    def _runtime_task_states(self) -> str:
+        # Says where a start stalled: tasks left in AGENT_SCHEDULING mean the
+        # pilot's scheduler never placed them, not that a worker crashed.
+        try:
+            states = {uid: task.state for uid, task in {**self._masters, **self._workers}.items()}
+        except Exception:  # a half-built executor: nothing more to say
+            return ""
+        return "; Radical Pilot task states: " + ", ".join(f"{uid} {state}" for uid, state in states.items()) \
+            if states else ""
 
     def _resource_overrides(self) -> Dict[str, Any]:
         overrides: Dict[str, Any] = {}
