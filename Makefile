@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean-venv
+.PHONY: venv demo test test-fast lint bench bench-paper-quick clean-venv
 
 venv: $(STAMP)
 
@@ -27,8 +27,20 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -m "not integration" tests
 
+# Every benchmark, one after another (they must not share the machine): about
+# an hour on 2 cores. Results (JSON, markdown, PNG) go to benchmarks/results.
+RESULTS := benchmarks/results
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py --out benchmarks/results
+	$(BIN)/python -m pip install -q -e '.[dask]'
+	$(BIN)/python benchmarks/overhead.py --out $(RESULTS)
+	$(BIN)/python benchmarks/packing.py --out $(RESULTS)
+	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
+	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 2M,8M
+	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
+
+bench-paper-quick: $(STAMP)
+	$(BIN)/parsl-rcylon bench paper --quick --out $(RESULTS)/paper-quick
 
 clean-venv:
 	rm -rf $(VENV)
