@@ -268,6 +268,8 @@ def main() -> None:
         parser.error("--out is required")
 
     os.makedirs(args.out, exist_ok=True)
+    if args.data_dir:
+        os.makedirs(args.data_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="handoff-", dir=args.data_dir)
     try:
         report = run(args, tmp)
