@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -12,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import psutil
 import typeguard
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
@@ -23,6 +25,7 @@ from .resources import PilotSpec, ResourceSpec, WorkerPool, pool_accepts
 from .runtime import config as rp_config
 from .runtime import protocol
 from .runtime.dispatcher import Dispatcher
+from .runtime.guard import process_spec
 from .runtime.pilot import (
     PoolPlacement,
     local_overrides,
@@ -31,7 +34,7 @@ from .runtime.pilot import (
     resource_config,
     worker_description,
 )
-from .runtime.processes import end_session
+from .runtime.processes import end_processes, end_session
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +153,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._workers: Dict[str, Any] = {}  # worker uid -> rp.Task
         self._masters: Dict[str, Any] = {}  # master uid -> rp.Task
         self._startup_failure: Optional[str] = None
+        self._client_forks: List[Any] = []  # psutil.Process: RP's forks of this client
+        self._guard: Optional[subprocess.Popen] = None
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self._owner_pid = os.getpid()
@@ -210,6 +215,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             register(self._shutdown_at_exit)
         try:
             launcher_home = rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext()
+            children = {c.pid for c in psutil.Process().children()}
             with launcher_home:
                 self._session = rp.Session(cfg={"base": str(self.base_dir)})
                 self.timings["session"] = time.monotonic() - t0
@@ -217,6 +223,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 self._pmgr = rp.PilotManager(session=self._session)
                 self._tmgr = rp.TaskManager(session=self._session)
                 self.timings["managers"] = time.monotonic() - t
+            self._client_forks = _new_forks(children)
+            self._guard = self._start_guard()
             self._pmgr.register_callback(self._pilot_state_cb)
             self._tmgr.register_callback(self._task_state_cb)
             submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
@@ -251,6 +259,18 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["start"] = time.monotonic() - t0
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+
+    def _start_guard(self) -> subprocess.Popen:
+        # See runtime/guard.py: RP's per-session proxy fork of this process
+        # outlives a killed client unless something outside the client ends it.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", self._session.uid,
+                process_spec(psutil.Process()), *(process_spec(p) for p in self._client_forks)]
+        with open(self.base_dir / "guard.log", "ab") as log:
+            return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=str(self.base_dir), env=env, start_new_session=True)
 
     def _runtime_task_states(self) -> str:
         # Says where a start stalled: tasks left in AGENT_SCHEDULING mean the
@@ -495,9 +515,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             except Exception:
                 logger.exception("%s: closing the %s failed", self.label, what)
             self.timings[f"shutdown_{what}"] = time.monotonic() - t
+        self._stop_guard()
         if sid:
             t = time.monotonic()
-            ended = end_session(sid)
+            ended = end_processes([p for p in self._client_forks if p.is_running()], grace=1.0)
+            ended += end_session(sid)
             self.timings["shutdown_sweep"] = time.monotonic() - t
             if ended:
                 logger.warning("%s: ended %d leftover process(es) of session %s: %s",
@@ -505,6 +527,30 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["shutdown"] = time.monotonic() - t0
         logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
         super().shutdown()
+
+
+    def _stop_guard(self) -> None:
+        if self._guard is None:
+            return
+        self._guard.terminate()
+        try:
+            self._guard.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._guard.kill()
+            self._guard.wait()
+
+
+def _new_forks(before: set) -> List[Any]:
+    """Children of this process not in ``before`` that run this process's own command line: forks."""
+    me = psutil.Process()
+    found = []
+    for child in me.children():
+        try:
+            if child.pid not in before and child.cmdline() == me.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _pool_environment(env: Dict[str, str], pool: WorkerPool) -> Dict[str, str]:

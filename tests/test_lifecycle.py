@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from parsl_rcylon import ExecutorShutdown, RadicalCylonExecutor, StartupError, WorkerLost, WorkerPool, cylon_app
@@ -40,8 +41,11 @@ def _start(tmp_path: Path, **kwargs) -> RadicalCylonExecutor:
 
 
 def test_shutdown_fails_running_tasks_and_leaves_nothing(tmp_path):
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     ex = _start(tmp_path, worker_ranks=2)
     sid = ex.session_id
+    ours = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+    assert ours, "the executor started no process of its own in this client"
     assert ex.submit(nap.func, {"ranks": 2}, 0).result(timeout=60) == 1
     running = ex.submit(nap.func, {"ranks": 2}, 120)
     queued = ex.submit(nap.func, {"ranks": 2}, 1)
@@ -53,6 +57,8 @@ def test_shutdown_fails_running_tasks_and_leaves_nothing(tmp_path):
     with pytest.raises(ExecutorShutdown):
         ex.submit(nap.func, {"ranks": 2}, 0)
     assert wait_for_no_processes(sid, timeout=10) == []
+    _, alive = psutil.wait_procs(ours, timeout=10)  # RP's proxy fork and our guard carry no session id
+    assert alive == [], [(p.pid, p.cmdline()) for p in alive]
     # every RP artifact stays under the run directory
     assert (tmp_path / "life" / "sandbox").is_dir()
     assert any(p.name.startswith("rp.session.") for p in (tmp_path / "life").iterdir())
@@ -115,12 +121,17 @@ def test_killed_client_leaves_no_process_behind(tmp_path):
                 sid = line.split()[1]
                 break
         assert sid, "client did not start:\n" + "".join(lines[-40:])
+        # What the client started that has no session id on it: RP's proxy
+        # fork of the client among them.
+        descendants = psutil.Process(proc.pid).children(recursive=True)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     killed_at = time.monotonic()
     left = wait_for_no_processes(sid, timeout=60)
     assert left == [], f"still running {time.monotonic() - killed_at:.0f} s after SIGKILL: {left}"
+    _, alive = psutil.wait_procs(descendants, timeout=max(1.0, 60 - (time.monotonic() - killed_at)))
+    assert alive == [], f"the client's own children outlived it: {[(p.pid, p.cmdline()) for p in alive]}"
     print(f"all processes of {sid} ended {time.monotonic() - killed_at:.0f} s after SIGKILL")
     # nothing of Radical Pilot, PSI/J or radical.utils in the user's home or working directory
     assert sorted(p.name for p in home.iterdir()) == []
