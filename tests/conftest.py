@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import parsl
+import psutil
 import pytest
 
 from parsl_rcylon import RadicalCylonExecutor
@@ -34,9 +35,12 @@ def _describe(proc) -> str:
 def rcylon(tmp_path_factory):
     """A loaded DFK with one RadicalCylonExecutor on a real local pilot."""
     run_dir = tmp_path_factory.mktemp("runinfo")
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     ex = RadicalCylonExecutor(label="rcylon", worker_ranks=SESSION_RANKS)
     dfk = parsl.load(parsl.Config(executors=[ex], run_dir=str(run_dir), strategy="none"))
     sid = ex.session_id
+    # Everything the executor started from this process, the ones without the session id included.
+    started = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
     try:
         yield ex
     finally:
@@ -44,3 +48,5 @@ def rcylon(tmp_path_factory):
         parsl.clear()
     left = wait_for_no_processes(sid, timeout=10)
     assert not left, f"processes of session {sid} left after shutdown: {left}"
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"processes the executor started left after shutdown: {[p.pid for p in alive]}"
