@@ -40,32 +40,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+# The paper reproduction's generator: chunk c of table t comes from seed (t, c, N), so any
+# rank split builds its slice of the same global tables.
+from parsl_rcylon.bench.stages import make_rows
+
 logger = logging.getLogger("benchmarks.ops")
 
 ROOT = Path(__file__).resolve().parent.parent
-CHUNK = 1 << 20  # rows per generated chunk; chunk c of table t comes from seed (t, c)
-
-
-# -- data --------------------------------------------------------------------------------------
-
-
-def make_rows(table_id: int, n_total: int, start: int, stop: int) -> Any:
-    """Rows ``[start, stop)`` of global table ``table_id`` (identical for any rank split)."""
-    import pyarrow as pa
-
-    keys, values = [], []
-    first, last = start // CHUNK, (stop - 1) // CHUNK if stop > start else start // CHUNK - 1
-    for chunk in range(first, last + 1):
-        lo, hi = chunk * CHUNK, min(n_total, (chunk + 1) * CHUNK)
-        rng = np.random.default_rng([table_id, chunk, n_total])
-        k = rng.integers(0, n_total, hi - lo, dtype=np.int64)
-        v = rng.random(hi - lo)
-        a, b = max(start, lo) - lo, min(stop, hi) - lo
-        keys.append(k[a:b])
-        values.append(v[a:b])
-    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    val = np.concatenate(values) if values else np.zeros(0)
-    return pa.table({"key": key, "v": val})
 
 
 def parse_size(text: str) -> int:
