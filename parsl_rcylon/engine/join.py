@@ -14,7 +14,7 @@ from mpi4py import MPI
 from .errors import InvalidArgumentError, KeyTypeError
 from .kernels import acero_join, duckdb_join
 from .shuffle import hash_partition
-from .transport import agree
+from .transport import agree, columnar_exchangeable
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -159,7 +159,8 @@ def join(
                                   left_suffix=lsuf, right_suffix=rsuf)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise InvalidArgumentError(f"pyarrow cannot join these tables: {exc}") from exc
-        return signature(left.schema), signature(right.schema), left.num_rows, right.num_rows
+        return (signature(left.schema), signature(right.schema), left.num_rows, right.num_rows,
+                columnar_exchangeable(left), columnar_exchangeable(right))
 
     start = time.perf_counter()
     consensus = agree(comm, "join", validate)
@@ -174,8 +175,8 @@ def join(
     nbuckets = bucket_count(max(sum(m[2] for m in metas), sum(m[3] for m in metas)), size)
     left = conform(left, canonical_schema(left.schema))
     right = conform(right, canonical_schema(right.schema))
-    left_buckets = hash_partition(comm, left, lk, nbuckets, nulls_stay=True)
-    right_buckets = hash_partition(comm, right, rk, nbuckets, nulls_stay=True)
+    left_buckets = hash_partition(comm, left, lk, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
+    right_buckets = hash_partition(comm, right, rk, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
     shuffled = time.perf_counter()
 
     expected = canonical_schema(

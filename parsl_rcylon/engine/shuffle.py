@@ -5,11 +5,12 @@ import logging
 import time
 from typing import List, Sequence, Union
 
+import numpy as np
 import pyarrow as pa
 from mpi4py import MPI
 
 from .hashing import group_rows, hash_rows, take_range, to_partitions
-from .transport import agree, exchange_tables
+from .transport import agree, exchange_columns, exchange_tables
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -30,6 +31,7 @@ def hash_partition(
     keys: Sequence[str],
     nbuckets: int = 1,
     nulls_stay: bool = False,
+    columnar: bool = False,
 ) -> List[pa.Table]:
     """Exchange rows so that equal keys meet on one rank, in one local bucket.
 
@@ -51,6 +53,9 @@ def hash_partition(
         Keep rows with a null key on this rank (bucket 0).  Right for joins,
         where a null key matches nothing, and it keeps a column full of nulls
         from piling onto one rank.  Grouping needs them together instead.
+    columnar : bool
+        Move the rows with :func:`~.transport.exchange_columns`: only for
+        tables it accepts, and the caller must decide the same on every rank.
 
     Returns
     -------
@@ -82,11 +87,30 @@ def hash_partition(
 
     if size == 1:
         return provide(0)
+    if columnar:
+        buckets = _columnar_buckets(comm, table, order, starts, nbuckets)
+        order = None
+        return buckets
     received = exchange_tables(comm, provide, nbuckets)
     order = None  # drops the closure's reference as well
     logger.debug("hash_partition of %d rows into %d x %d: hash+group %.3f s, take+exchange %.3f s",
                  table.num_rows, size, nbuckets, grouped - start, time.perf_counter() - grouped)
     return [_concat(bucket) for bucket in received]
+
+
+def _columnar_buckets(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray,
+                      nbuckets: int) -> List[pa.Table]:
+    """The exchange of :func:`hash_partition` by columns: each bucket is zero-copy slices of what arrived."""
+    size = comm.Get_size()
+    rows_out = np.diff(starts).astype(np.int64)  # (destination, bucket), row-major
+    rows_in = np.empty(size * nbuckets, dtype=np.int64)
+    comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
+    mine = exchange_columns(comm, table, order, starts[::nbuckets])
+    # Each source's rows arrive grouped by bucket (the order groups by destination, then bucket).
+    offsets = np.zeros(size * nbuckets + 1, dtype=np.int64)
+    np.cumsum(rows_in, out=offsets[1:])
+    return [_concat([mine.slice(int(offsets[s * nbuckets + b]), int(rows_in[s * nbuckets + b]))
+                     for s in range(size)]) for b in range(nbuckets)]
 
 
 def _concat(tables: List[pa.Table]) -> pa.Table:

@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 SCRIPT = HERE / "mpi_checks.py"
-CASES = ["join", "join_bucketed", "join_acero", "sort", "sort_fixed_width", "groupby", "unique", "shuffle",
-         "collectives", "chunked_messages", "skew_and_balance", "errors"]
+CASES = ["join", "join_bucketed", "join_acero", "join_fixed_width", "sort", "sort_fixed_width", "groupby", "unique",
+         "shuffle", "collectives", "chunked_messages", "skew_and_balance", "errors"]
 RANKS = [1, 2, 3, 4]
 #: Seconds one launch (all cases) may take before it counts as hung.
 LAUNCH_TIMEOUT = int(os.environ.get("ENGINE_MPI_TIMEOUT", "420"))
