@@ -8,12 +8,18 @@ ahead of a larger one that does not fit yet (backfill), but once a waiting
 task has been passed over ``starvation_limit`` times nothing behind it in its
 pool starts until it runs, so big tasks are never starved by streams of
 small ones.
+
+Ranks answer every heartbeat.  A rank whose process is gone (checked by PID
+for ranks on this host) or that has not answered for ``rank_timeout``
+seconds fails its worker: the MPI launcher does not always end a job when
+one of its ranks exits, and a task must not wait forever on a dead rank.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -21,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+import psutil
 import zmq
 from parsl.serialize import deserialize
 
@@ -40,6 +47,8 @@ class _Worker:
     identities: Dict[int, bytes] = field(default_factory=dict)
     hosts: Dict[int, str] = field(default_factory=dict)
     pids: Dict[int, int] = field(default_factory=dict)
+    last_seen: Dict[int, float] = field(default_factory=dict)  # rank -> time.monotonic()
+    local: Set[int] = field(default_factory=set)  # ranks whose PID this process can see
     free: Set[int] = field(default_factory=set)
     alive: bool = True
 
@@ -77,10 +86,13 @@ class Dispatcher:
         Seconds between heartbeats to every rank and master.
     starvation_limit : int
         How often a waiting task may be passed over by smaller ones.
+    rank_timeout : float
+        Seconds a rank may leave heartbeats unanswered before its worker is
+        declared lost (generous: a task holding the GIL delays the answer).
     """
 
     def __init__(self, bind_address: str = "127.0.0.1", advertised_address: Optional[str] = None,
-                 heartbeat_period: float = 2.0, starvation_limit: int = 16) -> None:
+                 heartbeat_period: float = 2.0, starvation_limit: int = 16, rank_timeout: float = 120.0) -> None:
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
@@ -97,6 +109,9 @@ class Dispatcher:
         self._commands: queue.Queue[Tuple[str, Any]] = queue.Queue()
         self._period = heartbeat_period
         self._starvation_limit = starvation_limit
+        self._rank_timeout = rank_timeout
+        self._host = socket.gethostname()
+        self._rank_of: Dict[bytes, Tuple[str, int]] = {}  # identity -> (worker uid, rank)
         self._workers: Dict[str, _Worker] = {}
         self._masters: Dict[bytes, Dict[str, Any]] = {}
         self._pending: OrderedDict[str, _Task] = OrderedDict()
@@ -224,6 +239,7 @@ class Dispatcher:
                     getattr(self, f"_on_{kind}")(body)
                 self._schedule()
                 if time.monotonic() >= next_beat:
+                    self._check_ranks()
                     self._broadcast(protocol.HEARTBEAT)
                     next_beat = time.monotonic() + self._period
                     if (self._pending or self._running) and time.monotonic() >= next_report:
@@ -249,8 +265,30 @@ class Dispatcher:
         for ident in self._masters:
             self._send(ident, kind)
 
+    def _check_ranks(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers.values()):
+            if not w.alive:
+                continue
+            for rank in list(w.identities):
+                pid, host = w.pids.get(rank), w.hosts.get(rank)
+                silent = now - w.last_seen.get(rank, now)
+                reason = None
+                if rank in w.local and not _running(pid):
+                    reason = f"rank {rank} (pid {pid} on {host}) exited"
+                elif silent > self._rank_timeout:
+                    reason = f"rank {rank} (pid {pid} on {host}) has not answered for {silent:.0f} s"
+                if reason:
+                    self._on_worker_failed((w.uid, reason))
+                    break
+
     def _on_message(self, identity: bytes, frames: List[bytes]) -> None:
         kind, body = protocol.unpack(frames)
+        seen = self._rank_of.get(identity)
+        if seen is not None and seen[0] in self._workers:
+            self._workers[seen[0]].last_seen[seen[1]] = time.monotonic()
+        if kind == protocol.ALIVE:
+            return
         if kind == protocol.RESULT:
             self._on_result(body)
         elif kind == protocol.READY:
@@ -269,6 +307,12 @@ class Dispatcher:
         if w is None:  # a worker we did not expect: adopt it
             w = self._workers[info["worker"]] = _Worker(uid=info["worker"], size=info["size"], pool=info["pool"])
         rank = info["rank"]
+        self._rank_of[identity] = (w.uid, rank)
+        w.last_seen[rank] = time.monotonic()
+        # Same host name and a visible PID: a rank in another PID namespace
+        # (a container) is judged by its answers alone.
+        if info["host"] == self._host and _running(info["pid"]):
+            w.local.add(rank)
         w.identities[rank] = identity
         w.hosts[rank] = info["host"]
         w.pids[rank] = info["pid"]
@@ -419,3 +463,13 @@ def _report_error(report: Dict[str, Any], task: _Task) -> BaseException:
     except Exception as exc:
         return ResultError(None, f"task {task.uid}: rank {report['rank']} failed and its exception "
                                  f"could not be deserialized: {exc!r}")
+
+
+def _running(pid: Optional[int]) -> bool:
+    """Whether process ``pid`` of this host is alive (a zombie is not)."""
+    if pid is None:
+        return True  # not known yet: nothing to judge by
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -18,6 +18,7 @@ STOP = b"S"        # body: None; end cleanly
 READY = b"R"       # body: dict describing the rank or master
 RESULT = b"D"      # body: per-rank result dict
 BYE = b"B"         # body: None; rank or master is leaving
+ALIVE = b"A"       # body: None; a rank's answer to each heartbeat
 
 #: Environment variables that carry the executor's address and liveness rules.
 ENV_ADDRESS = "RCYLON_CLIENT_ADDRESS"

@@ -143,6 +143,8 @@ class CylonWorker(rp.raptor.MPIWorker):
                     last_heard = time.monotonic()
                     if kind == protocol.TASK:
                         self._tasks.put(body)
+                    elif kind == protocol.HEARTBEAT:
+                        sock.send_multipart(protocol.pack(protocol.ALIVE))
                     elif kind == protocol.STOP:
                         self.stop()
                         break

@@ -1,0 +1,88 @@
+"""The dispatcher against real rank processes over ZeroMQ: a rank that dies or goes silent fails its tasks."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from parsl_rcylon.errors import WorkerLost
+from parsl_rcylon.resources import ResourceSpec
+from parsl_rcylon.runtime.dispatcher import Dispatcher
+
+# A stand-in for one worker rank: the same socket, identity and messages as
+# runtime/worker.py, and it sits on the task it gets (as a rank stuck in, or
+# killed during, a task would).
+RANK = textwrap.dedent("""
+    import os, socket, sys, zmq
+    from parsl_rcylon.runtime import protocol
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"w/0")
+    sock.connect(sys.argv[1])
+    sock.send_multipart(protocol.pack(protocol.READY, {
+        "worker": "w", "rank": 0, "size": 1, "pid": os.getpid(), "host": socket.gethostname(),
+        "gpus": [], "pool": "default"}))
+    while True:
+        kind, body = protocol.unpack(sock.recv_multipart())
+        if kind == protocol.HEARTBEAT:
+            sock.send_multipart(protocol.pack(protocol.ALIVE))
+        elif kind == protocol.TASK:
+            print("TASK", flush=True)
+""")
+
+
+@pytest.fixture
+def rank_and_dispatcher(request):
+    dispatcher = Dispatcher(heartbeat_period=0.5, rank_timeout=getattr(request, "param", 120.0))
+    dispatcher.expect_worker("w", size=1)
+    dispatcher.start()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", RANK, dispatcher.address], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        dispatcher.wait_ready(30, lambda: None)
+        yield proc, dispatcher
+    finally:
+        proc.kill()
+        proc.wait()
+        dispatcher.stop()
+
+
+def _submit_and_wait_running(proc, dispatcher):
+    fut = dispatcher.submit("t1", ResourceSpec(ranks=1), {"name": "stuck"})
+    assert proc.stdout.readline().strip() == "TASK"
+    return fut
+
+
+def test_a_rank_whose_process_exits_fails_its_task(rank_and_dispatcher):
+    proc, dispatcher = rank_and_dispatcher
+    fut = _submit_and_wait_running(proc, dispatcher)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(WorkerLost, match=rf"lost its worker w: rank 0 \(pid {proc.pid} on .*\) exited"):
+        fut.result(timeout=10)
+    with pytest.raises(WorkerLost, match="no MPI worker is left|live pools"):
+        dispatcher.submit("t2", ResourceSpec(ranks=1), {"name": "later"}).result(timeout=10)
+
+
+@pytest.mark.parametrize("rank_and_dispatcher", [2.0], indirect=True)
+def test_a_rank_that_stops_answering_fails_its_task(rank_and_dispatcher):
+    proc, dispatcher = rank_and_dispatcher
+    fut = _submit_and_wait_running(proc, dispatcher)
+    proc.send_signal(signal.SIGSTOP)  # alive, but silent
+    try:
+        with pytest.raises(WorkerLost, match=r"rank 0 \(pid \d+ on .*\) has not answered for \d+ s"):
+            fut.result(timeout=20)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+def test_a_busy_rank_that_answers_is_left_alone(rank_and_dispatcher):
+    proc, dispatcher = rank_and_dispatcher
+    fut = _submit_and_wait_running(proc, dispatcher)
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=3)  # six heartbeats answered: still running
+    assert dispatcher.stats()["default"]["running"] == 1
