@@ -82,6 +82,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     heartbeat_period, heartbeat_threshold : float
         Seconds between heartbeats, and the silence after which the pilot's
         processes assume this client died and end themselves.
+    rank_timeout : float
+        Seconds a worker rank may leave heartbeats unanswered before its
+        worker is declared lost and its tasks fail with ``WorkerLost`` (a
+        rank that has exited is noticed at once where its PID is visible).
+        Raise it for tasks that hold the GIL for minutes.
     start_timeout : float
         Seconds ``start()`` waits for the pilot and workers before failing.
     table_options : dict, optional
@@ -105,6 +110,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         address: Optional[str] = None,
         heartbeat_period: float = 2.0,
         heartbeat_threshold: float = 30.0,
+        rank_timeout: float = 120.0,
         start_timeout: float = 300.0,
         table_options: Optional[Dict[str, Any]] = None,
     ) -> None:
@@ -141,6 +147,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.address = address
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
+        if rank_timeout <= heartbeat_period:
+            raise ValueError(f"rank_timeout ({rank_timeout} s) must exceed heartbeat_period ({heartbeat_period} s)")
+        self.rank_timeout = rank_timeout
         self.start_timeout = start_timeout
         self.table_options = dict(table_options or {})
 
@@ -202,7 +211,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
         bind = "127.0.0.1" if self.is_local else "*"
         advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
-        self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period)
+        self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period,
+                                      rank_timeout=self.rank_timeout)
         self._dispatcher.on_result = self._record_table
         self._dispatcher.start()
         # RP leaves non-daemon threads running, and the interpreter joins those

@@ -86,3 +86,11 @@ def test_a_busy_rank_that_answers_is_left_alone(rank_and_dispatcher):
     with pytest.raises(TimeoutError):
         fut.result(timeout=3)  # six heartbeats answered: still running
     assert dispatcher.stats()["default"]["running"] == 1
+
+
+def test_rank_timeout_is_an_executor_option_and_is_checked():
+    from parsl_rcylon import RadicalCylonExecutor
+
+    assert RadicalCylonExecutor(rank_timeout=45.0).rank_timeout == 45.0
+    with pytest.raises(ValueError, match="rank_timeout"):
+        RadicalCylonExecutor(rank_timeout=1.0, heartbeat_period=2.0)
