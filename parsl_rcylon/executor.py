@@ -538,7 +538,6 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
         super().shutdown()
 
-
     def _stop_guard(self) -> None:
         if self._guard is None:
             return

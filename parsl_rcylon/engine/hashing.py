@@ -50,7 +50,7 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def _fixed_width_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
+def fixed_width_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
     """The value buffer of a primitive array as numpy, honouring the slice offset."""
     buf = arr.buffers()[1]
     values = np.frombuffer(buf, dtype=dtype, count=(arr.offset + len(arr)) if buf is not None else 0)
@@ -135,7 +135,7 @@ def _chunk_codes(arr: pa.Array) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         width = dtype.bit_width // 8
         signed = not (pa.types.is_unsigned_integer(dtype))
         npdtype = np.dtype(f"{'i' if signed else 'u'}{width}")
-        values = _fixed_width_values(arr, npdtype)
+        values = fixed_width_values(arr, npdtype)
         return (values.astype(np.int64).view(np.uint64) if signed else values.astype(np.uint64)), valid
     if pa.types.is_fixed_size_binary(dtype) or pa.types.is_decimal(dtype):
         return _hash_fixed_bytes(arr, dtype.byte_width), valid

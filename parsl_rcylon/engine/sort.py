@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from mpi4py import MPI
 
 from .errors import InvalidArgumentError, UnsupportedTypeError
-from .hashing import group_rows, take_range
+from .hashing import fixed_width_values, group_rows, take_range
 from .transport import agree, columnar_exchangeable, exchange_columns, exchange_tables
 from .validation import canonical_schema, check_columns, check_same_schema, check_table, conform, signature
 
@@ -102,9 +102,7 @@ def _is_int_like(dtype: pa.DataType) -> bool:
 def _int_values(arr: pa.Array) -> np.ndarray:
     width = arr.type.bit_width // 8
     signed = not pa.types.is_unsigned_integer(arr.type)
-    npdtype = np.dtype(f"{'i' if signed else 'u'}{width}")
-    values = np.frombuffer(arr.buffers()[1], dtype=npdtype, count=arr.offset + len(arr))[arr.offset :]
-    return values
+    return fixed_width_values(arr, np.dtype(f"{'i' if signed else 'u'}{width}"))
 
 
 def _ordered_codes(values: np.ndarray, descending: bool) -> np.ndarray:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from mpi4py import MPI
 
 from .errors import ERROR_CLASSES, EngineError, RankFailedError
+from .hashing import fixed_width_values
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +317,7 @@ def columnar_exchangeable(table: pa.Table) -> bool:
 
 def _raw_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
     dtype = np.dtype(f"u{width}")
-    views = [np.frombuffer(c.buffers()[1], dtype=dtype, count=c.offset + len(c))[c.offset:]
-             for c in column.chunks if len(c)]
+    views = [fixed_width_values(c, dtype) for c in column.chunks if len(c)]
     if len(views) == 1:
         return views[0]
     return np.concatenate(views) if views else np.zeros(0, dtype=dtype)

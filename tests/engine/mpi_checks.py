@@ -198,6 +198,18 @@ def join_inputs(draw: Any) -> Dict[str, Any]:
             "nkeys": len(key_types)}
 
 
+def check_join(parts: Optional[List[pa.Table]], whole_left: pa.Table, whole_right: pa.Table, lk: List[str],
+               rk: List[str], how: str) -> None:
+    """Rank 0: the gathered join result equals pyarrow's join of the whole tables, as a multiset."""
+
+    def compare() -> Optional[str]:
+        want = whole_left.join(whole_right, keys=lk, right_keys=rk, join_type=PA_HOW[how],
+                               left_suffix=None, right_suffix="_right")
+        return same_multiset(pa.concat_tables(parts), want)
+
+    check_on_root(compare)
+
+
 @case
 def join() -> None:
     @prop_settings()
@@ -211,15 +223,8 @@ def join() -> None:
             kwargs = {"left_on": lk, "right_on": rk}
         else:
             kwargs = {"on": lk if len(lk) > 1 else lk[0]}
-        out = run_on_all(lambda: engine.join(COMM, left, right, how=spec["how"], **kwargs))
-        parts = gather_parts(out)
-
-        def compare() -> Optional[str]:
-            want = whole_left.join(whole_right, keys=lk, right_keys=rk, join_type=PA_HOW[spec["how"]],
-                                   left_suffix=None, right_suffix="_right")
-            return same_multiset(pa.concat_tables(parts), want)
-
-        check_on_root(compare)
+        parts = gather_parts(run_on_all(lambda: engine.join(COMM, left, right, how=spec["how"], **kwargs)))
+        check_join(parts, whole_left, whole_right, lk, rk, spec["how"])
 
     prop()
 
@@ -374,13 +379,7 @@ def join_fixed_width() -> None:
         lk, rk = [f"l{i}" for i in range(len(key_types))], [f"r{i}" for i in range(len(key_types))]
         assert transport.columnar_exchangeable(left) and transport.columnar_exchangeable(right)
         parts = gather_parts(run_on_all(lambda: engine.join(COMM, left, right, left_on=lk, right_on=rk, how=how)))
-
-        def compare() -> Optional[str]:
-            want = whole_left.join(whole_right, keys=lk, right_keys=rk, join_type=PA_HOW[how],
-                                   left_suffix=None, right_suffix="_right")
-            return same_multiset(pa.concat_tables(parts), want)
-
-        check_on_root(compare)
+        check_join(parts, whole_left, whole_right, lk, rk, how)
 
     try:
         prop()
