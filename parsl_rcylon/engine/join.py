@@ -188,10 +188,7 @@ def join(
     duck = duckdb_join(left.schema, right.schema, lk, rk, join_type, lsuf, rsuf, expected, consensus.cores)
     kernel = "duckdb" if duck is not None else "acero"
     if duck is not None:
-        try:
-            results = [duck(lpart, rpart) for lpart, rpart in pairs]
-        finally:
-            duck.close()
+        results = [duck(lpart, rpart) for lpart, rpart in pairs]
     elif consensus.cores >= 2 and len(pairs) > 1:
         # Small buckets leave Acero's own threads idle; joining several buckets
         # at once (Acero releases the GIL) keeps this rank's cores busy instead.

@@ -211,10 +211,33 @@ def test_duckdb_kernel_matches_acero(join_type: str, renamed: bool) -> None:
     expected = want.schema
     kernel = duckdb_join(left.schema, right.schema, ["k"], rk, join_type, None, "_right", expected, 1)
     assert kernel is not None, "DuckDB kernel declined a supported join"
-    try:
-        got = kernel(left, right)
-    finally:
-        kernel.close()
+    got = kernel(left, right)
     assert got.schema.names == want.schema.names
     assert [f.type for f in got.schema] == [f.type for f in want.schema]
     assert sorted(map(str, got.to_pylist())) == sorted(map(str, want.to_pylist()))
+
+
+def test_duckdb_connection_is_kept_and_left_clean() -> None:
+    duckdb = pytest.importorskip("duckdb")
+    from parsl_rcylon.engine.kernels import _connection, duckdb_join
+
+    def kernel(schema_l: pa.Schema, schema_r: pa.Schema, expected: pa.Schema):
+        out = duckdb_join(schema_l, schema_r, ["k"], ["k"], "inner", None, "_right", expected, 1)
+        assert out is not None
+        return out
+
+    first_l, first_r = pa.table({"k": [1, 2, 3], "v": [1.0, 2.0, 3.0]}), pa.table({"k": [2, 3, 4], "w": [5, 6, 7]})
+    want = first_l.join(first_r, "k", join_type="inner")
+    got = kernel(first_l.schema, first_r.schema, want.schema)(first_l, first_r)
+    assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+
+    # A second join with other tables (and other column names) on the same thread's connection.
+    second_l, second_r = pa.table({"k": ["a", "b"], "x": [1, 2]}), pa.table({"k": ["b", "c"], "y": [3, 4]})
+    want = second_l.join(second_r, "k", join_type="inner")
+    got = kernel(second_l.schema, second_r.schema, want.schema)(second_l, second_r)
+    assert got.to_pylist() == want.to_pylist() == [{"k": "b", "x": 2, "y": 3}]
+
+    con = _connection(duckdb, 1)
+    assert con is _connection(duckdb, 1), "the connection is opened once per thread"
+    left_behind = con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    assert left_behind == [], f"views left registered between joins: {left_behind}"
