@@ -6,14 +6,14 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 from mpi4py import MPI
 
 from .errors import InvalidArgumentError, KeyTypeError
 from .kernels import acero_join, duckdb_join
-from .shuffle import hash_partition
+from .shuffle import exchange_buckets, partition_rows
 from .transport import agree, columnar_exchangeable
 from .validation import (
     as_column_list,
@@ -53,6 +53,11 @@ JOIN_TYPES = {
 #: pass as the rank assignment, so they cost no extra pass over the data.
 BUCKET_ROWS = int(os.environ.get("PARSL_RCYLON_JOIN_BUCKET_ROWS", 131_072))
 MAX_BUCKETS = 256
+
+#: The buckets are exchanged and joined in this many rounds, so that a rank
+#: holds a round's received rows instead of both whole partitions (peak
+#: memory per rank, 8M x 8M rows on 2 ranks: see docs/engine.md).
+ROUNDS = int(os.environ.get("PARSL_RCYLON_JOIN_ROUNDS", 4))
 
 Keys = Union[str, Sequence[str], None]
 
@@ -171,40 +176,72 @@ def join(
     join_type = _join_type(how)
     lk, rk = _resolve_keys(on, left_on, right_on)
     lsuf, rsuf = _suffixes(suffixes)
-    size = comm.Get_size()
+    size, rank = comm.Get_size(), comm.Get_rank()
     nbuckets = bucket_count(max(sum(m[2] for m in metas), sum(m[3] for m in metas)), size)
     left = conform(left, canonical_schema(left.schema))
     right = conform(right, canonical_schema(right.schema))
-    left_buckets = hash_partition(comm, left, lk, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
-    right_buckets = hash_partition(comm, right, rk, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
-    shuffled = time.perf_counter()
+    split = size * nbuckets > 1
+    if split:
+        lparts = partition_rows(left, lk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
+        rparts = partition_rows(right, rk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
+    partitioned = time.perf_counter()
 
     expected = canonical_schema(
         left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
                               left_suffix=lsuf, right_suffix=rsuf).schema
     )
-    pairs = list(zip(left_buckets, right_buckets, strict=True))
-    del left_buckets, right_buckets
     duck = duckdb_join(left.schema, right.schema, lk, rk, join_type, lsuf, rsuf, expected, consensus.cores)
     kernel = "duckdb" if duck is not None else "acero"
     if duck is not None:
-        results = [duck(lpart, rpart) for lpart, rpart in pairs]
-    elif consensus.cores >= 2 and len(pairs) > 1:
+        run_round = _serial(duck)
+    elif consensus.cores >= 2 and nbuckets > 1:
         # Small buckets leave Acero's own threads idle; joining several buckets
         # at once (Acero releases the GIL) keeps this rank's cores busy instead.
-        run = acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=False)
-        with ThreadPoolExecutor(max_workers=consensus.cores) as pool:
-            results = list(pool.map(lambda pair: run(*pair), pairs))
+        run_round = _threaded(acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=False), consensus.cores)
     else:
-        run = acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=consensus.use_threads)
-        results = [run(lpart, rpart) for lpart, rpart in pairs]
-    del pairs
-    logger.debug("join: %d bucket(s) x %d core(s), %s: validate %.3f s, shuffle %.3f s, local joins %.3f s",
-                 nbuckets, consensus.cores, kernel, validated - start, shuffled - validated,
-                 time.perf_counter() - shuffled)
+        run_round = _serial(acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=consensus.use_threads))
+    results: List[pa.Table] = []
+    exchange_s = 0.0
+    for lo, hi in _rounds(nbuckets):
+        # A few buckets at a time: this rank holds only the rows received for
+        # this round (and the results so far), not both whole partitions.
+        began = time.perf_counter()
+        if split:
+            pairs = list(zip(exchange_buckets(comm, lparts, lo, hi), exchange_buckets(comm, rparts, lo, hi),
+                             strict=True))
+        else:
+            pairs = [(left, right)]
+        exchange_s += time.perf_counter() - began
+        results.extend(run_round(pairs))
+        del pairs
+    logger.debug("join: %d bucket(s) in %d round(s) x %d core(s), %s: validate %.3f s, partition %.3f s, "
+                 "exchange %.3f s, local joins %.3f s", nbuckets, len(_rounds(nbuckets)), consensus.cores,
+                 kernel, validated - start, partitioned - validated, exchange_s,
+                 time.perf_counter() - partitioned - exchange_s)
     if len(results) == 1:
         return results[0]
     return pa.concat_tables(results)
+
+
+def _rounds(nbuckets: int) -> List[Tuple[int, int]]:
+    """Bucket ranges ``[lo, hi)`` exchanged and joined one after another."""
+    count = max(1, min(nbuckets, ROUNDS))
+    bounds = [nbuckets * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _serial(run: Callable[[pa.Table, pa.Table], pa.Table]) -> Callable[[list], List[pa.Table]]:
+    return lambda pairs: [run(lpart, rpart) for lpart, rpart in pairs]
+
+
+def _threaded(run: Callable[[pa.Table, pa.Table], pa.Table], cores: int) -> Callable[[list], List[pa.Table]]:
+    def run_all(pairs: list) -> List[pa.Table]:
+        if len(pairs) == 1:
+            return [run(*pairs[0])]
+        with ThreadPoolExecutor(max_workers=cores) as pool:
+            return list(pool.map(lambda pair: run(*pair), pairs))
+
+    return run_all
 
 
 __all__ = ["join", "JOIN_TYPES"]

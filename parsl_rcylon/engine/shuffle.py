@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import List, Sequence, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,73 @@ from .validation import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Partitioned:
+    """One rank's rows grouped by (destination rank, local bucket), not yet sent.
+
+    Made by :func:`partition_rows`; :func:`exchange_buckets` then moves any
+    range of buckets, so a caller can exchange and consume the buckets a few
+    at a time and hold only those rows it has received for the current range.
+    """
+
+    table: pa.Table
+    order: np.ndarray
+    starts: np.ndarray
+    nbuckets: int
+    columnar: bool
+
+
+def partition_rows(
+    table: pa.Table,
+    keys: Sequence[str],
+    size: int,
+    rank: int,
+    nbuckets: int = 1,
+    nulls_stay: bool = False,
+    columnar: bool = False,
+) -> Partitioned:
+    """Hash ``table``'s rows into ``size * nbuckets`` partitions, grouped for the exchange.
+
+    Local; see :func:`hash_partition` for the parameters.  Partition
+    ``d * nbuckets + b`` is rank ``d``'s local bucket ``b``.
+    """
+    nparts = size * nbuckets
+    hashes, any_null = hash_rows(table, keys)
+    parts = to_partitions(hashes, nparts)
+    del hashes
+    if nulls_stay and any_null is not None:
+        parts[any_null] = rank * nbuckets
+    del any_null
+    order, starts = group_rows(parts, nparts)
+    return Partitioned(table, order, starts, nbuckets, columnar)
+
+
+def exchange_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int = 0, hi: Optional[int] = None) -> List[pa.Table]:
+    """Exchange local buckets ``lo`` to ``hi - 1`` of a :func:`partition_rows` result.
+
+    Collective: every rank passes the same range.  Returns this rank's
+    buckets ``lo..hi-1``, each with rows from rank 0 first, then rank 1, ...,
+    each source's rows in their original order.
+    """
+    size = comm.Get_size()
+    nb = part.nbuckets
+    hi = nb if hi is None else hi
+    table, order, starts = part.table, part.order, part.starts
+
+    def provide(dst: int) -> List[pa.Table]:
+        # One take per destination rank; its buckets are zero-copy slices of it.
+        first, last = int(starts[dst * nb + lo]), int(starts[dst * nb + hi])
+        taken = take_range(table, order, first, last)
+        bounds = starts[dst * nb + lo : dst * nb + hi + 1] - first
+        return [taken.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])) for b in range(hi - lo)]
+
+    if size == 1:
+        return provide(0)
+    if part.columnar:
+        return _columnar_buckets(comm, part, lo, hi)
+    return [_concat(bucket) for bucket in exchange_tables(comm, provide, hi - lo)]
 
 
 def hash_partition(
@@ -64,53 +131,32 @@ def hash_partition(
         their order within each source.
     """
     size, rank = comm.Get_size(), comm.Get_rank()
-    nparts = size * nbuckets
-    if nparts == 1:
+    if size * nbuckets == 1:
         return [table]
-    start = time.perf_counter()
-    hashes, any_null = hash_rows(table, keys)
-    parts = to_partitions(hashes, nparts)
-    del hashes
-    if nulls_stay and any_null is not None:
-        parts[any_null] = rank * nbuckets
-    del any_null
-    order, starts = group_rows(parts, nparts)
-    del parts
-    grouped = time.perf_counter()
-
-    def provide(dst: int) -> List[pa.Table]:
-        # One take per destination rank; its buckets are zero-copy slices of it.
-        lo, hi = int(starts[dst * nbuckets]), int(starts[(dst + 1) * nbuckets])
-        taken = take_range(table, order, lo, hi)
-        bounds = starts[dst * nbuckets : (dst + 1) * nbuckets + 1] - lo
-        return [taken.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b])) for b in range(nbuckets)]
-
-    if size == 1:
-        return provide(0)
-    if columnar:
-        buckets = _columnar_buckets(comm, table, order, starts, nbuckets)
-        order = None
-        return buckets
-    received = exchange_tables(comm, provide, nbuckets)
-    order = None  # drops the closure's reference as well
-    logger.debug("hash_partition of %d rows into %d x %d: hash+group %.3f s, take+exchange %.3f s",
-                 table.num_rows, size, nbuckets, grouped - start, time.perf_counter() - grouped)
-    return [_concat(bucket) for bucket in received]
+    return exchange_buckets(comm, partition_rows(table, keys, size, rank, nbuckets, nulls_stay, columnar))
 
 
-def _columnar_buckets(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray,
-                      nbuckets: int) -> List[pa.Table]:
-    """The exchange of :func:`hash_partition` by columns: each bucket is zero-copy slices of what arrived."""
-    size = comm.Get_size()
-    rows_out = np.diff(starts).astype(np.int64)  # (destination, bucket), row-major
-    rows_in = np.empty(size * nbuckets, dtype=np.int64)
+def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int) -> List[pa.Table]:
+    """The exchange of :func:`exchange_buckets` by columns: each bucket is zero-copy slices of what arrived."""
+    size, nb, k = comm.Get_size(), part.nbuckets, hi - lo
+    per_part = np.diff(part.starts).reshape(size, nb)
+    rows_out = np.ascontiguousarray(per_part[:, lo:hi]).reshape(-1)  # (destination, bucket), row-major
+    rows_in = np.empty(size * k, dtype=np.int64)
     comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
-    mine = exchange_columns(comm, table, order, starts[::nbuckets])
-    # Each source's rows arrive grouped by bucket (the order groups by destination, then bucket).
-    offsets = np.zeros(size * nbuckets + 1, dtype=np.int64)
+    if k == nb:
+        order, dest_starts = part.order, part.starts[::nb]
+    else:
+        # This range's rows for each destination, still grouped by destination then bucket.
+        order = np.concatenate([part.order[part.starts[d * nb + lo] : part.starts[d * nb + hi]] for d in range(size)])
+        dest_starts = np.zeros(size + 1, dtype=np.int64)
+        np.cumsum(rows_out.reshape(size, k).sum(axis=1), out=dest_starts[1:])
+    mine = exchange_columns(comm, part.table, order, dest_starts)
+    del order
+    # Each source's rows arrive grouped by bucket.
+    offsets = np.zeros(size * k + 1, dtype=np.int64)
     np.cumsum(rows_in, out=offsets[1:])
-    return [_concat([mine.slice(int(offsets[s * nbuckets + b]), int(rows_in[s * nbuckets + b]))
-                     for s in range(size)]) for b in range(nbuckets)]
+    return [_concat([mine.slice(int(offsets[s * k + b]), int(rows_in[s * k + b])) for s in range(size)])
+            for b in range(k)]
 
 
 def _concat(tables: List[pa.Table]) -> pa.Table:
@@ -163,5 +209,5 @@ def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]])
     return hash_partition(comm, conform(table, schema), keys)[0]
 
 
-__all__ = ["shuffle", "hash_partition"]
+__all__ = ["shuffle", "hash_partition", "partition_rows", "exchange_buckets", "Partitioned"]
 

@@ -229,15 +229,17 @@ def join() -> None:
     prop()
 
 
-def _join_with(bucket_rows: int, kernel: str) -> None:
+def _join_with(bucket_rows: int, kernel: str, rounds: int) -> None:
     join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS, os.environ.get(KERNEL_ENV)
+    saved = join_module.BUCKET_ROWS, os.environ.get(KERNEL_ENV), join_module.ROUNDS
     join_module.BUCKET_ROWS = bucket_rows
+    join_module.ROUNDS = rounds
     os.environ[KERNEL_ENV] = kernel
     try:
         CASES["join"]()
     finally:
         join_module.BUCKET_ROWS = saved[0]
+        join_module.ROUNDS = saved[2]
         if saved[1] is None:
             del os.environ[KERNEL_ENV]
         else:
@@ -246,14 +248,14 @@ def _join_with(bucket_rows: int, kernel: str) -> None:
 
 @case
 def join_bucketed() -> None:
-    """Many local buckets per rank (tiny bucket size) must not change the result."""
-    _join_with(3, "auto")
+    """Many local buckets per rank (tiny bucket size), exchanged in 3 rounds, must not change the result."""
+    _join_with(3, "auto", 3)
 
 
 @case
 def join_acero() -> None:
-    """pyarrow's Acero kernel (the default where DuckDB is not installed), many buckets."""
-    _join_with(3, "acero")
+    """pyarrow's Acero kernel (the default where DuckDB is not installed), many buckets in 2 rounds."""
+    _join_with(3, "acero", 2)
 
 
 @st.composite
@@ -363,9 +365,9 @@ def fixed_width_tables(draw: Any, key_types: List[str], prefix: str) -> Dict[str
 
 @case
 def join_fixed_width() -> None:
-    """Fixed-width columns without nulls take the columnar exchange; few and many buckets."""
+    """Fixed-width columns without nulls take the columnar exchange; few and many buckets, 1-4 rounds."""
     join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS
+    saved = join_module.BUCKET_ROWS, join_module.ROUNDS
 
     @prop_settings()
     @given(st.data())
@@ -375,7 +377,8 @@ def join_fixed_width() -> None:
         left, whole_left = split(data.draw(fixed_width_tables(key_types, "l")))
         right, whole_right = split(data.draw(fixed_width_tables(key_types, "r")))
         how = data.draw(st.sampled_from(HOWS))
-        join_module.BUCKET_ROWS = data.draw(st.sampled_from([3, saved]))
+        join_module.BUCKET_ROWS = data.draw(st.sampled_from([3, saved[0]]))
+        join_module.ROUNDS = data.draw(st.sampled_from([1, 3, 4]))
         lk, rk = [f"l{i}" for i in range(len(key_types))], [f"r{i}" for i in range(len(key_types))]
         assert transport.columnar_exchangeable(left) and transport.columnar_exchangeable(right)
         parts = gather_parts(run_on_all(lambda: engine.join(COMM, left, right, left_on=lk, right_on=rk, how=how)))
@@ -384,7 +387,7 @@ def join_fixed_width() -> None:
     try:
         prop()
     finally:
-        join_module.BUCKET_ROWS = saved
+        join_module.BUCKET_ROWS, join_module.ROUNDS = saved
 
 
 AGGS = [("v", "sum"), ("v", "mean"), ("v", "min"), ("i", "max"), ("v", "var"), ("i", "std"), ("i", "sum"),
