@@ -46,13 +46,21 @@ JOIN_TYPES = {
     "right anti": "right anti",
 }
 
-#: Target rows per local hash bucket.  Acero's hash join slows down more than
-#: linearly once its hash table leaves the cache (measured on one thread,
+#: Target rows per local hash bucket for Acero.  Its hash join slows down more
+#: than linearly once its hash table leaves the cache (measured on one thread,
 #: 4M x 4M rows: 1.1 s in one piece, 0.57 s in 8 buckets, about 0.4 s in 32),
 #: so each rank joins bucket by bucket.  The buckets come from the same hash
 #: pass as the rank assignment, so they cost no extra pass over the data.
 BUCKET_ROWS = int(os.environ.get("PARSL_RCYLON_JOIN_BUCKET_ROWS", 131_072))
 MAX_BUCKETS = 256
+
+#: Least rows per bucket for DuckDB, which partitions its own hash table and
+#: runs one query on all the rank's threads: there, buckets only serve the
+#: rounds below.  One query over a whole partition is as fast on one thread
+#: as 7-30 small ones, and on two threads it is twice as fast (8M x 8M rows
+#: on one rank: 0.67 s in one query, 1.9-2.3 s in 61 buckets), while fewer,
+#: larger hash partitions also make the shuffle's gathers cheaper.
+DUCKDB_BUCKET_ROWS = int(os.environ.get("PARSL_RCYLON_JOIN_DUCKDB_BUCKET_ROWS", 65_536))
 
 #: The buckets are exchanged and joined in this many rounds, so that a rank
 #: holds a round's received rows instead of both whole partitions (peak
@@ -92,9 +100,20 @@ def _suffixes(suffixes: Tuple[str, str]) -> Tuple[Optional[str], Optional[str]]:
     return (left_suffix or None), (right_suffix or None)
 
 
-def bucket_count(rows: int, size: int) -> int:
-    """Local buckets per rank for a join whose larger side has ``rows`` rows in all."""
-    if BUCKET_ROWS <= 0 or rows <= 0:
+def bucket_count(rows: int, size: int, kernel: str = "acero") -> int:
+    """Local buckets per rank for a join whose larger side has ``rows`` rows in all.
+
+    Acero gets cache-sized buckets.  DuckDB gets one bucket per round (fewer
+    where a bucket would fall under ``DUCKDB_BUCKET_ROWS``), and on a single
+    rank, where nothing is received, the whole tables in one query.
+    """
+    if rows <= 0:
+        return 1
+    if kernel == "duckdb":
+        if size == 1 or DUCKDB_BUCKET_ROWS <= 0:
+            return 1
+        return int(max(1, min(ROUNDS, rows // size // DUCKDB_BUCKET_ROWS)))
+    if BUCKET_ROWS <= 0:
         return 1
     return int(min(MAX_BUCKETS, max(1, math.floor(rows / size / BUCKET_ROWS))))
 
@@ -177,21 +196,20 @@ def join(
     lk, rk = _resolve_keys(on, left_on, right_on)
     lsuf, rsuf = _suffixes(suffixes)
     size, rank = comm.Get_size(), comm.Get_rank()
-    nbuckets = bucket_count(max(sum(m[2] for m in metas), sum(m[3] for m in metas)), size)
     left = conform(left, canonical_schema(left.schema))
     right = conform(right, canonical_schema(right.schema))
-    split = size * nbuckets > 1
-    if split:
-        lparts = partition_rows(left, lk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
-        rparts = partition_rows(right, rk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
-    partitioned = time.perf_counter()
-
     expected = canonical_schema(
         left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
                               left_suffix=lsuf, right_suffix=rsuf).schema
     )
     duck = duckdb_join(left.schema, right.schema, lk, rk, join_type, lsuf, rsuf, expected, consensus.cores)
     kernel = "duckdb" if duck is not None else "acero"
+    nbuckets = bucket_count(max(sum(m[2] for m in metas), sum(m[3] for m in metas)), size, kernel)
+    split = size * nbuckets > 1
+    if split:
+        lparts = partition_rows(left, lk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
+        rparts = partition_rows(right, rk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
+    partitioned = time.perf_counter()
     if duck is not None:
         run_round = _serial(duck)
     elif consensus.cores >= 2 and nbuckets > 1:

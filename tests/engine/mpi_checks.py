@@ -11,6 +11,7 @@ on, so the ranks stay in step even when an example fails.  Rank 0 writes one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import json
@@ -20,7 +21,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -229,21 +230,32 @@ def join() -> None:
     prop()
 
 
-def _join_with(bucket_rows: int, kernel: str, rounds: int) -> None:
+@contextlib.contextmanager
+def bucketing(bucket_rows: Optional[int] = None, rounds: Optional[int] = None) -> Iterator[None]:
+    """The join with ``bucket_rows`` rows per bucket (both kernels) in ``rounds`` rounds; None keeps the default."""
     join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS, os.environ.get(KERNEL_ENV), join_module.ROUNDS
-    join_module.BUCKET_ROWS = bucket_rows
-    join_module.ROUNDS = rounds
+    saved = join_module.BUCKET_ROWS, join_module.DUCKDB_BUCKET_ROWS, join_module.ROUNDS
+    if bucket_rows is not None:
+        join_module.BUCKET_ROWS = join_module.DUCKDB_BUCKET_ROWS = bucket_rows
+    if rounds is not None:
+        join_module.ROUNDS = rounds
+    try:
+        yield
+    finally:
+        join_module.BUCKET_ROWS, join_module.DUCKDB_BUCKET_ROWS, join_module.ROUNDS = saved
+
+
+def _join_with(bucket_rows: int, kernel: str, rounds: int) -> None:
+    saved = os.environ.get(KERNEL_ENV)
     os.environ[KERNEL_ENV] = kernel
     try:
-        CASES["join"]()
+        with bucketing(bucket_rows, rounds):
+            CASES["join"]()
     finally:
-        join_module.BUCKET_ROWS = saved[0]
-        join_module.ROUNDS = saved[2]
-        if saved[1] is None:
+        if saved is None:
             del os.environ[KERNEL_ENV]
         else:
-            os.environ[KERNEL_ENV] = saved[1]
+            os.environ[KERNEL_ENV] = saved
 
 
 @case
@@ -366,8 +378,6 @@ def fixed_width_tables(draw: Any, key_types: List[str], prefix: str) -> Dict[str
 @case
 def join_fixed_width() -> None:
     """Fixed-width columns without nulls take the columnar exchange; few and many buckets, 1-4 rounds."""
-    join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS, join_module.ROUNDS
 
     @prop_settings()
     @given(st.data())
@@ -377,17 +387,15 @@ def join_fixed_width() -> None:
         left, whole_left = split(data.draw(fixed_width_tables(key_types, "l")))
         right, whole_right = split(data.draw(fixed_width_tables(key_types, "r")))
         how = data.draw(st.sampled_from(HOWS))
-        join_module.BUCKET_ROWS = data.draw(st.sampled_from([3, saved[0]]))
-        join_module.ROUNDS = data.draw(st.sampled_from([1, 3, 4]))
+        bucket_rows, rounds = data.draw(st.sampled_from([3, None])), data.draw(st.sampled_from([1, 3, 4]))
         lk, rk = [f"l{i}" for i in range(len(key_types))], [f"r{i}" for i in range(len(key_types))]
         assert transport.columnar_exchangeable(left) and transport.columnar_exchangeable(right)
-        parts = gather_parts(run_on_all(lambda: engine.join(COMM, left, right, left_on=lk, right_on=rk, how=how)))
+        with bucketing(bucket_rows, rounds):
+            parts = gather_parts(run_on_all(lambda: engine.join(COMM, left, right, left_on=lk, right_on=rk,
+                                                                how=how)))
         check_join(parts, whole_left, whole_right, lk, rk, how)
 
-    try:
-        prop()
-    finally:
-        join_module.BUCKET_ROWS, join_module.ROUNDS = saved
+    prop()
 
 
 AGGS = [("v", "sum"), ("v", "mean"), ("v", "min"), ("i", "max"), ("v", "var"), ("i", "std"), ("i", "sum"),
