@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 
@@ -125,42 +125,71 @@ def _fetch_arrow(relation: Any) -> pa.Table:
     return out.read_all() if hasattr(out, "read_all") else out
 
 
-_connections = threading.local()
+class _Connections:
+    """Idle in-memory DuckDB connections, by thread count, kept between joins.
 
-
-def _connection(duckdb: Any, threads: int) -> Any:
-    """This thread's in-memory DuckDB connection with ``threads`` threads, opened once.
-
-    Opening one costs 10-45 ms, a tenth of a 2M-row join, so it is kept for
-    the next join in this thread rather than closed.  Nothing stays
-    registered on it between joins.  Row order is unspecified in the
-    engine's joins, so DuckDB may skip preserving it.
+    Opening one costs 10-45 ms, a tenth of a 2M-row join, so a connection
+    goes back here after each bucket join instead of being closed; nothing
+    stays registered on it.  DuckDB is not fork-safe: with a connection open,
+    the child of Radical Pilot's proxy fork of the client crashed (SIGSEGV
+    in ``fork``).  So every idle connection is closed just before this
+    process forks; a join running in another thread at that moment keeps its
+    own.  Row order is unspecified in the engine's joins, so DuckDB may skip
+    preserving it.
     """
-    cache = getattr(_connections, "by_threads", None)
-    if cache is None:
-        cache = _connections.by_threads = {}
-    con = cache.get(threads)
-    if con is None:
-        con = cache[threads] = duckdb.connect(config={"threads": threads, "preserve_insertion_order": False})
-    return con
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: Dict[int, List[Any]] = {}
+
+    def acquire(self, duckdb: Any, threads: int) -> Any:
+        with self._lock:
+            idle = self._idle.get(threads)
+            if idle:
+                return idle.pop()
+        return duckdb.connect(config={"threads": threads, "preserve_insertion_order": False})
+
+    def release(self, con: Any, threads: int) -> None:
+        with self._lock:
+            self._idle.setdefault(threads, []).append(con)
+
+    def idle(self) -> int:
+        with self._lock:
+            return sum(len(cons) for cons in self._idle.values())
+
+    def close_idle(self) -> None:
+        with self._lock:
+            cons = [con for idle in self._idle.values() for con in idle]
+            self._idle.clear()
+        for con in cons:
+            con.close()
+
+
+_connections = _Connections()
+os.register_at_fork(before=_connections.close_idle)
 
 
 class _DuckJoin:
-    """Joins bucket after bucket on this thread's DuckDB connection."""
+    """Joins bucket after bucket, each on an idle DuckDB connection."""
 
     def __init__(self, duckdb: Any, query: str, expected: pa.Schema, threads: int) -> None:
+        self.duckdb = duckdb
         self.query = query
         self.expected = expected
-        self.con = _connection(duckdb, max(1, threads))
+        self.threads = max(1, threads)
 
     def __call__(self, left: pa.Table, right: pa.Table) -> pa.Table:
-        self.con.register("l", left)
-        self.con.register("r", right)
+        con = _connections.acquire(self.duckdb, self.threads)
         try:
-            out = _fetch_arrow(self.con.sql(self.query))
+            con.register("l", left)
+            con.register("r", right)
+            try:
+                out = _fetch_arrow(con.sql(self.query))
+            finally:
+                con.unregister("l")
+                con.unregister("r")
         finally:
-            self.con.unregister("l")
-            self.con.unregister("r")
+            _connections.release(con, self.threads)
         if not out.schema.equals(self.expected):
             # DuckDB returns large strings as strings, and so on: cast back (lossless here).
             out = out.cast(self.expected)

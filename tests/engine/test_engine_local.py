@@ -217,27 +217,53 @@ def test_duckdb_kernel_matches_acero(join_type: str, renamed: bool) -> None:
     assert sorted(map(str, got.to_pylist())) == sorted(map(str, want.to_pylist()))
 
 
+def _duck_inner(left: pa.Table, right: pa.Table) -> pa.Table:
+    from parsl_rcylon.engine.kernels import duckdb_join
+
+    expected = left.join(right, "k", join_type="inner", right_suffix="_right").schema
+    kernel = duckdb_join(left.schema, right.schema, ["k"], ["k"], "inner", None, "_right", expected, 1)
+    assert kernel is not None
+    return kernel(left, right)
+
+
 def test_duckdb_connection_is_kept_and_left_clean() -> None:
     duckdb = pytest.importorskip("duckdb")
-    from parsl_rcylon.engine.kernels import _connection, duckdb_join
+    from parsl_rcylon.engine.kernels import _connections
 
-    def kernel(schema_l: pa.Schema, schema_r: pa.Schema, expected: pa.Schema):
-        out = duckdb_join(schema_l, schema_r, ["k"], ["k"], "inner", None, "_right", expected, 1)
-        assert out is not None
-        return out
-
+    _connections.close_idle()
     first_l, first_r = pa.table({"k": [1, 2, 3], "v": [1.0, 2.0, 3.0]}), pa.table({"k": [2, 3, 4], "w": [5, 6, 7]})
     want = first_l.join(first_r, "k", join_type="inner")
-    got = kernel(first_l.schema, first_r.schema, want.schema)(first_l, first_r)
-    assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+    assert sorted(_duck_inner(first_l, first_r).to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+    assert _connections.idle() == 1, "the connection goes back to the pool, open"
+    kept = _connections.acquire(duckdb, 1)
+    _connections.release(kept, 1)
 
-    # A second join with other tables (and other column names) on the same thread's connection.
+    # A second join with other tables (and other column names) reuses it.
     second_l, second_r = pa.table({"k": ["a", "b"], "x": [1, 2]}), pa.table({"k": ["b", "c"], "y": [3, 4]})
-    want = second_l.join(second_r, "k", join_type="inner")
-    got = kernel(second_l.schema, second_r.schema, want.schema)(second_l, second_r)
-    assert got.to_pylist() == want.to_pylist() == [{"k": "b", "x": 2, "y": 3}]
+    assert _duck_inner(second_l, second_r).to_pylist() == [{"k": "b", "x": 2, "y": 3}]
+    con = _connections.acquire(duckdb, 1)
+    try:
+        assert con is kept, "one connection, opened once"
+        left_behind = con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        assert left_behind == [], f"views left registered between joins: {left_behind}"
+    finally:
+        _connections.release(con, 1)
 
-    con = _connection(duckdb, 1)
-    assert con is _connection(duckdb, 1), "the connection is opened once per thread"
-    left_behind = con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
-    assert left_behind == [], f"views left registered between joins: {left_behind}"
+
+def test_duckdb_connections_are_closed_before_a_fork() -> None:
+    # DuckDB is not fork-safe: a forked child of a process holding an open
+    # connection crashed (Radical Pilot forks the client for its proxy).
+    pytest.importorskip("duckdb")
+    import multiprocessing
+
+    from parsl_rcylon.engine.kernels import _connections
+
+    table = pa.table({"k": [1, 2], "v": [1.0, 2.0]})
+    _duck_inner(table, table)
+    assert _connections.idle() >= 1
+    child = multiprocessing.get_context("fork").Process(target=_connections.idle)
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert _connections.idle() == 0, "idle connections must be closed before the fork"
+    assert _duck_inner(table, table).num_rows == 2, "a later join opens a new connection"
