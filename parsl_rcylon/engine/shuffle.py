@@ -150,7 +150,7 @@ def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int) 
         order = np.concatenate([part.order[part.starts[d * nb + lo] : part.starts[d * nb + hi]] for d in range(size)])
         dest_starts = np.zeros(size + 1, dtype=np.int64)
         np.cumsum(rows_out.reshape(size, k).sum(axis=1), out=dest_starts[1:])
-    mine = exchange_columns(comm, part.table, order, dest_starts)
+    mine = exchange_columns(comm, part.table, order, dest_starts, rows_in.reshape(size, k).sum(axis=1))
     del order
     # Each source's rows arrive grouped by bucket.
     offsets = np.zeros(size * k + 1, dtype=np.int64)

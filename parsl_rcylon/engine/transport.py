@@ -323,7 +323,8 @@ def _raw_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
     return np.concatenate(views) if views else np.zeros(0, dtype=dtype)
 
 
-def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray) -> pa.Table:
+def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray,
+                     rows_in: Optional[np.ndarray] = None) -> pa.Table:
     """Send rows ``order[starts[d]:starts[d + 1]]`` of ``table`` to rank ``d``; return what arrived.
 
     For tables :func:`columnar_exchangeable` accepts (the caller decides for
@@ -333,12 +334,14 @@ def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, st
     buffer: rows from rank 0 first, then rank 1, ..., each in the order sent.
     A later gather from such a table reads one chunk per column (Arrow's
     ``take`` concatenates chunked columns first) and can free each column as
-    soon as it has been gathered.
+    soon as it has been gathered.  ``rows_in`` (rows from each rank), where
+    the caller already exchanged its counts, saves the count ``Alltoall``.
     """
     size = comm.Get_size()
     rows_out = np.diff(starts).astype(np.int64)
-    rows_in = np.empty(size, dtype=np.int64)
-    comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
+    if rows_in is None:
+        rows_in = np.empty(size, dtype=np.int64)
+        comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
     total = int(rows_in.sum())
     # Arrow's take gathers these scattered rows about 1.6x faster than np.take
     # (8-byte columns of 4M rows into 60 partitions: 25 against 40 ms).
