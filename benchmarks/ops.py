@@ -110,9 +110,10 @@ def measured(fn: Callable[[], Any]) -> tuple:
 WARM_ROWS = 4096
 
 
-def _warm_rows(rank: int, size: int) -> tuple:
-    lo, hi = rank * WARM_ROWS // size, (rank + 1) * WARM_ROWS // size
-    return make_rows(1, WARM_ROWS, lo, hi), make_rows(2, WARM_ROWS, lo, hi)
+def _inputs(n: int, rank: int = 0, size: int = 1) -> tuple:
+    """This rank's slices of the two global N-row tables (the join's sides; the sort uses the left)."""
+    lo, hi = rank * n // size, (rank + 1) * n // size
+    return make_rows(1, n, lo, hi), make_rows(2, n, lo, hi)
 
 
 def _engine_op(engine: Any, comm: Any, op: str, left: Any, right: Any) -> Callable[[], Any]:
@@ -150,12 +151,11 @@ def engine_worker(args: argparse.Namespace) -> None:
     except ImportError:
         pass
     for n in args.sizes:
-        lo, hi = rank * n // size, (rank + 1) * n // size
-        left, right = make_rows(1, n, lo, hi), make_rows(2, n, lo, hi)
+        left, right = _inputs(n, rank, size)
         for op in args.ops:
             times, out_rows = [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            _engine_op(engine, comm, op, *_warm_rows(rank, size))()
+            _engine_op(engine, comm, op, *_inputs(WARM_ROWS, rank, size))()
             # Memory from the first full-size run in this process (later runs reuse what
             # the allocators kept and would look cheaper); its time is not reported.
             comm.Barrier()
@@ -185,11 +185,11 @@ def pyarrow_worker(args: argparse.Namespace) -> None:
 
     records = []
     for n in args.sizes:
-        left, right = make_rows(1, n, 0, n), make_rows(2, n, 0, n)
+        left, right = _inputs(n)
         for op in args.ops:
             times, out_rows = [], 0
             inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            _pyarrow_op(op, *_warm_rows(0, 1))()
+            _pyarrow_op(op, *_inputs(WARM_ROWS))()
             _, extra, out = measured(_pyarrow_op(op, left, right))  # memory + warm-up, as above
             del out
             load = os.getloadavg()[0]
