@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
+from .agreement import agree
 from .errors import InvalidArgumentError, SchemaMismatchError
-from .transport import agree, exchange_tables
+from .transport import exchange_tables
 from .validation import canonical_schema, check_same_schema, check_table, conform, signature
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 

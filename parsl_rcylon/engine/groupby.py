@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from mpi4py import MPI
 
+from .agreement import agree
 from .errors import InvalidArgumentError
 from .shuffle import hash_partition
-from .transport import agree
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -24,6 +23,9 @@ from .validation import (
     signature,
     unused_name,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 

@@ -6,15 +6,15 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
-from mpi4py import MPI
 
+from .agreement import agree
 from .errors import InvalidArgumentError, KeyTypeError
 from .kernels import acero_join, duckdb_join
 from .shuffle import exchange_buckets, partition_rows
-from .transport import agree, columnar_exchangeable
+from .transport import columnar_exchangeable
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -25,6 +25,9 @@ from .validation import (
     conform,
     signature,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 

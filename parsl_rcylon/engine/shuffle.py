@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
-from .hashing import group_rows, hash_rows, take_range, to_partitions
-from .transport import agree, exchange_columns, exchange_tables
+from .agreement import agree
+from .grouping import group_rows, take_range, to_partitions
+from .hashing import hash_rows
+from .transport import exchange_columns, exchange_counts, exchange_tables
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -21,6 +22,9 @@ from .validation import (
     conform,
     signature,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +145,7 @@ def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int) 
     size, nb, k = comm.Get_size(), part.nbuckets, hi - lo
     per_part = np.diff(part.starts).reshape(size, nb)
     rows_out = np.ascontiguousarray(per_part[:, lo:hi]).reshape(-1)  # (destination, bucket), row-major
-    rows_in = np.empty(size * k, dtype=np.int64)
-    comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
+    rows_in = exchange_counts(comm, rows_out)
     if k == nb:
         order, dest_starts = part.order, part.starts[::nb]
     else:

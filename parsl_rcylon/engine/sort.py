@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from mpi4py import MPI
 
+from .agreement import agree
 from .errors import InvalidArgumentError, UnsupportedTypeError
-from .hashing import fixed_width_values, group_rows, take_range
-from .transport import agree, columnar_exchangeable, exchange_columns, exchange_tables
+from .grouping import group_rows, take_range
+from .hashing import fixed_width_values
+from .transport import columnar_exchangeable, exchange_columns, exchange_tables
 from .validation import canonical_schema, check_columns, check_same_schema, check_table, conform, signature
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
+from .agreement import agree
 from .shuffle import hash_partition
-from .transport import agree
 from .validation import (
     as_column_list,
     canonical_schema,
@@ -21,6 +20,9 @@ from .validation import (
     signature,
     unused_name,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 

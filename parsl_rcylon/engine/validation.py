@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import pyarrow as pa
 
+from .agreement import format_ranks
 from .errors import InvalidArgumentError, MissingColumnError, SchemaMismatchError, UnsupportedTypeError
-from .transport import format_ranks
 
 logger = logging.getLogger(__name__)
 
