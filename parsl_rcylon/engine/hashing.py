@@ -40,7 +40,7 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
     Partitions come from the top 32 bits (see :func:`.grouping.to_partitions`), which
     after the multiply depend on every input bit; two passes instead of
-    splitmix64's five, measurably cheaper on 4M-row partitions.
+    splitmix64's five, which is cheaper on large partitions.
     """
     h ^= h >> _U64(32)
     h *= _U64(0xBF58476D1CE4E5B9)

@@ -17,7 +17,6 @@ where that must not happen (the Parsl client, through the table layer).
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 import numpy as np
@@ -30,22 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable that lowers the largest single MPI message (bytes); tests
-#: set it tiny to exercise the chunked path.
-MAX_MESSAGE_ENV = "PARSL_RCYLON_MAX_MESSAGE_BYTES"
-#: MPI counts and displacements are C ``int``: stay below 2 GiB per call.
-DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 #: Tag of the chunked point-to-point path; collectives have their own context,
 #: so only a user's own point-to-point traffic with this tag could interfere.
 _CHUNK_TAG = 0x7C71
-
-
-def max_message_bytes() -> int:
-    """Largest number of bytes one MPI call may move (env override for tests)."""
-    value = os.environ.get(MAX_MESSAGE_ENV)
-    if value:
-        return max(8, int(value))
-    return DEFAULT_MAX_MESSAGE_BYTES
 
 
 def _mpi() -> Any:
@@ -89,7 +75,7 @@ def _displacements(counts: np.ndarray) -> np.ndarray:
 
 
 def exchange_bytes(
-    comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray
+    comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray, *, limit: int
 ) -> pa.Buffer:
     """All-to-all exchange of contiguous byte ranges.
 
@@ -101,6 +87,8 @@ def exchange_bytes(
         Bytes for rank 0, then rank 1, ...
     sendcounts, recvcounts : numpy.ndarray of int64
         Bytes to send to / receive from each rank.
+    limit : int
+        The most bytes one MPI call may move (``EngineOptions.max_message_bytes``).
 
     Returns
     -------
@@ -115,7 +103,6 @@ def exchange_bytes(
     recvbuf = np.frombuffer(received, dtype=np.uint8)
     sdispls = _displacements(sendcounts)
     rdispls = _displacements(recvcounts)
-    limit = max_message_bytes()
     # Every rank must take the same path, so the decision uses the global maximum.
     largest = comm.allreduce(max(total_send, total_recv), op=MPI.MAX)
     if largest <= limit:
@@ -147,7 +134,7 @@ def exchange_bytes(
 
 
 def exchange_tables(
-    comm: MPI.Intracomm, provide: Callable[[int], Sequence[pa.Table]], nbuckets: int = 1
+    comm: MPI.Intracomm, provide: Callable[[int], Sequence[pa.Table]], nbuckets: int = 1, *, limit: int
 ) -> List[List[pa.Table]]:
     """Send each rank its pieces; return what arrived, per bucket and source.
 
@@ -163,6 +150,8 @@ def exchange_tables(
         all of them, the send buffer and the receive buffer alive together.
     nbuckets : int
         Pieces per destination rank.
+    limit : int
+        The most bytes one MPI call may move.
 
     Returns
     -------
@@ -197,7 +186,7 @@ def exchange_tables(
     outgoing = []
     recv_sizes = exchange_counts(comm, sizes)
     received = exchange_bytes(comm, np.frombuffer(send, dtype=np.uint8), sizes.sum(axis=1),
-                              recv_sizes.sum(axis=1))
+                              recv_sizes.sum(axis=1), limit=limit)
     del send
     # The allocator keeps freed pages for reuse; hand the pieces' and the send
     # buffer's back now so that they do not add to this rank's peak footprint.
@@ -239,7 +228,7 @@ def _raw_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
 
 
 def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray,
-                     rows_in: Optional[np.ndarray] = None) -> pa.Table:
+                     rows_in: Optional[np.ndarray] = None, *, limit: int) -> pa.Table:
     """Send rows ``order[starts[d]:starts[d + 1]]`` of ``table`` to rank ``d``; return what arrived.
 
     For tables :func:`columnar_exchangeable` accepts (the caller decides for
@@ -250,20 +239,20 @@ def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, st
     A later gather from such a table reads one chunk per column (Arrow's
     ``take`` concatenates chunked columns first) and can free each column as
     soon as it has been gathered.  ``rows_in`` (rows from each rank), where
-    the caller already exchanged its counts, saves the count ``Alltoall``.
+    the caller already exchanged its counts, saves the count ``Alltoall``;
+    ``limit`` is the most bytes one MPI call may move.
     """
     rows_out = np.diff(starts).astype(np.int64)
     if rows_in is None:
         rows_in = exchange_counts(comm, rows_out)
     total = int(rows_in.sum())
-    # Arrow's take gathers these scattered rows about 1.6x faster than np.take
-    # (8-byte columns of 4M rows into 60 partitions: 25 against 40 ms).
+    # Arrow's take gathers these scattered rows faster than np.take (docs/engine.md).
     indices = pa.array(order)
     arrays = []
     for field, column in zip(table.schema, table.columns, strict=True):
         width = field.type.bit_width // 8
         send = _raw_values(column.take(indices), width)
-        received = exchange_bytes(comm, send.view(np.uint8), rows_out * width, rows_in * width)
+        received = exchange_bytes(comm, send.view(np.uint8), rows_out * width, rows_in * width, limit=limit)
         del send
         arrays.append(pa.Array.from_buffers(field.type, total, [None, received]))
     return pa.Table.from_arrays(arrays, schema=table.schema)
