@@ -13,6 +13,7 @@ from parsl.executors.errors import InvalidResourceSpecification
 
 from .options import check_app_options
 from .resources import ResourceSpec
+from .table.ref import register_memo
 
 
 class CylonFunction:
@@ -156,3 +157,6 @@ def _id_for_memo_cylon_function(fn: CylonFunction, output_ref: bool = False) -> 
     # across runs, so cache=True and checkpoints work for cylon_apps too.
     return pickle.dumps(["parsl_rcylon.CylonFunction", fn.__name__, fn.__module__,
                          sorted(fn.__rcylon_options__.items())])
+
+
+register_memo()

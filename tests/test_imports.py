@@ -19,6 +19,8 @@ def _loaded_after(statement: str) -> set:
     "import parsl_rcylon",
     "import parsl_rcylon.engine",
     "import parsl_rcylon.context",
+    "import parsl_rcylon.table",
+    "from parsl_rcylon.bench import stages",
 ])
 def test_light_imports_pull_in_neither_parsl_nor_radical_pilot(statement):
     loaded = _loaded_after(statement)
@@ -42,3 +44,14 @@ def test_unknown_attribute_raises_attribute_error():
 
 def test_all_lists_exactly_the_lazy_exports():
     assert sorted(parsl_rcylon.__all__) == sorted(parsl_rcylon._EXPORTS)
+
+
+def test_tables_memoize_by_content_whichever_module_loads_first():
+    code = """
+from parsl_rcylon.table import TableRef          # before Parsl
+from parsl.dataflow.memoization import id_for_memo
+import parsl_rcylon.app                           # registers the rule now that Parsl is here
+print(TableRef in id_for_memo.registry)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"]

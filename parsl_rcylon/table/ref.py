@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
@@ -374,19 +375,24 @@ def stage_summary(refs: Sequence[TableRef]) -> str:
 # -- Parsl memoization ------------------------------------------------------------------
 
 
-def _register_memo() -> None:
-    try:
-        from parsl.dataflow.memoization import id_for_memo
-    except ImportError:  # bench/ops_script.py hides Parsl from its bare MPI jobs
-        return
-
-    @id_for_memo.register(TableRef)
-    def _id_for_memo_tableref(ref: TableRef, output_ref: bool = False) -> bytes:
-        # Content, not location: a rerun that produced the same bytes elsewhere
-        # (another run directory) hits the cache.
-        return pickle.dumps(["parsl_rcylon.TableRef", ref.digest])
+def _id_for_memo_tableref(ref: TableRef, output_ref: bool = False) -> bytes:
+    # Content, not location: a rerun that produced the same bytes elsewhere
+    # (another run directory) hits the cache.
+    return pickle.dumps(["parsl_rcylon.TableRef", ref.digest])
 
 
-_register_memo()
+def register_memo() -> None:
+    """Teach Parsl's memoizer (``cache=True``, checkpoints) to key ``TableRef`` arguments by content.
+
+    Registers only where Parsl is loaded already: a bare MPI job that reads
+    tables must not pay for importing it.  ``parsl_rcylon.app`` calls this
+    after importing Parsl, which covers a table module loaded first.
+    """
+    memo = sys.modules.get("parsl.dataflow.memoization")
+    if memo is not None:
+        memo.id_for_memo.register(TableRef, _id_for_memo_tableref)
+
+
+register_memo()
 
 __all__ = ["TableRef", "stage_summary"]
