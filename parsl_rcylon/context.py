@@ -34,6 +34,12 @@ class CylonContext:
         Shared-filesystem directory for tables produced by tasks.
     gpu_ids : sequence of int
         Devices this rank may use (also in ``CUDA_VISIBLE_DEVICES``).
+    options : dict, optional
+        The app's table options.
+    cores : int
+        Cores this rank holds: its pool's ``cores_per_rank``, times the worker
+        ranks reserved beside it when the task asked for more cores per rank
+        than that.  Size thread pools by it; nothing sets them for you.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class CylonContext:
         data_dir: Optional[str] = None,
         gpu_ids: Sequence[int] = (),
         options: Optional[dict] = None,
+        cores: int = 1,
     ) -> None:
         self.comm = comm
         self.rank: int = comm.Get_rank()
@@ -54,6 +61,7 @@ class CylonContext:
         self.data_dir = data_dir
         self.gpu_ids: Tuple[int, ...] = tuple(gpu_ids)
         self.options = dict(options or {})
+        self.cores = cores
         self._scratch_root = scratch_root
         self._scratch: Optional[Path] = None
 

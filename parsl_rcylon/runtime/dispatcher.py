@@ -103,6 +103,7 @@ class Dispatcher:
         self._tasks: Dict[str, _Task] = {}  # waiting and running
         self._tags = itertools.count(1)
         self._refusal: Optional[BaseException] = None  # what every task fails with once broken or stopped
+        self._refusal_lock = threading.Lock()  # a submission is queued before the refusal, or refused
         self._stopping = threading.Event()
         self._ready_cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="rcylon-dispatcher", daemon=True)
@@ -141,10 +142,11 @@ class Dispatcher:
     def submit(self, uid: str, spec: ResourceSpec, message: Dict[str, Any]) -> Future:
         """Queue a task; its future fails at once if the dispatcher is broken or stopped."""
         fut: Future = Future()
-        if self._refusal is not None:
-            fut.set_exception(self._refusal)
-            return fut
-        self._post("submit", _Task(uid=uid, spec=spec, message=message, future=fut))
+        with self._refusal_lock:
+            if self._refusal is None:
+                self._post("submit", _Task(uid=uid, spec=spec, message=message, future=fut))
+                return fut
+        fut.set_exception(self._refusal)
         return fut
 
     def worker_failed(self, uid: str, reason: str) -> None:
@@ -211,6 +213,20 @@ class Dispatcher:
         except Exception as exc:  # a bug here must not leave futures hanging
             logger.exception("dispatcher loop failed")
             self._break(exc, f"the dispatcher loop failed: {exc!r}")
+        finally:
+            self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """The loop has ended: fail the submissions it will never read."""
+        if self._refusal is None:  # ended by something other than stop() or a caught failure
+            self._break(RuntimeError("the dispatcher loop ended"))
+        while True:
+            try:
+                kind, body = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit" and not body.future.done():
+                body.future.set_exception(self._refusal)
 
     def _receive(self) -> Optional[Tuple[bytes, bytes, Any]]:
         """The next message from a peer as (identity, kind, body), or None when none waits.
@@ -365,7 +381,8 @@ class Dispatcher:
 
     def _fail_all(self, exc: BaseException) -> None:
         """Fail every waiting and running task with ``exc``, and every later one."""
-        self._refusal = exc
+        with self._refusal_lock:
+            self._refusal = exc
         for uid in self._placement.clear():
             task = self._tasks.pop(uid)
             if not task.future.done():
