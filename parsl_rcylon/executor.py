@@ -215,7 +215,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._hygiene.register_atexit(self.shutdown)
         try:
             with self._hygiene.watch_forks():
-                self._runtime.open_session()
+                self._runtime.open_session(started=t0)
             self._hygiene.start_guard(self._runtime.session_id)
             self._runtime.launch(self._dispatcher, descriptions, max(1.0, self.start_timeout - (time.monotonic() - t0)))
         except BaseException as exc:

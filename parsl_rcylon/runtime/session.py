@@ -82,14 +82,17 @@ class PilotRuntime:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
         rp_config.prepare_environment(self.base_dir, self._resource_overrides())
 
-    def open_session(self) -> None:
-        """Open the session and its pilot and task managers."""
+    def open_session(self, started: float) -> None:
+        """Open the session and its pilot and task managers.
+
+        ``timings["session"]`` counts from ``started`` (``time.monotonic()``
+        when the start began), so it includes the preparation before.
+        """
         import radical.pilot as rp
 
-        t0 = time.monotonic()
         with rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext():
             self._session = rp.Session(cfg={"base": str(self.base_dir)})
-            self.timings["session"] = time.monotonic() - t0
+            self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
             self._pmgr = rp.PilotManager(session=self._session)
             self._tmgr = rp.TaskManager(session=self._session)
