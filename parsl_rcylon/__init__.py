@@ -17,6 +17,7 @@ _EXPORTS: Dict[str, str] = {
     "CylonApp": "app",
     "cylon_app": "app",
     "CylonContext": "context",
+    "ExecutorBroken": "errors",
     "ExecutorShutdown": "errors",
     "RadicalCylonError": "errors",
     "ResultError": "errors",
@@ -30,14 +31,15 @@ _EXPORTS: Dict[str, str] = {
 }
 
 __all__ = [
-    "CylonApp", "CylonContext", "ExecutorShutdown", "PilotSpec", "RadicalCylonError", "RadicalCylonExecutor",
-    "ResourceSpec", "ResultError", "StartupError", "TableRef", "WorkerLost", "WorkerPool", "cylon_app",
+    "CylonApp", "CylonContext", "ExecutorBroken", "ExecutorShutdown", "PilotSpec", "RadicalCylonError",
+    "RadicalCylonExecutor", "ResourceSpec", "ResultError", "StartupError", "TableRef", "WorkerLost", "WorkerPool",
+    "cylon_app",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .app import CylonApp, cylon_app
     from .context import CylonContext
-    from .errors import ExecutorShutdown, RadicalCylonError, ResultError, StartupError, WorkerLost
+    from .errors import ExecutorBroken, ExecutorShutdown, RadicalCylonError, ResultError, StartupError, WorkerLost
     from .executor import RadicalCylonExecutor
     from .resources import PilotSpec, ResourceSpec, WorkerPool
     from .table import TableRef

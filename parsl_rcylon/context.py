@@ -39,6 +39,10 @@ class CylonContext:
     options : mapping, optional
         The task's options as its message carries them (the executor's
         ``table_options`` and the app's own), parsed into :attr:`options`.
+    cores : int
+        Cores this rank holds: its pool's ``cores_per_rank``, times the worker
+        ranks reserved beside it when the task asked for more cores per rank
+        than that.  Size thread pools by it; nothing sets them for you.
 
     Attributes
     ----------
@@ -63,6 +67,7 @@ class CylonContext:
         data_dir: Optional[str] = None,
         gpu_ids: Sequence[int] = (),
         options: Optional[Mapping[str, Any]] = None,
+        cores: int = 1,
     ) -> None:
         self.comm = comm
         self.rank: int = comm.Get_rank()
@@ -72,6 +77,7 @@ class CylonContext:
         self.data_dir = data_dir
         self.gpu_ids: Tuple[int, ...] = tuple(gpu_ids)
         self.options = Options.from_mapping(options, where=f"task {task_id}")
+        self.cores = cores
         self._scratch_root = scratch_root
         self._scratch: Optional[Path] = None
 
