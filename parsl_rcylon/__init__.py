@@ -19,6 +19,8 @@ _EXPORTS: Dict[str, str] = {
     "CylonContext": "context",
     "ExecutorBroken": "errors",
     "ExecutorShutdown": "errors",
+    "PilotLost": "errors",
+    "TaskTimeout": "errors",
     "RadicalCylonError": "errors",
     "ResultError": "errors",
     "StartupError": "errors",
@@ -31,15 +33,24 @@ _EXPORTS: Dict[str, str] = {
 }
 
 __all__ = [
-    "CylonApp", "CylonContext", "ExecutorBroken", "ExecutorShutdown", "PilotSpec", "RadicalCylonError",
-    "RadicalCylonExecutor", "ResourceSpec", "ResultError", "StartupError", "TableRef", "WorkerLost", "WorkerPool",
-    "cylon_app",
+    "CylonApp", "CylonContext", "ExecutorBroken", "ExecutorShutdown", "PilotLost", "PilotSpec", "RadicalCylonError",
+    "RadicalCylonExecutor", "ResourceSpec", "ResultError", "StartupError", "TableRef", "TaskTimeout", "WorkerLost",
+    "WorkerPool", "cylon_app",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .app import CylonApp, cylon_app
     from .context import CylonContext
-    from .errors import ExecutorBroken, ExecutorShutdown, RadicalCylonError, ResultError, StartupError, WorkerLost
+    from .errors import (
+        ExecutorBroken,
+        ExecutorShutdown,
+        PilotLost,
+        RadicalCylonError,
+        ResultError,
+        StartupError,
+        TaskTimeout,
+        WorkerLost,
+    )
     from .executor import RadicalCylonExecutor
     from .resources import PilotSpec, ResourceSpec, WorkerPool
     from .table import TableRef

@@ -43,6 +43,9 @@ class CylonContext:
         Cores this rank holds: its pool's ``cores_per_rank``, times the worker
         ranks reserved beside it when the task asked for more cores per rank
         than that.  Size thread pools by it; nothing sets them for you.
+    runtime_comm : mpi4py.MPI.Intracomm, optional
+        A duplicate of ``comm`` for the runtime's own collectives (default
+        ``comm`` itself, right for one-rank tasks and tests).
 
     Attributes
     ----------
@@ -68,6 +71,7 @@ class CylonContext:
         gpu_ids: Sequence[int] = (),
         options: Optional[Mapping[str, Any]] = None,
         cores: int = 1,
+        runtime_comm: Any = None,
     ) -> None:
         self.comm = comm
         self.rank: int = comm.Get_rank()
@@ -78,6 +82,10 @@ class CylonContext:
         self.gpu_ids: Tuple[int, ...] = tuple(gpu_ids)
         self.options = Options.from_mapping(options, where=f"task {task_id}")
         self.cores = cores
+        # The runtime's own collectives (table arguments, publishing the result)
+        # run here, so a collective the user left half-done on ``comm`` can
+        # never be matched by one of them.
+        self.runtime_comm = runtime_comm if runtime_comm is not None else comm
         self._scratch_root = scratch_root
         self._scratch: Optional[Path] = None
 

@@ -58,3 +58,11 @@ class ExecutorBroken(RadicalCylonError):
 
 class ResultError(RadicalCylonError):
     """A task's result could not be brought back from its ranks."""
+
+
+class TaskTimeout(RadicalCylonError, TimeoutError):
+    """A task ran longer than its ``walltime``; it was stopped and its ranks freed or replaced."""
+
+
+class PilotLost(RadicalCylonError):
+    """A pilot ended (cancelled, failed, or out of walltime) while the executor was running."""

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import typeguard
 from parsl.executors.base import ParslExecutor
@@ -27,6 +27,7 @@ from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
 from .options import check_table_options
+from .permissions import make_dir, modes
 from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime import config as rp_config
 from .runtime.dispatcher import Dispatcher
@@ -90,6 +91,28 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         Seconds ``start()`` waits for the pilot and workers before failing.
     table_options : dict, optional
         Defaults for tables written by tasks (``format``, ``compression``, ...).
+    encrypted : bool
+        Authenticate and encrypt every connection between this client and the
+        pilot's processes with CurveZMQ (the default).  ``False`` keeps the
+        run's registration token and message checks but lets anyone who can
+        reach the port connect and read the traffic: see ``docs/security.md``.
+    port_range : (int, int), optional
+        Lowest and highest port the client may listen on (sites that open only
+        a range to compute nodes); any free port otherwise.
+    max_message_bytes : int
+        Largest message a peer may send; a larger one is refused unread.
+    sharing : {"private", "group"}
+        Modes of the run directory and everything in it: ``private``
+        (0700/0600, the default) or ``group`` (0750/0640) for a team that reads
+        each other's results.  Keys stay private either way.
+    cancel_grace : float
+        Seconds the other ranks of a failed, timed-out or cancelled task get
+        to finish before their worker is ended and replaced (a rank blocked in
+        a collective with a failed peer never finishes: MPI cannot free it).
+    max_worker_restarts : int, optional
+        Replacement workers each pool may start over the run (``None``: no
+        limit).  A pool whose new workers fail to start three times in a row
+        gets no more.
     """
 
     @typeguard.typechecked
@@ -112,6 +135,12 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         rank_timeout: float = 120.0,
         start_timeout: float = 300.0,
         table_options: Optional[Dict[str, Any]] = None,
+        encrypted: bool = True,
+        port_range: Optional[Tuple[int, int]] = None,
+        max_message_bytes: int = 1 << 30,
+        sharing: str = "private",
+        cancel_grace: float = 3.0,
+        max_worker_restarts: Optional[int] = None,
     ) -> None:
         ParslExecutor.__init__(self)
         self.label = label
@@ -151,6 +180,21 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.rank_timeout = rank_timeout
         self.start_timeout = start_timeout
         self.table_options = check_table_options(table_options, f"executor {label!r}: table_options")
+        self.encrypted = encrypted
+        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+            raise ValueError(f"port_range must be (lowest, highest) ports within 1..65535, got {port_range}")
+        self.port_range = port_range
+        if max_message_bytes < 1 << 16:
+            raise ValueError(f"max_message_bytes must be at least 65536, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
+        modes(sharing)  # raises on an unknown level
+        self.sharing = sharing
+        if cancel_grace <= 0:
+            raise ValueError(f"cancel_grace must be positive, got {cancel_grace}")
+        self.cancel_grace = cancel_grace
+        if max_worker_restarts is not None and max_worker_restarts < 0:
+            raise ValueError(f"max_worker_restarts must be >= 0 or None, got {max_worker_restarts}")
+        self.max_worker_restarts = max_worker_restarts
 
         self._ids = itertools.count()
         self._dispatcher: Optional[Dispatcher] = None
@@ -195,16 +239,19 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if shortfall:
             raise StartupError(self, shortfall)
         descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.base_dir, self.sharing)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(self.data_dir, self.sharing)
         self._runtime = PilotRuntime(self.label, self.pilots, {p.name: self.pools_of(p) for p in self.pilots},
                                      self.base_dir, self.heartbeat_period, self.heartbeat_threshold, self.timings)
         self._runtime.prepare()
         bind = "127.0.0.1" if self.is_local else "*"
         advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
-        self._dispatcher = Dispatcher(bind, advertised, heartbeat_period=self.heartbeat_period,
-                                      rank_timeout=self.rank_timeout)
+        self._dispatcher = Dispatcher(self.base_dir, bind, advertised, heartbeat_period=self.heartbeat_period,
+                                      rank_timeout=self.rank_timeout, cancel_grace=self.cancel_grace,
+                                      encrypted=self.encrypted, port_range=self.port_range,
+                                      max_message_bytes=self.max_message_bytes,
+                                      max_worker_restarts=self.max_worker_restarts)
         self._dispatcher.on_result = self._ledger.record
         self._dispatcher.start()
         self._hygiene = ClientHygiene(self.label, self.base_dir, self.timings)
@@ -269,16 +316,17 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         spec = self.validate_resource_specification(resource_specification, cylon=cylon, name=name)
         uid = f"{self.label}.task.{next(self._ids):06d}"
         kwargs.pop("parsl_resource_specification", None)
-        message = {
+        options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
+        header = {
             "uid": uid,
             "name": name,
             "cylon": cylon,
-            "payload": pack_apply_message(func, args, kwargs),
             "data_dir": self.data_dir,
             "scratch_dir": str(self.base_dir / "scratch"),
-            "options": dict(self.table_options, **getattr(func, "__rcylon_options__", {})),
+            "options": options,
+            "walltime": spec.walltime or options.get("walltime"),
         }
-        fut = self._dispatcher.submit(uid, spec, message)
+        fut = self._dispatcher.submit(uid, spec, header, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         return fut
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence
 from parsl.executors.errors import InvalidResourceSpecification
 
 #: Keys a ``parsl_resource_specification`` may hold for this executor.
-KNOWN_KEYS = frozenset({"ranks", "num_ranks", "cores_per_rank", "gpus_per_rank", "pool"})
+KNOWN_KEYS = frozenset({"ranks", "num_ranks", "cores_per_rank", "gpus_per_rank", "pool", "walltime"})
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,16 @@ class ResourceSpec:
         GPUs each rank sees.
     pool : str, optional
         Name of the worker pool the task must run in.
+    walltime : float, optional
+        Seconds the task may run before it is stopped and fails with
+        ``TaskTimeout`` (its ranks are freed, or their worker replaced).
     """
 
     ranks: int = 1
     cores_per_rank: int = 1
     gpus_per_rank: int = 0
     pool: Optional[str] = None
+    walltime: Optional[float] = None
 
     @classmethod
     def from_mapping(cls, spec: Optional[Mapping[str, Any]], where: str = "task") -> ResourceSpec:
@@ -59,7 +63,12 @@ class ResourceSpec:
         pool = spec.get("pool")
         if pool is not None and not isinstance(pool, str):
             raise InvalidResourceSpecification({"pool"}, f"{where}: pool must be a name, got {pool!r}")
-        return cls(pool=pool, **values)
+        walltime = spec.get("walltime")
+        if walltime is not None and (isinstance(walltime, bool) or not isinstance(walltime, (int, float))
+                                     or not walltime > 0):
+            raise InvalidResourceSpecification(
+                {"walltime"}, f"{where}: walltime must be a positive number of seconds, got {walltime!r}")
+        return cls(pool=pool, walltime=walltime, **values)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

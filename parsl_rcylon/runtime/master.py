@@ -19,6 +19,7 @@ import radical.pilot as rp
 import zmq
 
 from parsl_rcylon.runtime import protocol
+from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.processes import end_processes, session_processes
 
 
@@ -27,6 +28,7 @@ class CylonMaster(rp.raptor.Master):
 
     def __init__(self, cfg=None) -> None:
         super().__init__(cfg)
+        self._credentials = ClientCredentials.from_environment()
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
         self._threshold = float(os.environ.get(protocol.ENV_THRESHOLD, "30"))
@@ -38,13 +40,19 @@ class CylonMaster(rp.raptor.Master):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, f"{self.uid}/master".encode())
         sock.setsockopt(zmq.LINGER, 0)
+        self._credentials.apply(sock)
         sock.connect(self._address)
         sock.send_multipart(protocol.pack(protocol.READY, {
-            "master": self.uid, "pid": os.getpid(), "host": socket.gethostname()}))
+            "token": self._credentials.token, "master": self.uid, "pid": os.getpid(),
+            "host": socket.gethostname()}))
         last_heard = time.monotonic()
         while not self._term.is_set():
             if sock.poll(timeout=int(self._period * 1000)):
-                kind, _ = protocol.unpack(sock.recv_multipart())
+                try:
+                    kind = protocol.unpack(sock.recv_multipart()).kind
+                except protocol.ProtocolError as err:
+                    self._log.warning("dropped a message from the executor: %s", err)
+                    continue
                 last_heard = time.monotonic()
                 if kind == protocol.STOP:
                     self.stop()

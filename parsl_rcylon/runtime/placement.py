@@ -222,6 +222,12 @@ class Placement:
             del self._running[t]
         return lost
 
+    def forget_worker(self, uid: str) -> None:
+        """Drop a lost worker (another replaces it), so replacements do not pile up."""
+        w = self._workers.get(uid)
+        if w is not None and not w.alive:
+            del self._workers[uid]
+
     def any_alive(self) -> bool:
         return any(w.alive for w in self._workers.values())
 

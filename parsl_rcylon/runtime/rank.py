@@ -1,18 +1,34 @@
 """Running one task on one rank: unpack, call, and report.
 
 This module runs inside the MPI worker ranks.  It never raises: whatever the
-user function does, the rank reports a result dict so that the executor can
-resolve the task's future, and the rank stays usable for the next task.
+user function does, the rank reports, so that the executor can resolve the
+task's future, and the rank stays usable for the next task.
+
+Two rules keep a failure on one rank from hanging the others:
+
+- The moment the user function raises on a rank of a multi-rank task, the
+  rank says so (``report_early``), before any collective of its own: the
+  executor fails the task's future at once, even if the other ranks are
+  blocked in a collective waiting for this one.
+- The runtime's own collectives (reading table arguments, publishing the
+  result) run on ``runtime_comm``, a duplicate of the task's communicator,
+  so no status exchange of the runtime can be matched by a collective the
+  user's code left half-done on ``comm``.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
 from ..context import CylonContext
+from .interrupt import Interrupter
+
+#: A rank's report: the message header and its binary frame (value or exception).
+Report = Tuple[Dict[str, Any], Optional[bytes]]
 
 
 def _wrap_exception(exc: BaseException, rank: int, size: int, task: Dict[str, Any]) -> RemoteExceptionWrapper:
@@ -38,55 +54,76 @@ def _portable_error(wrapper: RemoteExceptionWrapper) -> bytes:
         return serialize(RemoteExceptionWrapper(RuntimeError, fallback, None))
 
 
-def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
-    """Run ``task`` on this rank of ``comm`` and return the rank's report.
+@contextlib.contextmanager
+def _user_code(interrupter: Optional[Interrupter], uid: str) -> Iterator[None]:
+    if interrupter is None:
+        yield
+    else:
+        with interrupter.running(uid):
+            yield
+
+
+def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any = None, gpu_ids=(),
+             interrupter: Optional[Interrupter] = None,
+             report_early: Optional[Callable[[Dict[str, Any], bytes], None]] = None) -> Report:
+    """Run ``task`` on this rank of ``comm`` and return the rank's final report.
 
     Rank 0 of the task carries the return value; other ranks only say whether
     they succeeded, so a task's result crosses the network once.
+    ``runtime_comm`` defaults to ``comm`` (right for one-rank tasks only).
     """
     rank, size = comm.Get_rank(), comm.Get_size()
-    report: Dict[str, Any] = {"uid": task["uid"], "rank": rank, "ok": False}
+    uid = task["uid"]
+    header: Dict[str, Any] = {"uid": uid, "rank": rank, "ok": False}
+    blob: Optional[bytes] = None
     value: Any = None
     ok = False
     ctx: Optional[CylonContext] = None
     try:
-        fn, args, kwargs = unpack_apply_message(task["payload"])
+        fn, args, kwargs = unpack_apply_message(payload)
         kwargs.pop("parsl_resource_specification", None)
         if task["cylon"]:
             from ..table import publish_result, resolve_arguments
 
             ctx = CylonContext(
                 comm,
-                task_id=task["uid"],
+                task_id=uid,
                 name=task.get("name", ""),
                 scratch_root=task.get("scratch_dir"),
                 data_dir=task.get("data_dir"),
                 gpu_ids=gpu_ids,
                 options=task.get("options"),
                 cores=task.get("cores", 1),
+                runtime_comm=runtime_comm,
             )
             args, kwargs = resolve_arguments(ctx, fn, args, kwargs)
-            value = fn(ctx, *args, **kwargs)
+            with _user_code(interrupter, uid):
+                value = fn(ctx, *args, **kwargs)
         else:
-            value = fn(*args, **kwargs)
+            with _user_code(interrupter, uid):
+                value = fn(*args, **kwargs)
         ok = True
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code too
-        report["error"] = _portable_error(_wrap_exception(exc, rank, size, task))
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt and TaskInterrupted from user code too
+        blob = _portable_error(_wrap_exception(exc, rank, size, task))
+        if size > 1 and report_early is not None:
+            report_early(dict(header), blob)
     if ctx is not None:
         try:
             value = publish_result(ctx, value, ok=ok)
         except BaseException as exc:
             if ok:
-                report["error"] = _portable_error(_wrap_exception(exc, rank, size, task))
+                blob = _portable_error(_wrap_exception(exc, rank, size, task))
                 ok = False
     if ok and rank == 0:
         try:
-            report["value"] = serialize(value)
+            blob = serialize(value)
         except BaseException as exc:
             err = TypeError(f"return value of {task.get('name', 'task')} cannot be serialized: {exc}")
-            report["error"] = _portable_error(_wrap_exception(err, rank, size, task))
+            blob = _portable_error(_wrap_exception(err, rank, size, task))
             ok = False
-    report["ok"] = ok
+    if interrupter is not None:
+        interrupter.forget(uid)
+    header["ok"] = ok
     sys.stdout.flush()
     sys.stderr.flush()
-    return report
+    return header, blob

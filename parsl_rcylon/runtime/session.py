@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from ..resources import PilotSpec, WorkerPool
 from . import config as rp_config
 from . import protocol
+from .channel import ENV_CHANNEL
 from .dispatcher import Dispatcher
 from .layout import pilot_logs, task_logs
 from .pilot import PoolPlacement, local_overrides, place_pools, resource_config, worker_description
@@ -65,6 +66,7 @@ class PilotRuntime:
         self._pilots: Dict[str, Any] = {}   # PilotSpec name -> rp.Pilot
         self._workers: Dict[str, Any] = {}  # worker uid -> rp.Task
         self._masters: Dict[str, Any] = {}  # master uid -> rp.Task
+        self._descriptions: Dict[str, Dict[str, Any]] = {}  # worker uid -> its task description keys
         self._failure: Optional[str] = None
         self._closing = False
 
@@ -109,6 +111,7 @@ class PilotRuntime:
 
         t0 = time.monotonic()
         self.dispatcher = dispatcher
+        dispatcher.on_replace = self.replace_worker
         self._pmgr.register_callback(self._pilot_state_cb)
         self._tmgr.register_callback(self._task_state_cb)
         submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
@@ -163,6 +166,7 @@ class PilotRuntime:
     def _environment(self) -> Dict[str, str]:
         env = {
             protocol.ENV_ADDRESS: self.dispatcher.address,
+            ENV_CHANNEL: self.dispatcher.channel_file,
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
@@ -194,6 +198,7 @@ class PilotRuntime:
                 "ranks": 1,
                 "environment": dict(env),
             })
+            self.dispatcher.expect_master(md.uid)
             master_task = self._tmgr.submit_raptors(md, pilot_id=pilot.uid)[0]
             self._masters[master_task.uid] = master_task
             pools = self.pools[spec.name]
@@ -223,6 +228,7 @@ class PilotRuntime:
                         "pre_exec": list(pool.pre_exec),
                         **worker_description(pool, placement, spec.is_local),
                     }
+                    self._descriptions[uid] = wd
                     descriptions.append(rp.TaskDescription(wd))
                     self.dispatcher.expect_worker(uid, pool.ranks, pool.name, pool.gpus_per_rank,
                                                   pool.cores_per_rank)
@@ -231,13 +237,30 @@ class PilotRuntime:
 
     # -- RP's state callbacks (RP's threads) -------------------------------------------
 
+    def replace_worker(self, old: str, new: str) -> None:
+        """Cancel worker ``old`` (its cores go back to the pilot) and start ``new``, described like it."""
+        import radical.pilot as rp
+
+        description = dict(self._descriptions.pop(old), uid=new)
+        self._descriptions[new] = description
+        self._tmgr.cancel_tasks(uids=[old])
+        self._workers.pop(old, None)
+        for task in self._tmgr.submit_workers([rp.TaskDescription(description)]):
+            self._workers[task.uid] = task
+
     def _pilot_state_cb(self, pilot, state) -> None:
-        if state in _FINAL and not self._closing:
-            reason = f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot))
-            self._failure = self._failure or reason
-            for uid, task in list(self._workers.items()):
-                if task.pilot == pilot.uid:
-                    self.dispatcher.worker_failed(uid, reason)
+        if state not in _FINAL or self._closing:
+            return
+        reason = f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot))
+        self._failure = self._failure or reason
+        if all(p.state in _FINAL for p in self._pilots.values()):
+            from ..errors import PilotLost
+
+            self.dispatcher.fail(PilotLost(None, reason))
+            return
+        for uid, task in list(self._workers.items()):
+            if task.pilot == pilot.uid:
+                self.dispatcher.worker_failed(uid, reason, replace=False)
 
     def _task_state_cb(self, task, state) -> None:
         if task.uid not in self._workers and task.uid not in self._masters:

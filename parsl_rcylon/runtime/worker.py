@@ -3,15 +3,19 @@
 Radical Pilot starts this class (``raptor_file``/``raptor_class``) as an MPI
 job inside the pilot and registers it with the RAPTOR master.  RAPTOR's own
 task path (agent scheduler, master, four queue bridges) costs about 115 ms
-per task, so each rank also connects straight to the executor: the executor
-places a task on a set of ranks and sends it to each of them; the ranks build
-the task's private communicator with ``Create_group`` and run it.
+per task, so each rank also connects straight to the executor over the run's
+authenticated channel (:mod:`.channel`: the executor's server key pinned,
+the run's token at registration): the executor places a task on a set of
+ranks and sends it to each of them; the ranks build the task's private
+communicator with ``Create_group`` and run it.
 
 Each rank runs two threads.  The I/O thread owns the ZeroMQ socket: it
-receives tasks, answers heartbeats and sends results; the main thread runs
-the tasks (MPI calls and user code stay on one thread).  If the executor
-stays silent for longer than the heartbeat threshold, the rank exits: a
-killed client leaves no rank behind.
+checks every message, receives tasks, answers heartbeats, relays
+cancellations to the main thread (:mod:`.interrupt`), leaves at once when
+told to (``EXIT``: the worker is being replaced) and sends results; the main
+thread runs the tasks (MPI calls and user code stay on one thread).  If the
+executor stays silent for longer than the heartbeat threshold, the rank
+exits: a killed client leaves no rank behind.
 """
 from __future__ import annotations
 
@@ -21,16 +25,21 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import psutil
 import radical.pilot as rp
 import zmq
 from radical.pilot.raptor.worker import Worker
 
 from parsl_rcylon.runtime import protocol
+from parsl_rcylon.runtime.channel import ClientCredentials
+from parsl_rcylon.runtime.interrupt import Interrupter
 from parsl_rcylon.runtime.rank import run_task
 
 _INPROC = "inproc://rcylon-results"
+#: Exit status of a rank told to leave (EXIT); non-zero, so the launcher ends the whole job.
+EXIT_REPLACED = 5
 
 
 class CylonWorker(rp.raptor.MPIWorker):
@@ -49,18 +58,21 @@ class CylonWorker(rp.raptor.MPIWorker):
         # Registration and heartbeats with the master come from RAPTOR's
         # base worker; MPIWorker's own rank queues are not used here.
         Worker.__init__(self, manager=self._manager, rank=self._rank, raptor_id=raptor_id)
-        self._tasks: queue.Queue[Optional[Dict[str, Any]]] = queue.Queue()
+        self._credentials = ClientCredentials.from_environment()
+        self._tasks: queue.Queue[Optional[Tuple[Dict[str, Any], bytes]]] = queue.Queue()
         self._context = zmq.Context()
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
         self._threshold = float(os.environ.get(protocol.ENV_THRESHOLD, "30"))
         self._gpu_ids = self._assign_gpus()
         self._io: Optional[threading.Thread] = None
+        self._interrupter: Optional[Interrupter] = None
 
     # -- RAPTOR worker protocol ------------------------------------------------
 
     def start(self) -> None:
         _preload()
+        self._interrupter = Interrupter()  # main thread: installs its signal handler
         # Bind the result socket before the I/O thread connects to it.
         self._results = self._context.socket(zmq.PUSH)
         self._results.bind(_INPROC)
@@ -91,28 +103,35 @@ class CylonWorker(rp.raptor.MPIWorker):
         from mpi4py import MPI
 
         while not self._my_term.is_set():
-            task = self._tasks.get()
-            if task is None:
+            item = self._tasks.get()
+            if item is None:
                 return
+            task, payload = item
             ranks: List[int] = task["ranks"]
-            comm = None
-            group = None
+            comm = runtime_comm = group = None
             try:
                 if len(ranks) > 1:
                     group = self._group.Incl(ranks)
-                    comm = self._world.Create_group(group, tag=task.get("tag", 0))
+                    comm = self._world.Create_group(group, tag=task["tag"])
+                    runtime_comm = comm.Dup()
                 else:
-                    comm = MPI.COMM_SELF.Dup()
-                report = run_task(task, comm, gpu_ids=self._gpu_ids)
+                    comm = runtime_comm = MPI.COMM_SELF.Dup()
+                header, blob = run_task(task, payload, comm, runtime_comm, gpu_ids=self._gpu_ids,
+                                        interrupter=self._interrupter, report_early=self._report_early)
             except BaseException as exc:  # communicator setup failed
-                report = {"uid": task["uid"], "rank": ranks.index(self._rank), "ok": False,
-                          "setup_error": f"{type(exc).__name__}: {exc}"}
+                header, blob = {"uid": task["uid"], "rank": ranks.index(self._rank), "ok": False,
+                                "setup_error": f"{type(exc).__name__}: {exc}"}, None
             finally:
-                if comm is not None:
-                    comm.Free()
+                for c in {id(x): x for x in (runtime_comm, comm) if x is not None}.values():
+                    c.Free()
                 if group is not None:
                     group.Free()
-            self._results.send_multipart(protocol.pack(protocol.RESULT, report), copy=False)
+            if blob is not None and not header["ok"]:
+                _end_children()  # what an interrupted task started (a bash app's command) goes with it
+            self._results.send_multipart(protocol.pack(protocol.RESULT, header, blob), copy=False)
+
+    def _report_early(self, header: Dict[str, Any], blob: bytes) -> None:
+        self._results.send_multipart(protocol.pack(protocol.ERROR, header, blob), copy=False)
 
     # -- I/O thread ----------------------------------------------------------------
 
@@ -120,6 +139,7 @@ class CylonWorker(rp.raptor.MPIWorker):
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, f"{self._uid}/{self._rank}".encode())
         sock.setsockopt(zmq.LINGER, 2000)
+        self._credentials.apply(sock)
         sock.connect(self._address)
         results = self._context.socket(zmq.PULL)
         results.connect(_INPROC)
@@ -127,8 +147,8 @@ class CylonWorker(rp.raptor.MPIWorker):
         poller.register(sock, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
         hello = {
-            "worker": self._uid, "rank": self._rank, "size": self._ranks, "pid": os.getpid(),
-            "host": socket.gethostname(), "gpus": list(self._gpu_ids),
+            "token": self._credentials.token, "worker": self._uid, "rank": self._rank, "size": self._ranks,
+            "pid": os.getpid(), "host": socket.gethostname(), "gpus": list(self._gpu_ids),
             "pool": os.environ.get(protocol.ENV_POOL, "default"),
         }
         sock.send_multipart(protocol.pack(protocol.READY, hello))
@@ -139,29 +159,46 @@ class CylonWorker(rp.raptor.MPIWorker):
                 if results in events:
                     sock.send_multipart(results.recv_multipart(copy=False), copy=False)
                 if sock in events:
-                    kind, body = protocol.unpack(sock.recv_multipart())
                     last_heard = time.monotonic()
-                    if kind == protocol.TASK:
-                        self._tasks.put(body)
-                    elif kind == protocol.HEARTBEAT:
-                        sock.send_multipart(protocol.pack(protocol.ALIVE))
-                    elif kind == protocol.STOP:
-                        self.stop()
+                    if not self._on_message(sock, sock.recv_multipart(copy=False)):
                         break
                 if time.monotonic() - last_heard > self._threshold:
-                    sys.stderr.write(
-                        f"rcylon worker {self._uid} rank {self._rank}: executor silent for "
-                        f"{self._threshold:.0f} s, exiting\n")
-                    sys.stderr.flush()
-                    os._exit(3)
+                    self._leave(3, f"executor silent for {self._threshold:.0f} s")
             try:
-                sock.send_multipart(protocol.pack(protocol.BYE, None), flags=zmq.NOBLOCK)
+                sock.send_multipart(protocol.pack(protocol.BYE), flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         finally:
             sock.close(linger=500)
             results.close(linger=0)
 
+    def _on_message(self, sock: zmq.Socket, frames: List[Any]) -> bool:
+        """Act on one message from the executor; False when the rank should stop."""
+        try:
+            message = protocol.unpack(frames)
+        except protocol.ProtocolError as err:
+            sys.stderr.write(f"rcylon worker {self._uid} rank {self._rank}: dropped a message: {err}\n")
+            return True
+        kind, header = message.kind, message.header
+        if kind == protocol.TASK:
+            self._tasks.put((dict(header), bytes(message.blob)))
+        elif kind == protocol.HEARTBEAT:
+            sock.send_multipart(protocol.pack(protocol.ALIVE))
+        elif kind == protocol.CANCEL:
+            self._interrupter.request(header["uid"], header.get("reason", "cancelled by the executor"))
+        elif kind == protocol.EXIT:
+            self._leave(EXIT_REPLACED, f"told to exit: {header.get('reason', '')}")
+        elif kind == protocol.STOP:
+            self.stop()
+            return False
+        return True
+
+    def _leave(self, status: int, why: str) -> None:
+        """End this rank at once, whatever the main thread is doing (it may be stuck in MPI)."""
+        sys.stderr.write(f"rcylon worker {self._uid} rank {self._rank}: {why}; exiting\n")
+        sys.stderr.flush()
+        _end_children()
+        os._exit(status)
 
     def _assign_gpus(self) -> List[int]:
         """Pick this rank's devices and hide all others, before user code imports CUDA.
@@ -199,6 +236,19 @@ def _preload() -> None:
     import parsl.serialize  # noqa: F401
 
     import parsl_rcylon.table  # noqa: F401
+
+
+def _end_children() -> None:
+    """End the processes this rank started (a bash app's command, a tool a task left running)."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
 
 
 def _visible_gpus() -> List[int]:

@@ -39,7 +39,7 @@ def _task(ctx: Any) -> str:
 
 def _agree(ctx: Any, step: Callable[[], Any], explain: Explain) -> List[Any]:
     """Every rank's result of ``step``; raises ``explain``'s error on every rank if a rank failed."""
-    return agree(ctx.comm, _task(ctx), step, explain=explain, expected=TableError).metas
+    return agree(ctx.runtime_comm, _task(ctx), step, explain=explain, expected=TableError).metas
 
 
 def _each_rank(error: type, prefix: str) -> Explain:
