@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench bench-paper-quick clean-venv
+.PHONY: venv demo test test-fast lint soak bench bench-paper-quick clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -m "not integration" tests
+
+# The full soak (CI runs 100 tasks of it inside `make test`): 1,000 mixed tasks
+# with about 5% injected faults and retries=2; figures to benchmarks/results/soak.json.
+soak: $(STAMP)
+	SOAK_TASKS=1000 SOAK_RESULTS=benchmarks/results/soak.json $(BIN)/python -m pytest -v -s tests/test_soak.py
 
 # Every benchmark, one after another (they must not share the machine): about
 # an hour on 2 cores. Results (JSON, markdown, PNG) go to benchmarks/results.

@@ -95,11 +95,11 @@ def test_options_reach_the_context_not_the_function():
         return {"args": args, "kwargs": kwargs, "walltime": ctx.options.walltime,
                 "rounds": ctx.options.engine.join_rounds, "format": ctx.options.table.format}
 
-    task = {"uid": "t-options", "name": "f", "cylon": True, "payload": pack_apply_message(f, (1,), {"x": 2}),
+    task = {"uid": "t-options", "name": "f", "cylon": True,
             "options": {"walltime": 30, "join_rounds": 3, "format": "ipc"}}
-    report = run_task(task, COMM)
-    assert report["ok"], deserialize(report["error"])
-    assert deserialize(report["value"]) == {"args": (1,), "kwargs": {"x": 2}, "walltime": 30, "rounds": 3,
+    report, blob = run_task(task, pack_apply_message(f, (1,), {"x": 2}), COMM)
+    assert report["ok"], deserialize(blob)
+    assert deserialize(blob) == {"args": (1,), "kwargs": {"x": 2}, "walltime": 30, "rounds": 3,
                                            "format": "ipc"}
 
 
