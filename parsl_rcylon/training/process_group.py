@@ -23,7 +23,9 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Set, Tuple
+
+import psutil
 
 from ._torch import require_torch
 from .errors import PeerFailedError, ProcessGroupError
@@ -143,8 +145,10 @@ class TorchProcessGroup:
         t0 = time.perf_counter()
         self._store = self._rendezvous(comm, delta)
         kwargs = {"device_id": self.device} if self.backend == "nccl" else {}
+        before = tcp_connections()
         dist.init_process_group(self.backend, store=dist.PrefixStore(f"rcylon/{task_id}", self._store),
                                 rank=self.rank, world_size=self.size, timeout=delta, **kwargs)
+        self._links = new_links(before, tcp_connections(), self._store_port)
         self.setup_seconds = time.perf_counter() - t0
         logger.debug("task %s rank %d: %s group of %d ranks via %s in %.3fs", task_id, self.rank, self.backend,
                      self.size, self.store_address, self.setup_seconds)
@@ -167,6 +171,7 @@ class TorchProcessGroup:
         if isinstance(offer, str):
             raise ProcessGroupError(f"task {self.task_id}: rank 0 could not start the rendezvous store: {offer}")
         self.store_address = f"{offer[0]}:{offer[1]}"
+        self._store_port = int(offer[1])
         if store is None:
             store = dist.TCPStore(offer[0], offer[1], self.size, False, timeout)
         return store
@@ -257,17 +262,19 @@ class TorchProcessGroup:
             self._store = None
 
     def _abort(self, dist: Any) -> None:
-        # Shutting the backend down closes its sockets (gloo) or aborts its
-        # communicators (nccl): peers blocked in a collective with this rank
-        # get an error now instead of after the timeout.
-        pg = dist.group.WORLD
+        # Peers blocked in a collective with this rank must get an error now,
+        # not after the timeout.  nccl aborts its communicators.  gloo's
+        # abort() leaves its sockets open, and destroying the group does not
+        # close them either while DDP (or the traceback being handled) still
+        # holds the group; so the connections the group opened are shut down
+        # here, and the peers read "connection closed by peer" at once.
         try:
             if self.backend == "nccl":
                 from torch.distributed.distributed_c10d import _abort_process_group
 
                 _abort_process_group()
             else:
-                pg.abort()
+                shut_down(self._links)
         except Exception as exc:  # noqa: BLE001 - teardown must go on
             logger.debug("task %s rank %d: abort failed: %s", self.task_id, self.rank, exc)
         try:
@@ -292,6 +299,36 @@ class TorchProcessGroup:
                 logger.debug("task %s rank %d: closing the process group the task left open", self.task_id,
                              self.rank)
             self.close(failed=error is not None, reason=error)
+
+
+Link = Tuple[int, Tuple[Any, ...], Tuple[Any, ...]]
+
+
+def tcp_connections() -> Set[Link]:
+    """This process's TCP connections as ``(fd, local address, remote address)``."""
+    try:
+        conns = psutil.Process().net_connections(kind="tcp")
+    except (psutil.Error, OSError):  # not permitted here: no abort by socket, the timeout still holds
+        return set()
+    return {(c.fd, tuple(c.laddr), tuple(c.raddr)) for c in conns if c.fd >= 0 and c.raddr}
+
+
+def new_links(before: Set[Link], after: Set[Link], store_port: int) -> Set[Link]:
+    """Connections the group opened: new since ``before``, and not to or from the rendezvous store."""
+    return {link for link in after - before if store_port not in (link[1][1], link[2][1])}
+
+
+def shut_down(links: Set[Link]) -> None:
+    """Shut down (not close: the group still owns the descriptors) each connection still open as recorded."""
+    current = tcp_connections()
+    for link in links & current:
+        sock = socket.socket(fileno=os.dup(link[0]))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
 
 def open_process_group(ctx: Any, backend: Optional[str] = None, timeout: Optional[float] = None
