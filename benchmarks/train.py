@@ -86,12 +86,18 @@ def loader_bench(rows: int, batch: int, repeats: int) -> Dict[str, Any]:
     np.copyto(dst, src)
     memcpy = max(nbytes / _timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
     out: Dict[str, Any] = {"rows": rows, "row_bytes": 32, "batch": batch, "memcpy_gbps": memcpy / 1e9}
-    for name, kwargs in (("block", {}), ("block_no_prefetch", {"prefetch": 0}), ("random", {"block_size": 1}),
-                         ("ordered", {"shuffle": None})):
-        loader = ctx.torch_loader(table, features=features, batch_size=batch, **kwargs)
+    large = 65536
+    configs = (("block", {"prefetch": 0}), ("block_prefetch", {}),
+               ("block_large", {"prefetch": 0, "batch_size": large}), ("block_large_prefetch", {"batch_size": large}),
+               ("random", {"block_size": 1, "prefetch": 0}),
+               ("ordered", {"shuffle": None, "prefetch": 0}))
+    for name, kwargs in configs:
+        kwargs = {"batch_size": batch, **kwargs}
+        loader = ctx.torch_loader(table, features=features, **kwargs)
         rate = max(_epoch_rate(loader) for _ in range(repeats))
         out[name] = {"rows_per_s": rate, "gbps": rate * 32 / 1e9, "memcpy_fraction": rate * 32 / memcpy,
-                     "block_size": loader.block_size, "prepare_s": loader.prepare_seconds}
+                     "block_size": loader.block_size, "batch": kwargs["batch_size"], "prefetch": loader.prefetch,
+                     "prepare_s": loader.prepare_seconds}
     pandas_s = min(_timed(lambda: table.to_pandas().to_numpy()) for _ in range(repeats))
     out["pandas_to_numpy_gbps"] = nbytes / pandas_s / 1e9
     out["ray"] = ray_bench(table, batch)
@@ -126,16 +132,22 @@ def torchrun(args: List[str], env: Dict[str, str]) -> subprocess.CompletedProces
 
 def ddp_compare(steps: int, repeats: int, tmp: str) -> Dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cylon, batch = [], []
-    for i in range(repeats):  # alternating, so drifts of the machine's load hit both
+    cylon, batch, bare = [], [], []
+    for i in range(repeats):  # alternating, so drifts of the machine's load hit all three
         cylon.append(ddp_app(steps).result())
         out = os.path.join(tmp, f"ddp-{i}.json")
         torchrun(["benchmarks/train_ddp.py", "--out", out, "--steps", str(steps)], env)
         batch.append(json.loads(Path(out).read_text()))
+        out = os.path.join(tmp, f"ddp-mpi-{i}.json")
+        subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "benchmarks/train_ddp.py", "--mpi", "--out",
+                        out, "--steps", str(steps)], cwd=ROOT, env=env, capture_output=True, timeout=600, check=True)
+        bare.append(json.loads(Path(out).read_text()))
     c = statistics.median(r["step_ms_median"] for r in cylon)
     t = statistics.median(r["step_ms_median"] for r in batch)
-    return {"steps": steps, "repeats": repeats, "cylon_step_ms": c, "torchrun_step_ms": t,
-            "overhead_pct": (c - t) / t * 100, "cylon_runs": cylon, "torchrun_runs": batch}
+    m = statistics.median(r["step_ms_median"] for r in bare)
+    return {"steps": steps, "repeats": repeats, "cylon_step_ms": c, "torchrun_step_ms": t, "mpiexec_step_ms": m,
+            "overhead_pct": (c - t) / t * 100, "mpiexec_overhead_pct": (m - t) / t * 100,
+            "cylon_runs": cylon, "torchrun_runs": batch, "mpiexec_runs": bare}
 
 
 def first_step(repeats: int, tmp: str) -> Dict[str, Any]:
@@ -203,11 +215,13 @@ def markdown(r: Dict[str, Any]) -> str:
         "",
         "| measure | result | target | verdict |",
         "|---|---|---|---|",
-        f"| loader, block shuffle, {ld['rows']:,} rows x 32 B, batch {ld['batch']} (block {ld['block']['block_size']}) "
-        f"| {ld['block']['gbps']:.2f} GB/s = **{ld['block']['memcpy_fraction']:.2f}** of memcpy "
-        f"({ld['memcpy_gbps']:.2f} GB/s) | >= 0.5 | {verdict('loader')} |",
-        f"| loader, block shuffle, no prefetch thread "
-        f"| {ld['block_no_prefetch']['memcpy_fraction']:.2f} of memcpy | | |",
+        f"| loader, block shuffle, {ld['rows']:,} rows x 32 B, batch {ld['batch']} "
+        f"(block {ld['block']['block_size']}), gather in the training thread "
+        f"| {ld['block']['gbps']:.2f} GB/s = **{ld['block']['memcpy_fraction']:.2f}** "
+        f"of memcpy ({ld['memcpy_gbps']:.2f} GB/s) | >= 0.5 | {verdict('loader')} |",
+        f"| same, prefetch thread (2 batches ahead) | {ld['block_prefetch']['memcpy_fraction']:.2f} of memcpy | | |",
+        f"| same, batch 65536 | {ld['block_large']['memcpy_fraction']:.2f} of memcpy "
+        f"(prefetch thread: {ld['block_large_prefetch']['memcpy_fraction']:.2f}) | | |",
         f"| loader, stored order (views, no copy) | {ld['ordered']['rows_per_s'] / 1e6:.0f} M rows/s | | |",
         f"| loader, fully random order (block_size=1) | **{ld['random']['rows_per_s'] / 1e6:.1f} M rows/s** "
         f"| >= 5 M rows/s | {verdict('random')} |",
@@ -216,6 +230,8 @@ def markdown(r: Dict[str, Any]) -> str:
         f"| DDP step, cylon_app vs torchrun (2 ranks, gloo, median of {dd['repeats']} runs of {dd['steps']} steps) "
         f"| {dd['cylon_step_ms']:.2f} ms vs {dd['torchrun_step_ms']:.2f} ms: **{dd['overhead_pct']:+.1f}%** "
         f"| within 5% | {verdict('ddp')} |",
+        f"| same loop, group from `ctx.torch_process_group()` under plain `mpiexec` (no pilot) "
+        f"| {dd['mpiexec_step_ms']:.2f} ms: {dd['mpiexec_overhead_pct']:+.1f}% | | |",
         f"| submission to end of first DDP step, warm ranks (median of {len(fs['warm_runs'])}) "
         f"| **{fs['warm_s']:.3f} s** (torchrun cold: {fs['torchrun_cold_s']:.1f} s) | <= 0.5 s "
         f"| {verdict('first_step')} |",
@@ -240,10 +256,10 @@ def plot(r: Dict[str, Any], path: Path) -> None:
 
     ld, dd, fs, pp = r["loader"], r["ddp"], r["first_step"], r["pipeline"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    names = ["memcpy", "block", "no prefetch", "random", "pandas"]
-    values = [ld["memcpy_gbps"], ld["block"]["gbps"], ld["block_no_prefetch"]["gbps"], ld["random"]["gbps"],
-              ld["pandas_to_numpy_gbps"]]
-    axes[0].bar(names, values, color=["grey", "C0", "C0", "C1", "C2"])
+    names = ["memcpy", "block 8K", "+thread", "block 64K", "+thread", "random", "pandas"]
+    values = [ld["memcpy_gbps"], ld["block"]["gbps"], ld["block_prefetch"]["gbps"], ld["block_large"]["gbps"],
+              ld["block_large_prefetch"]["gbps"], ld["random"]["gbps"], ld["pandas_to_numpy_gbps"]]
+    axes[0].bar(names, values, color=["grey", "C0", "C0", "C0", "C0", "C1", "C2"])
     axes[0].set(ylabel="GB/s", title="Loader, 32-byte rows")
     axes[1].bar(["cylon_app", "torchrun"], [dd["cylon_step_ms"], dd["torchrun_step_ms"]], color=["C0", "C3"])
     axes[1].set(ylabel="ms per step", title="DDP step, 2 ranks, gloo")

@@ -1,9 +1,12 @@
 """The DDP step loop benchmarks/train.py times, the same code inside a ``cylon_app`` and under ``torchrun``.
 
     torchrun --nproc-per-node 2 benchmarks/train_ddp.py --out result.json [--steps 200]
+    mpiexec -n 2 python benchmarks/train_ddp.py --mpi --out result.json
 
-Under ``torchrun`` it joins the group from torchrun's environment (gloo) and
-rank 0 writes the timings; benchmarks/train.py calls :func:`ddp_steps` in a
+Under ``torchrun`` it joins the group from torchrun's environment (gloo);
+with ``--mpi`` (under ``mpiexec``, no pilot) through
+``CylonContext.torch_process_group`` on ``COMM_WORLD``; rank 0 writes the
+timings; benchmarks/train.py calls :func:`ddp_steps` in a
 ``cylon_app`` after ``ctx.torch_process_group()``.  One intra-op thread per
 rank in both (torchrun's default with several ranks per host).
 """
@@ -55,15 +58,30 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--mpi", action="store_true", help="the group from the MPI communicator (under mpiexec)")
     args = parser.parse_args()
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    if args.mpi:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from mpi4py import MPI
+
+        from parsl_rcylon.context import CylonContext
+
+        group = CylonContext(MPI.COMM_WORLD, task_id="ddp").torch_process_group()
+    else:
+        dist.init_process_group("gloo")
     result = ddp_steps(steps=args.steps, warmup=args.warmup)
     if dist.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)
-    dist.destroy_process_group()
+    if args.mpi:
+        group.close()
+    else:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
