@@ -36,23 +36,23 @@ logger = logging.getLogger(__name__)
 #: task states no limit: long enough for a slow first batch, short enough
 #: that a hung peer fails the task in minutes, not torch's default 30.
 DEFAULT_TIMEOUT = 300.0
-#: Task options read for the timeout, first match wins: an explicit
-#: ``torch_timeout`` and the task's ``walltime`` (seconds; issue 12's limit).
-TIMEOUT_OPTIONS = ("torch_timeout", "walltime")
+#: The task option read for the timeout when the call gives none: the task's
+#: time limit in seconds (``@cylon_app(..., walltime=...)``).
+TIMEOUT_OPTION = "walltime"
 #: Seconds a failing rank keeps the store up so the others can read why.
 FAILURE_GRACE = 2.0
 _FAILED_KEY = "rcylon/failed"
 _ACK_KEY = "rcylon/failure-seen"
 
 
-def resolve_timeout(options: Optional[dict], timeout: Optional[float]) -> float:
-    """The collective timeout in seconds: ``timeout``, else a task option, else :data:`DEFAULT_TIMEOUT`."""
+def resolve_timeout(options: Any, timeout: Optional[float]) -> float:
+    """The collective timeout in seconds: ``timeout``, else the task's ``walltime``, else :data:`DEFAULT_TIMEOUT`.
+
+    ``options`` is the task's options, a mapping or an object with the option as an attribute.
+    """
     if timeout is None:
-        for key in TIMEOUT_OPTIONS:
-            value = (options or {}).get(key)
-            if value is not None:
-                timeout = float(value)
-                break
+        value = options.get(TIMEOUT_OPTION) if isinstance(options, dict) else getattr(options, TIMEOUT_OPTION, None)
+        timeout = value
     value = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if not value > 0:
         raise ProcessGroupError(f"process group timeout must be positive, got {timeout!r}")

@@ -56,6 +56,17 @@ def failing_training(ctx, fail_rank: int):
     return pg.size
 
 
+def run_epochs(model, opt, loader, epochs: int) -> None:
+    import torch
+
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
 @cylon_app(ranks=2)
 def make_table(ctx, rows: int):
     import numpy as np
@@ -75,12 +86,7 @@ def fit(ctx, table, epochs: int):
         model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
         loader = ctx.torch_loader(table, features=["a", "b"], label="y", batch_size=128)
-        for _ in range(epochs):
-            for x, y in loader:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        run_epochs(model, opt, loader, epochs)
         return ctx.save_model(model, optimizer=opt, meta={"epochs": epochs, "stats": loader.stats()})
 
 
@@ -94,12 +100,7 @@ def resume(ctx, model_ref, table, epochs: int):
         model_ref.load_into(net, optimizer=opt)
         model = torch.nn.parallel.DistributedDataParallel(net)
         loader = ctx.torch_loader(table, features=["a", "b"], label="y", batch_size=128)
-        for _ in range(epochs):
-            for x, y in loader:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        run_epochs(model, opt, loader, epochs)
         return ctx.save_model(model, optimizer=opt, meta={"epochs": model_ref.meta["epochs"] + epochs})
 
 

@@ -125,3 +125,17 @@ def test_predict_in_row_order() -> None:
     table = pa.table({"a": np.arange(10, dtype=np.float32), "b": np.ones(10, dtype=np.float32)})
     out = predict(model, table, ["a", "b"], batch_size=3)
     assert out.shape == (10,) and np.allclose(out, np.arange(10) + 2.0)
+
+
+def test_timeout_from_the_task() -> None:
+    from types import SimpleNamespace
+
+    from parsl_rcylon.training import ProcessGroupError
+    from parsl_rcylon.training.process_group import DEFAULT_TIMEOUT, resolve_timeout
+
+    assert resolve_timeout({}, None) == DEFAULT_TIMEOUT
+    assert resolve_timeout({"walltime": 90}, None) == 90.0
+    assert resolve_timeout(SimpleNamespace(walltime=45.0), None) == 45.0  # a typed options object
+    assert resolve_timeout({"walltime": 90}, 5) == 5.0
+    with pytest.raises(ProcessGroupError, match="positive"):
+        resolve_timeout({}, 0)
