@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from parsl_rcylon.tableio.formats import DEFAULT_ROW_GROUP_SIZE as DEFAULT_RG  # noqa: E402
+from parsl_rcylon.options import DEFAULT_ROW_GROUP_SIZE as DEFAULT_RG  # noqa: E402
 
 BLOCK = 1 << 20
 

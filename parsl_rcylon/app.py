@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import pickle
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
 
@@ -10,7 +11,9 @@ from parsl.dataflow.dflow import DataFlowKernel, DataFlowKernelLoader
 from parsl.dataflow.memoization import id_for_memo
 from parsl.executors.errors import InvalidResourceSpecification
 
+from .options import check_app_options
 from .resources import ResourceSpec
+from .table.ref import register_memo
 
 
 class CylonFunction:
@@ -108,8 +111,20 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     data_flow_kernel, cache, executors, ignore_for_cache
         As for ``parsl.python_app``.
     **options
-        Table options for this app's results (``format``, ``compression``,
-        ``row_group_size``, ``keep``).
+        Table options for this app's results and table arguments
+        (``format``, ``compression``, ``row_group_size``, ``keep``,
+        ``verify``, ...), engine options for its table operations
+        (``join_kernel``, ``join_rounds``, ...), and the reserved
+        ``walltime``: see :mod:`parsl_rcylon.options`.  They travel with
+        each task to its ranks (``ctx.options``), never to the function.
+
+    Raises
+    ------
+    parsl_rcylon.options.OptionError
+        An unknown keyword (the message lists the known ones; ``rank=4`` is
+        not ``ranks=4``) or a bad option value.
+    parsl.executors.errors.InvalidResourceSpecification
+        A bad resource value.
 
     Examples
     --------
@@ -117,6 +132,8 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     ... def total(ctx, n):
     ...     return ctx.comm.allreduce(n)
     """
+    where = f"cylon_app({getattr(function, '__name__', '')})" if function is not None else "cylon_app"
+    options = check_app_options(options, where, also_known=_DECORATOR_KEYS)
     spec = ResourceSpec.from_mapping({"ranks": ranks, "cores_per_rank": cores_per_rank,
                                       "gpus_per_rank": gpus_per_rank, "pool": pool}, where="cylon_app")
 
@@ -129,9 +146,17 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     return decorator
 
 
+#: The decorator's own keyword parameters, listed as known keys when an option is not.
+_DECORATOR_KEYS = frozenset(name for name, p in inspect.signature(cylon_app).parameters.items()
+                            if p.kind == p.KEYWORD_ONLY)
+
+
 @id_for_memo.register(CylonFunction)
 def _id_for_memo_cylon_function(fn: CylonFunction, output_ref: bool = False) -> bytes:
     # Like Parsl's rule for plain functions: name and module identify the app
     # across runs, so cache=True and checkpoints work for cylon_apps too.
     return pickle.dumps(["parsl_rcylon.CylonFunction", fn.__name__, fn.__module__,
                          sorted(fn.__rcylon_options__.items())])
+
+
+register_memo()

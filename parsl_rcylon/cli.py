@@ -363,7 +363,7 @@ def _size(path: Path) -> int:
 
 
 def find_runs(run_dir: Path, older_than_hours: float = 0.0) -> List[RunDir]:
-    """Run directories under ``run_dir`` with an executor directory holding ``rp.session.*``.
+    """Run directories under ``run_dir`` that hold Radical Pilot sessions.
 
     ``run_dir`` is a Parsl run directory (``runinfo``, holding ``000``, ``001``,
     ...) or one of its numbered directories.  Only runs whose newest file is
@@ -372,12 +372,13 @@ def find_runs(run_dir: Path, older_than_hours: float = 0.0) -> List[RunDir]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CliError(f"{run_dir} is not a directory")
+    from .runtime.layout import run_sessions
+
     candidates = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.is_symlink())
     now = time.time()
     runs = []
     for cand in candidates:
-        sessions = sorted({s.name for ex in cand.iterdir() if ex.is_dir() and not ex.is_symlink()
-                           for s in ex.glob("rp.session.*") if s.is_dir()})
+        sessions = run_sessions(cand)
         if not sessions:
             continue
         age = (now - _newest_mtime(cand)) / 3600.0

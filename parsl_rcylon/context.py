@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .options import Options
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -40,6 +42,26 @@ class CylonContext:
         Shared-filesystem directory for tables produced by tasks.
     gpu_ids : sequence of int
         Devices this rank may use (also in ``CUDA_VISIBLE_DEVICES``).
+    options : mapping, optional
+        The task's options as its message carries them (the executor's
+        ``table_options`` and the app's own), parsed into :attr:`options`.
+    cores : int
+        Cores this rank holds: its pool's ``cores_per_rank``, times the worker
+        ranks reserved beside it when the task asked for more cores per rank
+        than that.  Size thread pools by it; nothing sets them for you.
+
+    Attributes
+    ----------
+    options : parsl_rcylon.options.Options
+        Table options (``options.table``), the engine options every table
+        operation below runs with (``options.engine``: given ones, else the
+        environment variables as they were when the task started, else the
+        defaults), and the reserved ``walltime``.
+
+    Raises
+    ------
+    parsl_rcylon.options.OptionError
+        An option's value is not valid.
     """
 
     def __init__(
@@ -50,7 +72,8 @@ class CylonContext:
         scratch_root: Optional[str] = None,
         data_dir: Optional[str] = None,
         gpu_ids: Sequence[int] = (),
-        options: Optional[dict] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        cores: int = 1,
     ) -> None:
         self.comm = comm
         self.rank: int = comm.Get_rank()
@@ -59,7 +82,8 @@ class CylonContext:
         self.name = name
         self.data_dir = data_dir
         self.gpu_ids: Tuple[int, ...] = tuple(gpu_ids)
-        self.options = dict(options or {})
+        self.options = Options.from_mapping(options, where=f"task {task_id}")
+        self.cores = cores
         self._scratch_root = scratch_root
         self._scratch: Optional[Path] = None
         self._on_end: List[Callable[[Optional[BaseException]], None]] = []
@@ -111,7 +135,7 @@ class CylonContext:
         """Hash-partition rows by ``on`` across the task's ranks."""
         from . import engine
 
-        return engine.shuffle(self.comm, table, on)
+        return engine.shuffle(self.comm, table, on, options=self.options.engine)
 
     def join(self, left: pa.Table, right: pa.Table, on=None, *, left_on=None,
              right_on=None, how: str = "inner", suffixes: Tuple[str, str] = ("", "_right")) -> pa.Table:
@@ -119,35 +143,36 @@ class CylonContext:
         from . import engine
 
         return engine.join(self.comm, left, right, on=on, left_on=left_on, right_on=right_on,
-                           how=how, suffixes=suffixes)
+                           how=how, suffixes=suffixes, options=self.options.engine)
 
     def sort(self, table: pa.Table, by, ascending: Union[bool, List[bool]] = True,
              nulls_last: bool = True) -> pa.Table:
         """Global sort: ranks 0..size-1 hold consecutive, balanced runs."""
         from . import engine
 
-        return engine.sort(self.comm, table, by, ascending=ascending, nulls_last=nulls_last)
+        return engine.sort(self.comm, table, by, ascending=ascending, nulls_last=nulls_last,
+                           options=self.options.engine)
 
     def groupby(self, table: pa.Table, keys, aggs) -> pa.Table:
         """Distributed group-by with pyarrow's aggregation names (``v_sum``)."""
         from . import engine
 
-        return engine.groupby(self.comm, table, keys, aggs)
+        return engine.groupby(self.comm, table, keys, aggs, options=self.options.engine)
 
     def unique(self, table: pa.Table, subset=None) -> pa.Table:
         from . import engine
 
-        return engine.unique(self.comm, table, subset=subset)
+        return engine.unique(self.comm, table, subset=subset, options=self.options.engine)
 
     def concat(self, tables: Sequence[pa.Table]) -> pa.Table:
         from . import engine
 
-        return engine.concat(self.comm, tables)
+        return engine.concat(self.comm, tables, options=self.options.engine)
 
     def rebalance(self, table: pa.Table) -> pa.Table:
         from . import engine
 
-        return engine.rebalance(self.comm, table)
+        return engine.rebalance(self.comm, table, options=self.options.engine)
 
     def num_rows(self, table: pa.Table) -> int:
         from . import engine
@@ -157,7 +182,7 @@ class CylonContext:
     def gather(self, table: pa.Table, root: int = 0) -> Optional[pa.Table]:
         from . import engine
 
-        return engine.gather(self.comm, table, root=root)
+        return engine.gather(self.comm, table, root=root, options=self.options.engine)
 
     def cylon_env(self) -> Any:
         """A pycylon ``CylonEnv`` on this task's communicator (needs pycylon)."""

@@ -1,6 +1,8 @@
 """Named exceptions of parsl_rcylon."""
 from __future__ import annotations
 
+from typing import Optional
+
 from parsl.executors.errors import ExecutorError
 
 
@@ -37,6 +39,21 @@ class WorkerLost(RadicalCylonError):
 
 class ExecutorShutdown(RadicalCylonError):
     """A task was submitted to, or pending in, an executor that shut down."""
+
+
+class ExecutorBroken(RadicalCylonError):
+    """The executor can run no more tasks: no worker is left, or its dispatcher failed.
+
+    Pending and running tasks fail with it, and so does every later
+    submission, at once; ``__cause__`` is what broke the executor.
+    """
+
+    @classmethod
+    def because(cls, cause: BaseException, reason: Optional[str] = None) -> ExecutorBroken:
+        """The error tasks fail with once ``cause`` broke the executor; ``reason`` defaults to its text."""
+        err = cls(None, f"executor is broken: {reason or cause}")
+        err.__cause__ = cause
+        return err
 
 
 class ResultError(RadicalCylonError):

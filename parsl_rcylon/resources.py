@@ -65,20 +65,6 @@ class ResourceSpec:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def pool_accepts(spec: ResourceSpec, pool: str, ranks: int, gpus_per_rank: int, cpu_pool_exists: bool) -> bool:
-    """Whether a worker of ``pool`` (``ranks`` ranks, ``gpus_per_rank`` each) may run ``spec``.
-
-    A task that asks for no GPU and names no pool keeps off GPU pools while a
-    CPU pool exists, so GPUs stay free for the tasks that need them.
-    """
-    if spec.pool is not None:
-        if pool != spec.pool:
-            return False
-    elif spec.gpus_per_rank == 0 and gpus_per_rank and cpu_pool_exists:
-        return False
-    return ranks >= spec.ranks and gpus_per_rank >= spec.gpus_per_rank
-
-
 @dataclass(frozen=True)
 class WorkerPool:
     """A set of warm RAPTOR MPI workers that tasks of one kind run on.

@@ -3,6 +3,7 @@ import sys
 
 import parsl
 from parsl.dataflow.memoization import BasicMemoizer
+from parsl.dataflow.states import States
 from parsl.utils import get_all_checkpoints
 
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
@@ -27,7 +28,7 @@ if __name__ == "__main__":
     memo = BasicMemoizer(checkpoint_mode="task_exit", checkpoint_files=get_all_checkpoints(run_dir))
     executor = RadicalCylonExecutor(worker_ranks=3)
     config = parsl.Config(executors=[executor], run_dir=run_dir, memoizer=memo, strategy="none")
-    with parsl.load(config):
+    with parsl.load(config) as dfk:
         ref = double(make(1000)).result()
-        ran = executor.tasks_submitted
+        ran = dfk.task_state_counts[States.exec_done]  # tasks that ran here, not taken from the checkpoint
         print(f"RESULT {ref.path} {ref.num_rows} {sum(ref.read()['x'].to_pylist())} {ran}", flush=True)

@@ -1,4 +1,5 @@
-"""The dispatcher against real rank processes over ZeroMQ: a rank that dies or goes silent fails its tasks."""
+"""The dispatcher against real rank processes over ZeroMQ: a rank that dies or goes silent fails its tasks;
+shutdown and a broken dispatcher fail tasks with errors of their own."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import textwrap
 
 import pytest
 
-from parsl_rcylon.errors import WorkerLost
+from parsl_rcylon.errors import ExecutorBroken, ExecutorShutdown, WorkerLost
 from parsl_rcylon.resources import ResourceSpec
 from parsl_rcylon.runtime.dispatcher import Dispatcher
 
@@ -64,8 +65,9 @@ def test_a_rank_whose_process_exits_fails_its_task(rank_and_dispatcher):
     proc.wait()
     with pytest.raises(WorkerLost, match=rf"lost its worker w: rank 0 \(pid {proc.pid} on .*\) exited"):
         fut.result(timeout=10)
-    with pytest.raises(WorkerLost, match="no MPI worker is left|live pools"):
+    with pytest.raises(ExecutorBroken, match="no MPI worker is left") as info:
         dispatcher.submit("t2", ResourceSpec(ranks=1), {"name": "later"}).result(timeout=10)
+    assert isinstance(info.value.__cause__, WorkerLost)
 
 
 @pytest.mark.parametrize("rank_and_dispatcher", [2.0], indirect=True)
@@ -94,3 +96,41 @@ def test_rank_timeout_is_an_executor_option_and_is_checked():
     assert RadicalCylonExecutor(rank_timeout=45.0).rank_timeout == 45.0
     with pytest.raises(ValueError, match="rank_timeout"):
         RadicalCylonExecutor(rank_timeout=1.0, heartbeat_period=2.0)
+
+
+def test_shutdown_fails_running_and_later_tasks_with_executor_shutdown(rank_and_dispatcher):
+    proc, dispatcher = rank_and_dispatcher
+    running = _submit_and_wait_running(proc, dispatcher)
+    queued = dispatcher.submit("t2", ResourceSpec(ranks=1), {"name": "queued"})
+    dispatcher.stop()
+    for fut in (running, queued):
+        with pytest.raises(ExecutorShutdown, match="shut down before the task finished"):
+            fut.result(timeout=10)
+    later = dispatcher.submit("t3", ResourceSpec(ranks=1), {"name": "later"})
+    assert later.done(), "a stopped dispatcher refuses at once"
+    with pytest.raises(ExecutorShutdown):
+        later.result()
+
+
+def test_a_failed_loop_breaks_the_dispatcher_with_its_cause(rank_and_dispatcher):
+    import zmq
+
+    proc, dispatcher = rank_and_dispatcher
+    running = _submit_and_wait_running(proc, dispatcher)
+    queued = dispatcher.submit("t2", ResourceSpec(ranks=1), {"name": "queued"})
+    # A one-frame message cannot be decoded: it stands for any bug that ends the loop.
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.connect(dispatcher.address)
+    peer.send(b"junk")
+    try:
+        for fut in (running, queued):
+            with pytest.raises(ExecutorBroken, match="dispatcher loop failed") as info:
+                fut.result(timeout=10)
+            assert isinstance(info.value.__cause__, IndexError)
+            assert not isinstance(info.value, ExecutorShutdown)
+        later = dispatcher.submit("t3", ResourceSpec(ranks=1), {"name": "later"})
+        assert later.done(), "a broken dispatcher fails new tasks at once"
+        with pytest.raises(ExecutorBroken, match="dispatcher loop failed"):
+            later.result()
+    finally:
+        peer.close(linger=0)

@@ -120,6 +120,27 @@ def test_oversized_request_fails_at_call_time(rcylon):
     assert time.monotonic() - t0 < 5
 
 
+@cylon_app(ranks=2, cores_per_rank=2)
+def two_cores_each(ctx, seconds):
+    time.sleep(seconds)
+    return {"size": ctx.size, "cores": ctx.cores}
+
+
+def test_cores_per_rank_reserves_ranks_and_tells_the_task(rcylon):
+    fut = two_cores_each(3)
+    deadline = time.monotonic() + 60
+    while rcylon.status()["default"]["busy"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rcylon.status()["default"]["busy"] == 4, "2 ranks of 2 cores hold 4 one-core worker ranks"
+    assert fut.result(timeout=60) == {"size": 2, "cores": 2}
+    assert describe().result(timeout=60)["size"] == 1
+
+
+def test_cores_no_host_has_fail_at_call_time(rcylon):
+    with pytest.raises(InvalidResourceSpecification, match=f"{SESSION_RANKS + 1} core"):
+        describe(parsl_resource_specification={"cores_per_rank": SESSION_RANKS + 1})
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"ranks": 0}, "ranks must be an integer >= 1"),
     ({"ranks": -1}, "ranks must be an integer >= 1"),

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from parsl_rcylon import ExecutorShutdown, RadicalCylonExecutor, StartupError, WorkerLost, WorkerPool, cylon_app
+from parsl_rcylon.errors import ExecutorBroken
 
 from .conftest import wait_for_no_processes
 
@@ -73,8 +74,9 @@ def test_worker_death_fails_its_tasks_and_breaks_the_executor(tmp_path):
         with pytest.raises(WorkerLost, match="lost its worker life.default.worker.000"):
             fut.result(timeout=120)
         later = ex.submit(nap.func, {"ranks": 2}, 0)
-        with pytest.raises(WorkerLost, match="no MPI worker is left"):
+        with pytest.raises(ExecutorBroken, match="no MPI worker is left") as info:
             later.result(timeout=10)
+        assert isinstance(info.value.__cause__, WorkerLost)
     finally:
         ex.shutdown()
     assert wait_for_no_processes(sid, timeout=10) == []

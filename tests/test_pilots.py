@@ -2,7 +2,7 @@
 import pytest
 
 from parsl_rcylon import PilotSpec, RadicalCylonExecutor, StartupError, WorkerPool
-from parsl_rcylon.executor import count_local_gpus
+from parsl_rcylon.runtime.gpus import count_local_gpus
 from parsl_rcylon.runtime.pilot import ResourceConfigError, known_resources, usable_per_node
 
 

@@ -376,16 +376,16 @@ def test_publish_nullability_mismatch_is_a_schema_error(tmp_path):
 
 
 def test_publish_write_failure_raises_everywhere(tmp_path, monkeypatch):
-    from parsl_rcylon import table as table_mod
+    from parsl_rcylon.table import handoff
 
-    real = table_mod.write_partition
+    real = handoff.write_partition
 
     def flaky(table, directory, name, opts, rank=None):
         if rank == 1:
             raise OSError(28, "No space left on device")
         return real(table, directory, name, opts, rank=rank)
 
-    monkeypatch.setattr(table_mod, "write_partition", flaky)
+    monkeypatch.setattr(handoff, "write_partition", flaky)
 
     def rank(comm):
         ctx = CylonContext(comm, task_id="t", name="f", data_dir=str(tmp_path))

@@ -12,10 +12,9 @@ files (what Parsl would ship to a task); rank 0 pickles the list of
 ``StageResult`` it produced to ``--result``.  ``noop`` only starts up (imports
 and ``MPI_Init``) and exits: the fixed cost every batch stage pays.
 
-Run it by path, not with ``-m``: ``python -m parsl_rcylon.bench.ops_script``
-works too, but imports the ``parsl_rcylon`` package, which imports Parsl and
-the executor (about a second per launch here) although a bare MPI job needs
-neither; the batch baseline should not pay for that.
+Run it by path (``python .../ops_script.py``) or with ``-m``: either way it
+uses the checkout it lives in, and ``import parsl_rcylon`` is light (no Parsl,
+no Radical Pilot), so a batch stage pays only for what a bare MPI job needs.
 """
 from __future__ import annotations
 
@@ -24,35 +23,19 @@ import os
 import pickle
 import sys
 import traceback
-import types
 import uuid
 from typing import Any, List, Optional, Sequence
 
 
-def _lean_imports() -> None:
-    """Make ``parsl_rcylon.engine``/``.table`` importable without the package's ``__init__``.
-
-    The package ``__init__`` imports the executor and so Parsl and Radical
-    Pilot; an MPI job that only needs the engine and the table files would
-    pay for them at every launch.  A bare package module with the right
-    ``__path__`` lets the submodules load on their own; Parsl's memoization
-    hook in ``table.py`` is skipped the way it is when Parsl is absent.
-    """
-    if "parsl_rcylon" in sys.modules:
-        return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    package = types.ModuleType("parsl_rcylon")
-    package.__path__ = [root]  # type: ignore[attr-defined]
-    package.__file__ = os.path.join(root, "__init__.py")
-    sys.modules["parsl_rcylon"] = package
-    sys.modules.setdefault("parsl.dataflow.memoization", None)  # type: ignore[arg-type]
-    parent = os.path.dirname(root)
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
+def _use_this_checkout() -> None:
+    """Put the checkout this script lives in first on ``sys.path`` (run by path, ``sys.path[0]`` is bench/)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 if __name__ == "__main__" and not __package__:
-    _lean_imports()
+    _use_this_checkout()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

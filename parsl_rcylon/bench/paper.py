@@ -330,38 +330,12 @@ def idle_cpu(sid: str, seconds: float = 3.0) -> Dict[str, float]:
     Radical Pilot's components poll their queues even when no task runs; on a
     small machine that is a background load both modes share while measured.
     """
-    import psutil
+    from ..runtime.processes import session_cpu
 
-    from ..runtime.processes import session_processes
-
-    def cpu(proc: Any) -> float:
-        try:
-            t = proc.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return 0.0
-
-    def name(proc: Any) -> str:
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            return "?"
-        # RP renames its components (rp.agent_scheduling.0000); workers and the master show their script.
-        words = [os.path.basename(w) for w in cmd[:3] if not w.endswith("python3") and not w.endswith("python")]
-        return (words[0] if words else proc.name()).split(".0000")[0]
-
-    procs = session_processes(sid)
-    me = psutil.Process()
-    before = [cpu(p) for p in procs]
-    mine = cpu(me)
-    time.sleep(seconds)
-    by_name: Dict[str, float] = {}
-    for proc, b in zip(procs, before, strict=True):
-        key = name(proc)
-        by_name[key] = by_name.get(key, 0.0) + max(0.0, cpu(proc) - b) / seconds
-    top = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:8])
-    return {"pilot_idle_cpu_cores": sum(by_name.values()), "client_idle_cpu_cores": (cpu(me) - mine) / seconds,
-            "pilot_processes": len(procs), "pilot_idle_cpu_by_process": top}
+    used = session_cpu(sid, seconds)
+    top = dict(sorted(used.by_component.items(), key=lambda kv: -kv[1])[:8])
+    return {"pilot_idle_cpu_cores": sum(used.by_component.values()), "client_idle_cpu_cores": used.client,
+            "pilot_processes": used.processes, "pilot_idle_cpu_by_process": top}
 
 
 # -- the experiment --------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ and the semantics are those of the whole (concatenated) table.  Table data
 travels as Arrow IPC buffers through mpi4py's buffer collectives; local work
 uses pyarrow's kernels (Acero hash join, group_by, sort_indices) and numpy.
 Bad input raises a named :class:`EngineError` on every rank at once.
+
+Importing the engine does not initialise MPI (mpi4py's ``MPI`` module is
+imported when data first moves): the table layer uses the engine's agreement
+and schema helpers in the Parsl client too, which must never become an MPI
+process.
 """
 from __future__ import annotations
-
-import logging
 
 from .collectives import concat, gather, num_rows, rebalance
 from .env import cylon_env
@@ -27,8 +30,6 @@ from .join import join
 from .shuffle import shuffle
 from .sort import sort
 from .unique import unique
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "shuffle",

@@ -1,18 +1,22 @@
 """Table-level collectives: row counts, gather, rebalance, concat."""
 from __future__ import annotations
 
-import logging
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
+from ..options import EngineOptions
+from .agreement import agree
 from .errors import InvalidArgumentError, SchemaMismatchError
-from .transport import agree, exchange_tables
-from .validation import canonical_schema, check_same_schema, check_table, conform, signature
+from .prepare import prepare
+from .schemas import canonical_schema, schema_difference
+from .shares import share_bounds
+from .transport import exchange_tables
+from .validation import check_table
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 
 def num_rows(comm: MPI.Intracomm, table: pa.Table) -> int:
@@ -39,17 +43,8 @@ def num_rows(comm: MPI.Intracomm, table: pa.Table) -> int:
     return int(sum(consensus.metas))
 
 
-def _validated(comm: MPI.Intracomm, op: str, table: pa.Table) -> tuple:
-    def validate() -> tuple:
-        check_table(table, "table")
-        return signature(table.schema), table.num_rows
-
-    consensus = agree(comm, op, validate)
-    check_same_schema(op, "table", [m[0] for m in consensus.metas])
-    return conform(table, canonical_schema(table.schema)), [m[1] for m in consensus.metas]
-
-
-def gather(comm: MPI.Intracomm, table: pa.Table, root: int = 0) -> Optional[pa.Table]:
+def gather(comm: MPI.Intracomm, table: pa.Table, root: int = 0,
+           options: Optional[EngineOptions] = None) -> Optional[pa.Table]:
     """The whole table on ``root`` (ranks' partitions in rank order), None elsewhere.
 
     Parameters
@@ -60,6 +55,8 @@ def gather(comm: MPI.Intracomm, table: pa.Table, root: int = 0) -> Optional[pa.T
         This rank's partition.
     root : int
         Rank that receives the table.
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -68,26 +65,24 @@ def gather(comm: MPI.Intracomm, table: pa.Table, root: int = 0) -> Optional[pa.T
     """
     size = comm.Get_size()
 
-    def validate() -> tuple:
+    def parse() -> None:
         if not isinstance(root, (int, np.integer)) or not 0 <= root < size:
             raise InvalidArgumentError(f"root={root!r} is not a rank of this {size}-rank communicator")
-        check_table(table, "table")
-        return signature(table.schema), table.num_rows
 
-    consensus = agree(comm, "gather", validate)
-    check_same_schema("gather", "table", [m[0] for m in consensus.metas])
-    table = conform(table, canonical_schema(table.schema))
+    prepared = prepare(comm, "gather", [("table", table)], parse, options)
+    table = prepared.tables[0]
     empty = table.schema.empty_table()
-    received = exchange_tables(comm, lambda dst: [table if dst == root else empty])[0]
+    received = exchange_tables(comm, lambda dst: [table if dst == root else empty],
+                               limit=prepared.options.max_message_bytes)[0]
     if comm.Get_rank() != root:
         return None
     return pa.concat_tables(received)
 
 
-def rebalance(comm: MPI.Intracomm, table: pa.Table) -> pa.Table:
+def rebalance(comm: MPI.Intracomm, table: pa.Table, options: Optional[EngineOptions] = None) -> pa.Table:
     """Even out row counts across ranks, keeping the global row order.
 
-    Rank ``r`` ends up with rows ``[r*N//size, (r+1)*N//size)`` of the whole
+    Rank ``r`` ends up with rows ``share_bounds(N, r, size)`` of the whole
     table, so counts differ by at most one.
 
     Parameters
@@ -96,30 +91,34 @@ def rebalance(comm: MPI.Intracomm, table: pa.Table) -> pa.Table:
         The task's communicator; collective over all its ranks.
     table : pyarrow.Table
         This rank's partition.
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
     pyarrow.Table
         This rank's new partition.
     """
-    table, counts = _validated(comm, "rebalance", table)
+    prepared = prepare(comm, "rebalance", [("table", table)], options=options)
+    table, counts = prepared.tables[0], prepared.rows()
     size, rank = comm.Get_size(), comm.Get_rank()
     total = sum(counts)
     start = sum(counts[:rank])
     stop = start + table.num_rows
 
     def provide(dst: int) -> List[pa.Table]:
-        lo = max(start, dst * total // size)
-        hi = min(stop, (dst + 1) * total // size)
+        share_start, share_stop = share_bounds(total, dst, size)
+        lo, hi = max(start, share_start), min(stop, share_stop)
         return [table.slice(lo - start, max(0, hi - lo))]
 
-    received = [t for t in exchange_tables(comm, provide)[0] if t.num_rows]
+    received = [t for t in exchange_tables(comm, provide, limit=prepared.options.max_message_bytes)[0]
+                if t.num_rows]
     if not received:
         return table.schema.empty_table()
     return received[0] if len(received) == 1 else pa.concat_tables(received)
 
 
-def concat(comm: MPI.Intracomm, tables: Sequence[pa.Table]) -> pa.Table:
+def concat(comm: MPI.Intracomm, tables: Sequence[pa.Table], options: Optional[EngineOptions] = None) -> pa.Table:
     """Concatenate several partitioned tables (no data moves).
 
     Each rank concatenates its partitions of the tables; as a multiset of
@@ -133,6 +132,8 @@ def concat(comm: MPI.Intracomm, tables: Sequence[pa.Table]) -> pa.Table:
         The task's communicator; collective over all its ranks.
     tables : sequence of pyarrow.Table
         This rank's partition of each table, the same number on every rank.
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -145,29 +146,23 @@ def concat(comm: MPI.Intracomm, tables: Sequence[pa.Table]) -> pa.Table:
         On every rank, when the tables' columns or types differ.
     """
 
-    def validate() -> tuple:
-        if isinstance(tables, pa.Table) or not isinstance(tables, (list, tuple)):
+    # Anything but a list or tuple is refused by parse(), on every rank.
+    named = [] if isinstance(tables, pa.Table) or not isinstance(tables, (list, tuple)) else [
+        (f"tables[{i}]", t) for i, t in enumerate(tables)]
+
+    def parse() -> None:
+        if not isinstance(tables, (list, tuple)):
             raise InvalidArgumentError("concat takes a list of tables")
         if not tables:
             raise InvalidArgumentError("concat needs at least one table")
-        for i, t in enumerate(tables):
-            check_table(t, f"tables[{i}]")
-        first = signature(tables[0].schema)
+        first = canonical_schema(tables[0].schema)
         for i, t in enumerate(tables[1:], start=1):
-            if signature(t.schema) != first:
-                raise SchemaMismatchError(
-                    f"tables[{i}] has schema {t.schema.to_string(show_schema_metadata=False)!r} "
-                    f"but tables[0] has {tables[0].schema.to_string(show_schema_metadata=False)!r}"
-                )
-        return first, len(tables)
+            if not canonical_schema(t.schema).equals(first):
+                how = schema_difference(tables[0].schema, t.schema, "tables[0]", f"tables[{i}]")
+                raise SchemaMismatchError(f"tables[{i}] differs from tables[0]: {how}")
 
-    consensus = agree(comm, "concat", validate)
-    counts = {m[1] for m in consensus.metas}
-    if len(counts) > 1:
-        raise InvalidArgumentError(f"concat: ranks passed different numbers of tables: {sorted(counts)}")
-    check_same_schema("concat", "tables", [m[0] for m in consensus.metas])
-    schema = canonical_schema(tables[0].schema)
-    return pa.concat_tables([conform(t, schema) for t in tables])
+    prepared = prepare(comm, "concat", named, parse, options)
+    return pa.concat_tables(prepared.tables)
 
 
 __all__ = ["num_rows", "gather", "rebalance", "concat"]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpi4py import MPI
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def cylon_env(comm: MPI.Intracomm) -> Any:
         (older releases bind to ``MPI_COMM_WORLD`` only), unless ``comm`` spans
         the whole world anyway.
     """
+    from mpi4py import MPI
+
     try:
         from pycylon import CylonEnv
         from pycylon.net import MPIConfig

@@ -7,10 +7,6 @@ enter.  The message names the operation, the column and the ranks concerned.
 """
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
 
 class EngineError(Exception):
     """Base class of all errors raised by :mod:`parsl_rcylon.engine`.

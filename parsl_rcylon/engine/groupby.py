@@ -3,27 +3,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from mpi4py import MPI
 
+from ..options import EngineOptions
 from .errors import InvalidArgumentError
+from .prepare import prepare
+from .schemas import canonical_schema, conform
 from .shuffle import hash_partition
-from .transport import agree
-from .validation import (
-    as_column_list,
-    canonical_schema,
-    check_columns,
-    check_hashable,
-    check_same_schema,
-    check_table,
-    conform,
-    signature,
-    unused_name,
-)
+from .validation import as_column_list, check_columns, check_hashable, unused_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +241,7 @@ def groupby(
     table: pa.Table,
     keys: Union[str, Sequence[str]],
     aggs: Sequence[AggSpec],
+    options: Optional[EngineOptions] = None,
 ) -> pa.Table:
     """Group a partitioned table by key column(s) and aggregate.
 
@@ -267,6 +262,8 @@ def groupby(
     aggs : list of tuples
         pyarrow-style ``(column, function[, options])``; ``var``/``std`` are
         accepted for ``variance``/``stddev`` (ddof=0 by default, as pyarrow).
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -281,29 +278,27 @@ def groupby(
         On every rank, when any rank's input is bad.
     """
 
-    def validate() -> tuple:
-        check_table(table, "table")
+    def parse() -> Tuple[List[str], List[Aggregation], pa.Table]:
         key_list = as_column_list(keys, "keys")
         check_columns(table, key_list, "table")
         check_hashable(table, key_list, "table")
         parsed = parse_aggregations(aggs)
         for agg in parsed:
             check_columns(table, agg.columns, "table", role="aggregated column")
-        try:  # pyarrow judges function/type combinations on no rows
-            empty = table.slice(0, 0).group_by(key_list, use_threads=False)
-            empty.aggregate([a.pyarrow_spec() for a in parsed])
+        # pyarrow judges function/type combinations on no rows; what it gives
+        # is also the result's schema (the input conformed as prepare will).
+        empty = conform(table.slice(0, 0), canonical_schema(table.schema))
+        try:
+            probe = _pyarrow_output(empty, key_list, parsed)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"pyarrow cannot aggregate this table: {exc}") from exc
-        return signature(table.schema), table.num_rows
+        return key_list, parsed, probe
 
-    consensus = agree(comm, "groupby", validate)
-    check_same_schema("groupby", "table", [m[0] for m in consensus.metas])
-    key_list = as_column_list(keys, "keys")
-    parsed = parse_aggregations(aggs)
-    table = conform(table, canonical_schema(table.schema))
+    prepared = prepare(comm, "groupby", [("table", table)], parse, options)
+    (key_list, parsed, probe), table = prepared.args, prepared.tables[0]
     ordered = any(a.func in ORDERED for a in parsed)
-    threads = consensus.use_threads and not ordered
-    probe = _pyarrow_output(table.slice(0, 0), key_list, parsed)
+    threads = prepared.consensus.use_threads and not ordered
+    limit = prepared.options.max_message_bytes
     if comm.Get_size() == 1:
         return _pyarrow_output(table, key_list, parsed, threads)
 
@@ -315,14 +310,14 @@ def groupby(
         local = table.group_by(key_list, use_threads=threads).aggregate(specs)
         local = _rename(local, key_list, [f"__p{j}" for j in range(len(specs))])
         local = _prepare_partials(local, parsed)
-        mine = hash_partition(comm, conform(local, canonical_schema(local.schema)), key_list)[0]
+        mine = hash_partition(comm, conform(local, canonical_schema(local.schema)), key_list, limit=limit)[0]
         columns = _final_from_partials(mine, key_list, parsed, threads, ordered)
         return _assemble(columns, probe)
     projected = table.select(needed)
     if kind == "distinct":
         projected = projected.group_by(needed, use_threads=threads).aggregate([])
         projected = projected.select(needed)
-    mine = hash_partition(comm, conform(projected, canonical_schema(projected.schema)), key_list)[0]
+    mine = hash_partition(comm, conform(projected, canonical_schema(projected.schema)), key_list, limit=limit)[0]
     return _pyarrow_output(mine, key_list, parsed, threads)
 
 

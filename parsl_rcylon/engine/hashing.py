@@ -12,19 +12,16 @@ Python objects):
 * dictionaries: the dictionary's values are hashed once, then looked up.
 
 A fold-and-multiply mixes the combined value, and a multiply-shift
-("fastrange") maps it to a partition without a modulo.  Only the
+("fastrange", :mod:`.grouping`) maps it to a partition without a modulo.  Only the
 distribution matters (equal keys always meet); the hash is not stable across
 library versions and is not meant to be stored.
 """
 from __future__ import annotations
 
-import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-
-logger = logging.getLogger(__name__)
 
 _U64 = np.uint64
 _NULL_CODE = _U64(0x6E756C6C6B657921)  # any constant: all nulls of a column hash alike
@@ -41,9 +38,9 @@ _STRING_BATCH_BYTES = 1 << 26
 def _mix(h: np.ndarray) -> np.ndarray:
     """Fold the high half onto the low half, then one odd multiply, in place.
 
-    Partitions come from the top 32 bits (see :func:`to_partitions`), which
+    Partitions come from the top 32 bits (see :func:`.grouping.to_partitions`), which
     after the multiply depend on every input bit; two passes instead of
-    splitmix64's five, measurably cheaper on 4M-row partitions.
+    splitmix64's five, which is cheaper on large partitions.
     """
     h ^= h >> _U64(32)
     h *= _U64(0xBF58476D1CE4E5B9)
@@ -202,77 +199,3 @@ def hash_rows(table: pa.Table, columns: Sequence[str]) -> Tuple[np.ndarray, Opti
     if h is None:
         h = np.zeros(table.num_rows, dtype=np.uint64)
     return _mix(h), any_null
-
-
-#: Up to this many partitions, rows are grouped by one scan per partition.
-_FEW_PARTS = 8
-
-
-def _small_dtype(nparts: int) -> type:
-    return np.uint8 if nparts <= 256 else (np.uint16 if nparts <= 65536 else np.uint32)
-
-
-def to_partitions(hashes: np.ndarray, nparts: int) -> np.ndarray:
-    """Map hashes to ``[0, nparts)`` with Lemire's multiply-shift (no modulo).
-
-    Works in place on ``hashes`` (which is garbage afterwards) and returns the
-    smallest unsigned dtype that holds the ids, to keep per-row temporaries small.
-    """
-    small = _small_dtype(nparts)
-    if nparts == 1:
-        return np.zeros(len(hashes), dtype=small)
-    hashes >>= _U64(32)
-    hashes *= _U64(nparts)
-    hashes >>= _U64(32)
-    return hashes.astype(small)
-
-
-def group_rows(parts: np.ndarray, nparts: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Row order that groups rows by partition id, stably, and the group offsets.
-
-    numpy's stable sort of 8/16-bit integers is a radix sort, O(n).  The
-    order is returned as int32 when it fits (half the memory of int64, and
-    Arrow's ``take`` accepts it).
-
-    Returns
-    -------
-    order : numpy.ndarray
-        Row indices, partition 0's rows first, each partition in input order.
-    starts : numpy.ndarray of int64
-        ``order[starts[i]:starts[i+1]]`` are partition ``i``'s rows.
-    """
-    small = _small_dtype(nparts)
-    parts = parts if parts.dtype == small else parts.astype(small)
-    counts = np.bincount(parts, minlength=nparts)
-    starts = np.zeros(nparts + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    index_type = np.int32 if len(parts) < 2**31 - 1 else np.int64
-    if nparts <= _FEW_PARTS:
-        # A few partitions: fill the order partition by partition, straight into
-        # the narrow index type (no full-length int64 argsort result).
-        order = np.empty(len(parts), dtype=index_type)
-        for i in range(nparts):
-            if counts[i]:
-                order[starts[i] : starts[i + 1]] = np.flatnonzero(parts == i)
-        return order, starts
-    return np.argsort(parts, kind="stable").astype(index_type), starts
-
-
-def take_range(table: pa.Table, order: np.ndarray, lo: int, hi: int) -> pa.Table:
-    """``table``'s rows ``order[lo:hi]`` as a new table (an empty slice when none)."""
-    if hi <= lo:
-        return table.slice(0, 0)
-    return table.take(pa.array(order[lo:hi]))
-
-
-def split_by_partition(table: pa.Table, parts: np.ndarray, nparts: int) -> List[pa.Table]:
-    """Split ``table`` into ``nparts`` tables, keeping the row order inside each.
-
-    One stable radix sort of the small partition ids and one ``take`` gather
-    the rows; the pieces are zero-copy slices of that one table.
-    """
-    if nparts == 1:
-        return [table]
-    order, starts = group_rows(parts, nparts)
-    grouped = table.take(pa.array(order)) if table.num_rows else table
-    return [grouped.slice(int(starts[i]), int(starts[i + 1] - starts[i])) for i in range(nparts)]

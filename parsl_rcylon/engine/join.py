@@ -3,28 +3,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
-from mpi4py import MPI
 
+from ..options import EngineOptions
 from .errors import InvalidArgumentError, KeyTypeError
 from .kernels import acero_join, duckdb_join
+from .prepare import prepare
+from .schemas import canonical_schema
 from .shuffle import exchange_buckets, partition_rows
-from .transport import agree, columnar_exchangeable
-from .validation import (
-    as_column_list,
-    canonical_schema,
-    check_columns,
-    check_hashable,
-    check_same_schema,
-    check_table,
-    conform,
-    signature,
-)
+from .validation import as_column_list, check_columns, check_hashable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +41,8 @@ JOIN_TYPES = {
     "right anti": "right anti",
 }
 
-#: Target rows per local hash bucket for Acero.  Its hash join slows down more
-#: than linearly once its hash table leaves the cache (measured on one thread,
-#: 4M x 4M rows: 1.1 s in one piece, 0.57 s in 8 buckets, about 0.4 s in 32),
-#: so each rank joins bucket by bucket.  The buckets come from the same hash
-#: pass as the rank assignment, so they cost no extra pass over the data.
-BUCKET_ROWS = int(os.environ.get("PARSL_RCYLON_JOIN_BUCKET_ROWS", 131_072))
+#: Most local hash buckets per rank.
 MAX_BUCKETS = 256
-
-#: Least rows per bucket for DuckDB, which partitions its own hash table and
-#: runs one query on all the rank's threads: there, buckets only serve the
-#: rounds below.  One query over a whole partition is as fast on one thread
-#: as 7-30 small ones, and on two threads it is twice as fast (8M x 8M rows
-#: on one rank: 0.67 s in one query, 1.9-2.3 s in 61 buckets), while fewer,
-#: larger hash partitions also make the shuffle's gathers cheaper.
-DUCKDB_BUCKET_ROWS = int(os.environ.get("PARSL_RCYLON_JOIN_DUCKDB_BUCKET_ROWS", 65_536))
-
-#: The buckets are exchanged and joined in this many rounds, so that a rank
-#: holds a round's received rows instead of both whole partitions (peak
-#: memory per rank, 8M x 8M rows on 2 ranks: see docs/engine.md).
-ROUNDS = int(os.environ.get("PARSL_RCYLON_JOIN_ROUNDS", 4))
 
 Keys = Union[str, Sequence[str], None]
 
@@ -92,6 +69,18 @@ def _join_type(how: str) -> str:
         raise InvalidArgumentError(f"unknown join type how={how!r}; use one of {valid}") from None
 
 
+@dataclass(frozen=True)
+class _JoinArgs:
+    """A join's arguments, checked and normalised on one rank."""
+
+    join_type: str
+    left_keys: List[str]
+    right_keys: List[str]
+    left_suffix: Optional[str]
+    right_suffix: Optional[str]
+    expected: pa.Schema  # the result's canonical schema, as pyarrow's join of empty inputs gives it
+
+
 def _suffixes(suffixes: Tuple[str, str]) -> Tuple[Optional[str], Optional[str]]:
     try:
         left_suffix, right_suffix = suffixes
@@ -100,22 +89,28 @@ def _suffixes(suffixes: Tuple[str, str]) -> Tuple[Optional[str], Optional[str]]:
     return (left_suffix or None), (right_suffix or None)
 
 
-def bucket_count(rows: int, size: int, kernel: str = "acero") -> int:
+def bucket_count(rows: int, size: int, kernel: str, options: EngineOptions) -> int:
     """Local buckets per rank for a join whose larger side has ``rows`` rows in all.
 
-    Acero gets cache-sized buckets.  DuckDB gets one bucket per round (fewer
-    where a bucket would fall under ``DUCKDB_BUCKET_ROWS``), and on a single
-    rank, where nothing is received, the whole tables in one query.
+    Acero gets cache-sized buckets (``join_bucket_rows``): its hash join
+    slows down more than linearly once its hash table leaves the cache, and
+    the buckets come from the same hash pass as the rank assignment, so they
+    cost no extra pass over the data.  DuckDB partitions its own hash table
+    and runs one query on all the rank's threads, where one large query beats
+    many small ones: it gets one bucket per round (fewer where a bucket would
+    fall under ``join_duckdb_bucket_rows``), and on a single rank, where
+    nothing is received, the whole tables in one query.  docs/engine.md has
+    the measurements.
     """
     if rows <= 0:
         return 1
     if kernel == "duckdb":
-        if size == 1 or DUCKDB_BUCKET_ROWS <= 0:
+        if size == 1 or options.join_duckdb_bucket_rows <= 0:
             return 1
-        return int(max(1, min(ROUNDS, rows // size // DUCKDB_BUCKET_ROWS)))
-    if BUCKET_ROWS <= 0:
+        return int(max(1, min(options.join_rounds, rows // size // options.join_duckdb_bucket_rows)))
+    if options.join_bucket_rows <= 0:
         return 1
-    return int(min(MAX_BUCKETS, max(1, math.floor(rows / size / BUCKET_ROWS))))
+    return int(min(MAX_BUCKETS, max(1, math.floor(rows / size / options.join_bucket_rows))))
 
 
 def join(
@@ -127,6 +122,7 @@ def join(
     right_on: Keys = None,
     how: str = "inner",
     suffixes: Tuple[str, str] = ("", "_right"),
+    options: Optional[EngineOptions] = None,
 ) -> pa.Table:
     """Join two partitioned tables on key column(s).
 
@@ -149,6 +145,8 @@ def join(
         Join type; pyarrow's names ("left outer", "right anti", ...) work too.
     suffixes : (str, str)
         Added to non-key column names present on both sides.
+    options : EngineOptions, optional
+        The engine options (kernel, buckets, rounds); by default those in force now.
 
     Returns
     -------
@@ -162,9 +160,7 @@ def join(
         On every rank, when any rank's input is bad.
     """
 
-    def validate() -> tuple:
-        check_table(left, "left table")
-        check_table(right, "right table")
+    def parse() -> _JoinArgs:
         join_type = _join_type(how)
         lk, rk = _resolve_keys(on, left_on, right_on)
         check_columns(left, lk, "left table")
@@ -179,71 +175,65 @@ def join(
         check_hashable(left, lk, "left table")
         lsuf, rsuf = _suffixes(suffixes)
         try:  # pyarrow itself judges the rest (payload types, clashing names) on empty slices
-            left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
-                                  left_suffix=lsuf, right_suffix=rsuf)
+            trial = left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
+                                          left_suffix=lsuf, right_suffix=rsuf)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise InvalidArgumentError(f"pyarrow cannot join these tables: {exc}") from exc
-        return (signature(left.schema), signature(right.schema), left.num_rows, right.num_rows,
-                columnar_exchangeable(left), columnar_exchangeable(right))
+        return _JoinArgs(join_type, lk, rk, lsuf, rsuf, canonical_schema(trial.schema))
 
     start = time.perf_counter()
-    consensus = agree(comm, "join", validate)
+    prepared = prepare(comm, "join", [("left table", left), ("right table", right)], parse, options, columnar=True)
     validated = time.perf_counter()
-    metas = consensus.metas
-    check_same_schema("join", "left table", [m[0] for m in metas])
-    check_same_schema("join", "right table", [m[1] for m in metas])
-    join_type = _join_type(how)
-    lk, rk = _resolve_keys(on, left_on, right_on)
-    lsuf, rsuf = _suffixes(suffixes)
+    args, opts, cores = prepared.args, prepared.options, prepared.consensus.cores
+    left, right = prepared.tables
+    lk, rk = args.left_keys, args.right_keys
     size, rank = comm.Get_size(), comm.Get_rank()
-    left = conform(left, canonical_schema(left.schema))
-    right = conform(right, canonical_schema(right.schema))
-    expected = canonical_schema(
-        left.slice(0, 0).join(right.slice(0, 0), keys=lk, right_keys=rk, join_type=join_type,
-                              left_suffix=lsuf, right_suffix=rsuf).schema
-    )
-    duck = duckdb_join(left.schema, right.schema, lk, rk, join_type, lsuf, rsuf, expected, consensus.cores)
+    duck = duckdb_join(left.schema, right.schema, lk, rk, args.join_type, args.left_suffix, args.right_suffix,
+                       args.expected, cores, opts.join_kernel)
     kernel = "duckdb" if duck is not None else "acero"
-    nbuckets = bucket_count(max(sum(m[2] for m in metas), sum(m[3] for m in metas)), size, kernel)
+    nbuckets = bucket_count(max(sum(prepared.rows(0)), sum(prepared.rows(1))), size, kernel, opts)
     split = size * nbuckets > 1
     if split:
-        lparts = partition_rows(left, lk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[4] for m in metas))
-        rparts = partition_rows(right, rk, size, rank, nbuckets, nulls_stay=True, columnar=all(m[5] for m in metas))
+        lparts = partition_rows(left, lk, size, rank, nbuckets, nulls_stay=True, columnar=prepared.columnar(0))
+        rparts = partition_rows(right, rk, size, rank, nbuckets, nulls_stay=True, columnar=prepared.columnar(1))
     partitioned = time.perf_counter()
     if duck is not None:
         run_round = _serial(duck)
-    elif consensus.cores >= 2 and nbuckets > 1:
+    elif cores >= 2 and nbuckets > 1:
         # Small buckets leave Acero's own threads idle; joining several buckets
         # at once (Acero releases the GIL) keeps this rank's cores busy instead.
-        run_round = _threaded(acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=False), consensus.cores)
+        run_round = _threaded(acero_join(lk, rk, args.join_type, args.left_suffix, args.right_suffix,
+                                         use_threads=False), cores)
     else:
-        run_round = _serial(acero_join(lk, rk, join_type, lsuf, rsuf, use_threads=consensus.use_threads))
+        run_round = _serial(acero_join(lk, rk, args.join_type, args.left_suffix, args.right_suffix,
+                                       use_threads=prepared.consensus.use_threads))
+    rounds = _rounds(nbuckets, opts.join_rounds)
     results: List[pa.Table] = []
     exchange_s = 0.0
-    for lo, hi in _rounds(nbuckets):
+    for lo, hi in rounds:
         # A few buckets at a time: this rank holds only the rows received for
         # this round (and the results so far), not both whole partitions.
         began = time.perf_counter()
         if split:
-            pairs = list(zip(exchange_buckets(comm, lparts, lo, hi), exchange_buckets(comm, rparts, lo, hi),
-                             strict=True))
+            pairs = list(zip(exchange_buckets(comm, lparts, lo, hi, limit=opts.max_message_bytes),
+                             exchange_buckets(comm, rparts, lo, hi, limit=opts.max_message_bytes), strict=True))
         else:
             pairs = [(left, right)]
         exchange_s += time.perf_counter() - began
         results.extend(run_round(pairs))
         del pairs
     logger.debug("join: %d bucket(s) in %d round(s) x %d core(s), %s: validate %.3f s, partition %.3f s, "
-                 "exchange %.3f s, local joins %.3f s", nbuckets, len(_rounds(nbuckets)), consensus.cores,
-                 kernel, validated - start, partitioned - validated, exchange_s,
+                 "exchange %.3f s, local joins %.3f s", nbuckets, len(rounds), cores, kernel,
+                 validated - start, partitioned - validated, exchange_s,
                  time.perf_counter() - partitioned - exchange_s)
     if len(results) == 1:
         return results[0]
     return pa.concat_tables(results)
 
 
-def _rounds(nbuckets: int) -> List[Tuple[int, int]]:
-    """Bucket ranges ``[lo, hi)`` exchanged and joined one after another."""
-    count = max(1, min(nbuckets, ROUNDS))
+def _rounds(nbuckets: int, rounds: int) -> List[Tuple[int, int]]:
+    """Bucket ranges ``[lo, hi)`` exchanged and joined one after another (at most ``rounds``)."""
+    count = max(1, min(nbuckets, rounds))
     bounds = [nbuckets * i // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 

@@ -2,10 +2,9 @@
 
 Both give exactly pyarrow ``Table.join``'s result (columns, names, types, null
 keys never matching); only the speed differs.  DuckDB joined the engine's
-hash buckets with about a quarter less CPU than Acero here (one thread, 4M x
-4M rows in 30 buckets: 0.35 s against 0.46-0.49 s), so it is used when
+hash buckets with less CPU than Acero (docs/engine.md), so it is used when
 importable and the tables' types survive its round trip exactly; otherwise,
-or with ``PARSL_RCYLON_JOIN_KERNEL=acero``, Acero runs.
+or with the engine option ``join_kernel="acero"``, Acero runs.
 """
 from __future__ import annotations
 
@@ -17,9 +16,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import pyarrow as pa
 
 logger = logging.getLogger(__name__)
-
-#: ``auto`` (DuckDB when importable and applicable), ``duckdb`` or ``acero``.
-KERNEL_ENV = "PARSL_RCYLON_JOIN_KERNEL"
 
 JoinFn = Callable[[pa.Table, pa.Table], pa.Table]
 
@@ -87,16 +83,20 @@ _SQL_JOIN = {"inner": "JOIN", "left outer": "LEFT JOIN", "right outer": "RIGHT J
 
 def duckdb_join(left_schema: pa.Schema, right_schema: pa.Schema, lk: Sequence[str], rk: Sequence[str],
                 join_type: str, lsuf: Optional[str], rsuf: Optional[str], expected: pa.Schema,
-                threads: int) -> Optional[Any]:
-    """A bucket join run by DuckDB, or None where it cannot give pyarrow's exact result."""
-    choice = os.environ.get(KERNEL_ENV, "auto").lower()
+                threads: int, choice: str = "auto") -> Optional[Any]:
+    """A bucket join run by DuckDB, or None where it cannot give pyarrow's exact result.
+
+    ``choice`` is the engine option ``join_kernel``: ``auto`` (DuckDB when
+    importable and applicable), ``duckdb`` (the same, with a warning when it
+    is not importable) or ``acero`` (never DuckDB).
+    """
     if choice == "acero":
         return None
     try:
         import duckdb
     except ImportError:
         if choice == "duckdb":
-            logger.warning("%s=duckdb but duckdb is not importable: using Acero", KERNEL_ENV)
+            logger.warning("join_kernel='duckdb' but duckdb is not importable: using Acero")
         return None
     if not all(_round_trips(f.type) for f in list(left_schema) + list(right_schema)):
         return None
@@ -128,8 +128,8 @@ def _fetch_arrow(relation: Any) -> pa.Table:
 class _Connections:
     """Idle in-memory DuckDB connections, by thread count, kept between joins.
 
-    Opening one costs 10-45 ms, a tenth of a 2M-row join, so a connection
-    goes back here after each bucket join instead of being closed; nothing
+    Opening one costs a noticeable part of a small join (docs/engine.md), so
+    a connection goes back here after each bucket join instead of being closed; nothing
     stays registered on it.  DuckDB is not fork-safe: with a connection open,
     the child of Radical Pilot's proxy fork of the client crashed (SIGSEGV
     in ``fork``).  So every idle connection is closed just before this
@@ -196,4 +196,4 @@ class _DuckJoin:
         return out
 
 
-__all__ = ["acero_join", "duckdb_join", "KERNEL_ENV"]
+__all__ = ["acero_join", "duckdb_join"]

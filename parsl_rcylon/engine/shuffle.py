@@ -1,28 +1,21 @@
 """Hash partitioning of rows across ranks."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
-from .hashing import group_rows, hash_rows, take_range, to_partitions
-from .transport import agree, exchange_columns, exchange_tables
-from .validation import (
-    as_column_list,
-    canonical_schema,
-    check_columns,
-    check_hashable,
-    check_same_schema,
-    check_table,
-    conform,
-    signature,
-)
+from ..options import EngineOptions
+from .grouping import group_rows, take_range, to_partitions
+from .hashing import hash_rows
+from .prepare import prepare
+from .transport import exchange_columns, exchange_counts, exchange_tables
+from .validation import as_column_list, check_columns, check_hashable
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 
 @dataclass
@@ -66,12 +59,14 @@ def partition_rows(
     return Partitioned(table, order, starts, nbuckets, columnar)
 
 
-def exchange_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int = 0, hi: Optional[int] = None) -> List[pa.Table]:
+def exchange_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int = 0, hi: Optional[int] = None, *,
+                     limit: int) -> List[pa.Table]:
     """Exchange local buckets ``lo`` to ``hi - 1`` of a :func:`partition_rows` result.
 
     Collective: every rank passes the same range.  Returns this rank's
     buckets ``lo..hi-1``, each with rows from rank 0 first, then rank 1, ...,
-    each source's rows in their original order.
+    each source's rows in their original order.  ``limit`` is the most bytes
+    one MPI call may move.
     """
     size = comm.Get_size()
     nb = part.nbuckets
@@ -88,8 +83,8 @@ def exchange_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int = 0, hi: Op
     if size == 1:
         return provide(0)
     if part.columnar:
-        return _columnar_buckets(comm, part, lo, hi)
-    return [_concat(bucket) for bucket in exchange_tables(comm, provide, hi - lo)]
+        return _columnar_buckets(comm, part, lo, hi, limit)
+    return [_concat(bucket) for bucket in exchange_tables(comm, provide, hi - lo, limit=limit)]
 
 
 def hash_partition(
@@ -99,6 +94,8 @@ def hash_partition(
     nbuckets: int = 1,
     nulls_stay: bool = False,
     columnar: bool = False,
+    *,
+    limit: int,
 ) -> List[pa.Table]:
     """Exchange rows so that equal keys meet on one rank, in one local bucket.
 
@@ -123,6 +120,8 @@ def hash_partition(
     columnar : bool
         Move the rows with :func:`~.transport.exchange_columns`: only for
         tables it accepts, and the caller must decide the same on every rank.
+    limit : int
+        The most bytes one MPI call may move.
 
     Returns
     -------
@@ -133,16 +132,16 @@ def hash_partition(
     size, rank = comm.Get_size(), comm.Get_rank()
     if size * nbuckets == 1:
         return [table]
-    return exchange_buckets(comm, partition_rows(table, keys, size, rank, nbuckets, nulls_stay, columnar))
+    return exchange_buckets(comm, partition_rows(table, keys, size, rank, nbuckets, nulls_stay, columnar),
+                            limit=limit)
 
 
-def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int) -> List[pa.Table]:
+def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int, limit: int) -> List[pa.Table]:
     """The exchange of :func:`exchange_buckets` by columns: each bucket is zero-copy slices of what arrived."""
     size, nb, k = comm.Get_size(), part.nbuckets, hi - lo
     per_part = np.diff(part.starts).reshape(size, nb)
     rows_out = np.ascontiguousarray(per_part[:, lo:hi]).reshape(-1)  # (destination, bucket), row-major
-    rows_in = np.empty(size * k, dtype=np.int64)
-    comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
+    rows_in = exchange_counts(comm, rows_out)
     if k == nb:
         order, dest_starts = part.order, part.starts[::nb]
     else:
@@ -150,7 +149,7 @@ def _columnar_buckets(comm: MPI.Intracomm, part: Partitioned, lo: int, hi: int) 
         order = np.concatenate([part.order[part.starts[d * nb + lo] : part.starts[d * nb + hi]] for d in range(size)])
         dest_starts = np.zeros(size + 1, dtype=np.int64)
         np.cumsum(rows_out.reshape(size, k).sum(axis=1), out=dest_starts[1:])
-    mine = exchange_columns(comm, part.table, order, dest_starts, rows_in.reshape(size, k).sum(axis=1))
+    mine = exchange_columns(comm, part.table, order, dest_starts, rows_in.reshape(size, k).sum(axis=1), limit=limit)
     del order
     # Each source's rows arrive grouped by bucket.
     offsets = np.zeros(size * k + 1, dtype=np.int64)
@@ -168,7 +167,8 @@ def _concat(tables: List[pa.Table]) -> pa.Table:
     return pa.concat_tables(non_empty)
 
 
-def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]]) -> pa.Table:
+def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]],
+            options: Optional[EngineOptions] = None) -> pa.Table:
     """Hash-partition rows by key column(s) across the ranks.
 
     Every row with a given key (nulls included, all alike) ends up on the same
@@ -182,6 +182,8 @@ def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]])
         This rank's partition (may be empty).
     on : str or list of str
         Key column(s).
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -195,18 +197,14 @@ def shuffle(comm: MPI.Intracomm, table: pa.Table, on: Union[str, Sequence[str]])
         On every rank, when any rank's input is bad.
     """
 
-    def validate() -> tuple:
-        check_table(table, "table")
+    def parse() -> List[str]:
         keys = as_column_list(on, "on")
         check_columns(table, keys, "table")
         check_hashable(table, keys, "table")
-        return signature(table.schema), table.num_rows
+        return keys
 
-    consensus = agree(comm, "shuffle", validate)
-    check_same_schema("shuffle", "table", [m[0] for m in consensus.metas])
-    keys = as_column_list(on, "on")
-    schema = canonical_schema(table.schema)
-    return hash_partition(comm, conform(table, schema), keys)[0]
+    prepared = prepare(comm, "shuffle", [("table", table)], parse, options)
+    return hash_partition(comm, prepared.tables[0], prepared.args, limit=prepared.options.max_message_bytes)[0]
 
 
 __all__ = ["shuffle", "hash_partition", "partition_rows", "exchange_buckets", "Partitioned"]

@@ -1,21 +1,23 @@
 """Distributed sample sort."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from mpi4py import MPI
 
+from ..options import EngineOptions
 from .errors import InvalidArgumentError, UnsupportedTypeError
-from .hashing import fixed_width_values, group_rows, take_range
-from .transport import agree, columnar_exchangeable, exchange_columns, exchange_tables
-from .validation import canonical_schema, check_columns, check_same_schema, check_table, conform, signature
+from .grouping import group_rows, take_range
+from .hashing import fixed_width_values
+from .prepare import prepare
+from .transport import exchange_columns, exchange_tables
+from .validation import check_columns
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 #: Sample rows each rank contributes to the splitter choice.  With regular
 #: (evenly spaced) samples weighted by the rank's row count, 256 per rank keeps
@@ -118,9 +120,9 @@ def _sort_ints(values: np.ndarray, descending: bool, owned: bool = False) -> np.
     """Stable argsort of integers, fast.
 
     When the key range and the row count fit in 64 bits together, the row
-    number is packed under the key and one plain ``np.sort`` of uint64 (about
-    twice as fast as a stable argsort, and faster still than Arrow's
-    sort_indices on this data) yields the permutation, stable by construction.
+    number is packed under the key and one plain ``np.sort`` of uint64 (faster
+    than a stable argsort or Arrow's sort_indices: docs/engine.md) yields the
+    permutation, stable by construction.
     With ``owned`` (a fresh 64-bit array the caller gives up) the packing
     reuses ``values``' memory instead of allocating another 8 bytes per row.
     """
@@ -315,6 +317,7 @@ def sort(
     by: By,
     ascending: Union[bool, Sequence[bool]] = True,
     nulls_last: bool = True,
+    options: Optional[EngineOptions] = None,
 ) -> pa.Table:
     """Globally sort a partitioned table (sample sort).
 
@@ -334,6 +337,8 @@ def sort(
         Direction of the keys given by name.
     nulls_last : bool
         Put nulls (and NaNs, next to them) after all values.
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -346,8 +351,7 @@ def sort(
         On every rank, when any rank's input is bad.
     """
 
-    def validate() -> tuple:
-        check_table(table, "table")
+    def parse() -> List[SortKey]:
         keys = parse_sort_keys(by, ascending, nulls_last)
         check_columns(table, [k.name for k in keys], "table", role="sort column")
         for key in keys:
@@ -364,14 +368,12 @@ def sort(
                 raise UnsupportedTypeError(
                     f"sort column {key.name!r} has type {dtype}, which cannot be ordered: {exc}"
                 ) from exc
-        return signature(table.schema), table.num_rows, columnar_exchangeable(table)
+        return keys
 
-    consensus = agree(comm, "sort", validate)
-    check_same_schema("sort", "table", [m[0] for m in consensus.metas])
-    keys = parse_sort_keys(by, ascending, nulls_last)
-    table = conform(table, canonical_schema(table.schema))
+    prepared = prepare(comm, "sort", [("table", table)], parse, options, columnar=True)
+    keys, table, limit = prepared.args, prepared.tables[0], prepared.options.max_message_bytes
     size, rank = comm.Get_size(), comm.Get_rank()
-    counts = [m[1] for m in consensus.metas]
+    counts = prepared.rows()
     total = sum(counts)
     if size == 1 or total == 0:
         return _sorted(table, keys) if table.num_rows else table
@@ -398,8 +400,8 @@ def sort(
         dest = _destinations(table, keys, splitters, np.arange(offset, offset + n, dtype=np.int64), pos_name)
     order, starts = group_rows(dest, size)
     del dest
-    if all(m[2] for m in consensus.metas):
-        mine = exchange_columns(comm, table, order, starts)
+    if prepared.columnar():
+        mine = exchange_columns(comm, table, order, starts, limit=limit)
         del order
         if not mine.num_rows:
             return mine
@@ -408,7 +410,7 @@ def sort(
         del mine  # each column is now held by ``columns`` alone: _gather lets it go once gathered
         return _gather(schema, columns, indices)
     received = exchange_tables(
-        comm, lambda d: [take_range(table, order, int(starts[d]), int(starts[d + 1]))]
+        comm, lambda d: [take_range(table, order, int(starts[d]), int(starts[d + 1]))], limit=limit
     )[0]
     order = None  # the closure's reference too: free the row order before the local sort
     non_empty = [t for t in received if t.num_rows]

@@ -1,11 +1,5 @@
-"""Moving Arrow tables between ranks, and agreeing before moving them.
+"""Moving Arrow tables between ranks.
 
-Two building blocks every operation uses:
-
-* :func:`agree` runs a rank's local validation and lets every rank learn every
-  other rank's outcome (one small ``allgather``), so a bad input raises the
-  same named error on all ranks instead of leaving some waiting in the next
-  collective.
 * :func:`exchange_tables` sends table pieces to their destination ranks.  Each
   piece is written as one Arrow IPC stream into a single contiguous byte buffer
   and the buffers travel with ``Alltoallv`` (counts with ``Alltoall``), never
@@ -15,136 +9,43 @@ Two building blocks every operation uses:
 * :func:`exchange_columns` does the same for tables of fixed-width columns
   without nulls, column by column as raw values: every column arrives as one
   contiguous buffer, so the result has one chunk per column.
+
+``mpi4py.MPI`` is imported by :func:`_mpi` when data first moves, not with
+this module: importing it initialises MPI, and the engine is also imported
+where that must not happen (the Parsl client, through the table layer).
 """
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
-from .errors import ERROR_CLASSES, EngineError, RankFailedError
 from .hashing import fixed_width_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable that lowers the largest single MPI message (bytes); tests
-#: set it tiny to exercise the chunked path.
-MAX_MESSAGE_ENV = "PARSL_RCYLON_MAX_MESSAGE_BYTES"
-#: MPI counts and displacements are C ``int``: stay below 2 GiB per call.
-DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 #: Tag of the chunked point-to-point path; collectives have their own context,
 #: so only a user's own point-to-point traffic with this tag could interfere.
 _CHUNK_TAG = 0x7C71
 
 
-def max_message_bytes() -> int:
-    """Largest number of bytes one MPI call may move (env override for tests)."""
-    value = os.environ.get(MAX_MESSAGE_ENV)
-    if value:
-        return max(8, int(value))
-    return DEFAULT_MAX_MESSAGE_BYTES
+def _mpi() -> Any:
+    from mpi4py import MPI
+
+    return MPI
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-@dataclass
-class Consensus:
-    """What :func:`agree` learned from all ranks.
-
-    Attributes
-    ----------
-    metas : list
-        The value each rank's validation returned, indexed by rank.
-    node_ranks : int
-        How many ranks of the communicator share this rank's host.
-    """
-
-    metas: List[Any]
-    node_ranks: int
-
-    @property
-    def cores(self) -> int:
-        """This rank's fair share of its host's cores (at least 1).
-
-        Ranks on one host already keep its cores busy, so each gets its share;
-        a rank pinned to fewer cores than the host has counts only its own.
-        """
-        cpus = _cpu_count()
-        share = cpus if cpus < (os.cpu_count() or cpus) else cpus // max(1, self.node_ranks)
-        return max(1, share)
-
-    @property
-    def use_threads(self) -> bool:
-        """Whether Arrow's thread pool may be used without oversubscribing the host."""
-        return self.cores >= 2
-
-
-def format_ranks(ranks: Sequence[int], size: int) -> str:
-    """``rank 2`` / ``ranks 0, 3`` / ``all 4 ranks`` for error messages."""
-    ranks = sorted(ranks)
-    if size > 1 and len(ranks) == size:
-        return f"all {size} ranks"
-    if len(ranks) == 1:
-        return f"rank {ranks[0]}"
-    return "ranks " + ", ".join(str(r) for r in ranks)
-
-
-def agree(comm: MPI.Intracomm, op: str, local: Callable[[], Any]) -> Consensus:
-    """Run ``local()`` on every rank and raise on all ranks if it failed on any.
-
-    Parameters
-    ----------
-    comm : mpi4py.MPI.Intracomm
-        The communicator of the operation.
-    op : str
-        Operation name, used as the message prefix.
-    local : callable
-        Validates this rank's input and returns small, picklable metadata.
-
-    Returns
-    -------
-    Consensus
-        Every rank's metadata and the number of ranks on this host.
-
-    Raises
-    ------
-    EngineError
-        The class the lowest failing rank raised (a :class:`RankFailedError`
-        for an unexpected exception), with the messages of all failing ranks.
-    """
-    local_exc: Optional[BaseException] = None
-    try:
-        payload: Any = (True, local())
-    except EngineError as exc:
-        local_exc = exc
-        payload = (False, (type(exc).__name__, str(exc)))
-    except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
-        local_exc = exc
-        payload = (False, (RankFailedError.__name__, f"{type(exc).__name__}: {exc}"))
-    host = socket.gethostname()
-    gathered = comm.allgather((host, payload))
-    failures = [(rank, item[1][1]) for rank, item in enumerate(gathered) if not item[1][0]]
-    if failures:
-        cls = ERROR_CLASSES.get(failures[0][1][0], EngineError)
-        by_message: dict = {}
-        for rank, (_, message) in failures:
-            by_message.setdefault(message, []).append(rank)
-        size = comm.Get_size()
-        text = "; ".join(f"{msg} [{format_ranks(ranks, size)}]" for msg, ranks in by_message.items())
-        raise cls(f"{op}: {text}") from local_exc
-    node_ranks = sum(1 for h, _ in gathered if h == host)
-    return Consensus(metas=[item[1][1] for item in gathered], node_ranks=node_ranks)
+def exchange_counts(comm: MPI.Intracomm, counts: np.ndarray) -> np.ndarray:
+    """All-to-all of int64 counts: ``counts`` holds an equal block for each rank, in rank order."""
+    received = np.empty_like(counts, dtype=np.int64)
+    int64 = _mpi().INT64_T
+    comm.Alltoall([np.ascontiguousarray(counts, dtype=np.int64), int64], [received, int64])
+    return received
 
 
 # -- Arrow IPC framing ---------------------------------------------------------------------------
@@ -157,7 +58,7 @@ def _ipc_size(table: pa.Table) -> int:
     return sink.size()
 
 
-def _read_ipc(buffer: pa.Buffer) -> pa.Table:
+def _read_stream(buffer: pa.Buffer) -> pa.Table:
     # Reading from an in-memory buffer is zero-copy: the table's buffers point
     # into the receive buffer, which stays alive as long as they do.
     return pa.ipc.open_stream(buffer).read_all()
@@ -174,7 +75,7 @@ def _displacements(counts: np.ndarray) -> np.ndarray:
 
 
 def exchange_bytes(
-    comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray
+    comm: MPI.Intracomm, sendbuf: np.ndarray, sendcounts: np.ndarray, recvcounts: np.ndarray, *, limit: int
 ) -> pa.Buffer:
     """All-to-all exchange of contiguous byte ranges.
 
@@ -186,12 +87,15 @@ def exchange_bytes(
         Bytes for rank 0, then rank 1, ...
     sendcounts, recvcounts : numpy.ndarray of int64
         Bytes to send to / receive from each rank.
+    limit : int
+        The most bytes one MPI call may move (``EngineOptions.max_message_bytes``).
 
     Returns
     -------
     pyarrow.Buffer
         Bytes from rank 0, then rank 1, ... (allocated by Arrow's memory pool).
     """
+    MPI = _mpi()
     size = comm.Get_size()
     total_send = int(sendcounts.sum())
     total_recv = int(recvcounts.sum())
@@ -199,7 +103,6 @@ def exchange_bytes(
     recvbuf = np.frombuffer(received, dtype=np.uint8)
     sdispls = _displacements(sendcounts)
     rdispls = _displacements(recvcounts)
-    limit = max_message_bytes()
     # Every rank must take the same path, so the decision uses the global maximum.
     largest = comm.allreduce(max(total_send, total_recv), op=MPI.MAX)
     if largest <= limit:
@@ -231,7 +134,7 @@ def exchange_bytes(
 
 
 def exchange_tables(
-    comm: MPI.Intracomm, provide: Callable[[int], Sequence[pa.Table]], nbuckets: int = 1
+    comm: MPI.Intracomm, provide: Callable[[int], Sequence[pa.Table]], nbuckets: int = 1, *, limit: int
 ) -> List[List[pa.Table]]:
     """Send each rank its pieces; return what arrived, per bucket and source.
 
@@ -247,6 +150,8 @@ def exchange_tables(
         all of them, the send buffer and the receive buffer alive together.
     nbuckets : int
         Pieces per destination rank.
+    limit : int
+        The most bytes one MPI call may move.
 
     Returns
     -------
@@ -279,10 +184,9 @@ def exchange_tables(
             outgoing[dst] = None
         sink.close()
     outgoing = []
-    recv_sizes = np.empty((size, nbuckets), dtype=np.int64)
-    comm.Alltoall([sizes, MPI.INT64_T], [recv_sizes, MPI.INT64_T])
+    recv_sizes = exchange_counts(comm, sizes)
     received = exchange_bytes(comm, np.frombuffer(send, dtype=np.uint8), sizes.sum(axis=1),
-                              recv_sizes.sum(axis=1))
+                              recv_sizes.sum(axis=1), limit=limit)
     del send
     # The allocator keeps freed pages for reuse; hand the pieces' and the send
     # buffer's back now so that they do not add to this rank's peak footprint.
@@ -296,7 +200,7 @@ def exchange_tables(
             continue
         for bucket in range(nbuckets):
             nbytes = int(recv_sizes[src, bucket])
-            result[bucket][src] = _read_ipc(received.slice(offset, nbytes)) if nbytes else empty
+            result[bucket][src] = _read_stream(received.slice(offset, nbytes)) if nbytes else empty
             offset += nbytes
     return result
 
@@ -324,7 +228,7 @@ def _raw_values(column: pa.ChunkedArray, width: int) -> np.ndarray:
 
 
 def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, starts: np.ndarray,
-                     rows_in: Optional[np.ndarray] = None) -> pa.Table:
+                     rows_in: Optional[np.ndarray] = None, *, limit: int) -> pa.Table:
     """Send rows ``order[starts[d]:starts[d + 1]]`` of ``table`` to rank ``d``; return what arrived.
 
     For tables :func:`columnar_exchangeable` accepts (the caller decides for
@@ -335,22 +239,20 @@ def exchange_columns(comm: MPI.Intracomm, table: pa.Table, order: np.ndarray, st
     A later gather from such a table reads one chunk per column (Arrow's
     ``take`` concatenates chunked columns first) and can free each column as
     soon as it has been gathered.  ``rows_in`` (rows from each rank), where
-    the caller already exchanged its counts, saves the count ``Alltoall``.
+    the caller already exchanged its counts, saves the count ``Alltoall``;
+    ``limit`` is the most bytes one MPI call may move.
     """
-    size = comm.Get_size()
     rows_out = np.diff(starts).astype(np.int64)
     if rows_in is None:
-        rows_in = np.empty(size, dtype=np.int64)
-        comm.Alltoall([rows_out, MPI.INT64_T], [rows_in, MPI.INT64_T])
+        rows_in = exchange_counts(comm, rows_out)
     total = int(rows_in.sum())
-    # Arrow's take gathers these scattered rows about 1.6x faster than np.take
-    # (8-byte columns of 4M rows into 60 partitions: 25 against 40 ms).
+    # Arrow's take gathers these scattered rows faster than np.take (docs/engine.md).
     indices = pa.array(order)
     arrays = []
     for field, column in zip(table.schema, table.columns, strict=True):
         width = field.type.bit_width // 8
         send = _raw_values(column.take(indices), width)
-        received = exchange_bytes(comm, send.view(np.uint8), rows_out * width, rows_in * width)
+        received = exchange_bytes(comm, send.view(np.uint8), rows_out * width, rows_in * width, limit=limit)
         del send
         arrays.append(pa.Array.from_buffers(field.type, total, [None, received]))
     return pa.Table.from_arrays(arrays, schema=table.schema)

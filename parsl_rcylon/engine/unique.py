@@ -1,28 +1,18 @@
 """Distributed removal of duplicate rows."""
 from __future__ import annotations
 
-import logging
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
-from mpi4py import MPI
 
+from ..options import EngineOptions
+from .prepare import prepare
 from .shuffle import hash_partition
-from .transport import agree
-from .validation import (
-    as_column_list,
-    canonical_schema,
-    check_columns,
-    check_hashable,
-    check_same_schema,
-    check_table,
-    conform,
-    signature,
-    unused_name,
-)
+from .validation import as_column_list, check_columns, check_hashable, unused_name
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
 
 
 def _first_occurrences(table: pa.Table, subset: Sequence[str]) -> pa.Table:
@@ -37,7 +27,8 @@ def _first_occurrences(table: pa.Table, subset: Sequence[str]) -> pa.Table:
 
 
 def unique(
-    comm: MPI.Intracomm, table: pa.Table, subset: Optional[Union[str, Sequence[str]]] = None
+    comm: MPI.Intracomm, table: pa.Table, subset: Optional[Union[str, Sequence[str]]] = None,
+    options: Optional[EngineOptions] = None,
 ) -> pa.Table:
     """Drop duplicate rows, keeping each row's first occurrence in the whole table.
 
@@ -54,6 +45,8 @@ def unique(
         This rank's partition.
     subset : str or list of str, optional
         Columns that define a duplicate; all columns by default.
+    options : EngineOptions, optional
+        The engine options; by default those in force now.
 
     Returns
     -------
@@ -67,23 +60,18 @@ def unique(
         On every rank, when any rank's input is bad.
     """
 
-    def columns() -> list:
-        return table.column_names if subset is None else as_column_list(subset, "subset")
-
-    def validate() -> tuple:
-        check_table(table, "table")
-        cols = columns()
+    def parse() -> List[str]:
+        cols = table.column_names if subset is None else as_column_list(subset, "subset")
         check_columns(table, cols, "table", role="column")
         check_hashable(table, cols, "table")
-        return signature(table.schema), table.num_rows
+        return cols
 
-    consensus = agree(comm, "unique", validate)
-    check_same_schema("unique", "table", [m[0] for m in consensus.metas])
-    cols = columns()
-    local = _first_occurrences(conform(table, canonical_schema(table.schema)), cols)
+    prepared = prepare(comm, "unique", [("table", table)], parse, options)
+    cols = prepared.args
+    local = _first_occurrences(prepared.tables[0], cols)
     if comm.Get_size() == 1:
         return local
-    mine = hash_partition(comm, local, cols)[0]
+    mine = hash_partition(comm, local, cols, limit=prepared.options.max_message_bytes)[0]
     return _first_occurrences(mine, cols)
 
 

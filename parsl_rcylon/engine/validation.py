@@ -1,17 +1,11 @@
-"""Argument normalisation and the checks every operation runs before moving data."""
+"""Argument checks the operations run on each rank before agreeing: tables, columns, key types."""
 from __future__ import annotations
 
-import logging
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, List, Sequence, Union
 
 import pyarrow as pa
 
-from .errors import InvalidArgumentError, MissingColumnError, SchemaMismatchError, UnsupportedTypeError
-from .transport import format_ranks
-
-logger = logging.getLogger(__name__)
-
-Signature = Tuple[Tuple[str, str], ...]
+from .errors import InvalidArgumentError, MissingColumnError, UnsupportedTypeError
 
 
 def as_column_list(value: Union[str, Sequence[str], None], what: str) -> List[str]:
@@ -50,61 +44,6 @@ def check_columns(table: pa.Table, columns: Sequence[str], what: str, role: str 
         raise MissingColumnError(
             f"{role}{plural} {', '.join(repr(m) for m in missing)} not found in {what} (columns: {have})"
         )
-
-
-def signature(schema: pa.Schema) -> Signature:
-    """Names and types of a schema, small and picklable, for cross-rank comparison."""
-    return tuple((field.name, str(field.type)) for field in schema)
-
-
-def check_same_schema(op: str, what: str, signatures: Sequence[Signature]) -> None:
-    """Raise :class:`SchemaMismatchError` on every rank when the ranks disagree.
-
-    Runs on the allgathered signatures, so every rank reaches the same verdict
-    without another collective.
-    """
-    if all(sig == signatures[0] for sig in signatures):
-        return
-    size = len(signatures)
-    names: Dict[Tuple[str, ...], List[int]] = {}
-    for rank, sig in enumerate(signatures):
-        names.setdefault(tuple(n for n, _ in sig), []).append(rank)
-    if len(names) > 1:
-        parts = [f"[{', '.join(cols)}] on {format_ranks(ranks, size)}" for cols, ranks in names.items()]
-        raise SchemaMismatchError(
-            f"{op}: {what} has different columns on different ranks: " + " vs ".join(parts)
-        )
-    for i, (name, _) in enumerate(signatures[0]):
-        types: Dict[str, List[int]] = {}
-        for rank, sig in enumerate(signatures):
-            types.setdefault(sig[i][1], []).append(rank)
-        if len(types) > 1:
-            parts = [f"{t} on {format_ranks(ranks, size)}" for t, ranks in types.items()]
-            raise SchemaMismatchError(
-                f"{op}: column {name!r} of {what} has different types on different ranks: "
-                + " but ".join(parts)
-            )
-
-
-def conform(table: pa.Table, like: pa.Schema) -> pa.Table:
-    """Give ``table`` exactly the schema ``like`` (same names and types already checked).
-
-    Only field nullability and metadata can differ; re-labelling the columns
-    copies nothing, and then every rank's pieces concatenate cleanly.
-    """
-    if table.schema.equals(like, check_metadata=True):
-        return table
-    return pa.Table.from_arrays(table.columns, schema=like)
-
-
-def canonical_schema(schema: pa.Schema) -> pa.Schema:
-    """The same names and types, all nullable, no metadata.
-
-    Ranks that agree on names and types derive the very same schema, so their
-    pieces concatenate after an exchange whatever nullability flags or
-    metadata each rank's table carried.
-    """
-    return pa.schema([pa.field(f.name, f.type, nullable=True) for f in schema])
 
 
 _HASHABLE_CHECKS = (

@@ -1,18 +1,18 @@
-"""Executor-side task dispatch: rank registry, placement, results, heartbeats.
+"""Executor-side task dispatch: the ZeroMQ loop, the rank registry and liveness, result routing.
 
 One thread owns a ZeroMQ ROUTER socket that every worker rank and the RAPTOR
-master connect to.  Tasks wait in a FIFO; a task is placed when one worker of
-its pool has enough free ranks (best fit: the worker with the fewest free
-ranks that still fits, ranks on one host first).  Smaller tasks may start
-ahead of a larger one that does not fit yet (backfill), but once a waiting
-task has been passed over ``starvation_limit`` times nothing behind it in its
-pool starts until it runs, so big tasks are never starved by streams of
-small ones.
+master connect to.  Which waiting task starts on which ranks is decided by
+:class:`~.placement.Placement` (FIFO, best fit, bounded backfill, cores per
+rank); the dispatcher tells it what happens and sends the tasks it starts.
 
 Ranks answer every heartbeat.  A rank whose process is gone (checked by PID
 for ranks on this host) or that has not answered for ``rank_timeout``
 seconds fails its worker: the MPI launcher does not always end a job when
 one of its ranks exits, and a task must not wait forever on a dead rank.
+
+When no worker is left, or the loop itself fails, the dispatcher is broken:
+pending, running and later tasks fail at once with ``ExecutorBroken``
+carrying the cause.  ``stop()`` fails what is left with ``ExecutorShutdown``.
 """
 from __future__ import annotations
 
@@ -22,39 +22,30 @@ import queue
 import socket
 import threading
 import time
-from collections import OrderedDict, defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import psutil
 import zmq
+from parsl.executors.errors import InvalidResourceSpecification
 from parsl.serialize import deserialize
 
-from ..errors import ExecutorShutdown, ResultError, WorkerLost
-from ..resources import ResourceSpec, pool_accepts
+from ..errors import ExecutorBroken, ExecutorShutdown, ResultError, WorkerLost
+from ..resources import ResourceSpec
 from . import protocol
+from .placement import Placed, Placement
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class _Worker:
-    uid: str
-    size: int
-    pool: str
-    gpus_per_rank: int = 0
-    identities: Dict[int, bytes] = field(default_factory=dict)
-    hosts: Dict[int, str] = field(default_factory=dict)
-    pids: Dict[int, int] = field(default_factory=dict)
-    last_seen: Dict[int, float] = field(default_factory=dict)  # rank -> time.monotonic()
-    local: Set[int] = field(default_factory=set)  # ranks whose PID this process can see
-    free: Set[int] = field(default_factory=set)
-    alive: bool = True
-
-    @property
-    def ready(self) -> bool:
-        return len(self.identities) == self.size
+class _Rank:
+    identity: bytes
+    host: str
+    pid: int
+    local: bool  # whether this process can see the rank's PID
+    last_seen: float  # time.monotonic() of its last message
 
 
 @dataclass
@@ -63,18 +54,13 @@ class _Task:
     spec: ResourceSpec
     message: Dict[str, Any]
     future: Future
-    submitted: float = field(default_factory=time.monotonic)
-    passed_over: int = 0
-    worker: Optional[str] = None
-    ranks: List[int] = field(default_factory=list)
     pending_ranks: Set[int] = field(default_factory=set)
     value: Optional[bytes] = None
     error: Optional[BaseException] = None
-    t_start: Optional[float] = None
 
 
 class Dispatcher:
-    """Places tasks on worker ranks and routes their results to futures.
+    """Sends tasks to worker ranks, watches the ranks, and routes their results to futures.
 
     Parameters
     ----------
@@ -108,22 +94,21 @@ class Dispatcher:
         self._wake_push.connect(self._wake_addr)
         self._commands: queue.Queue[Tuple[str, Any]] = queue.Queue()
         self._period = heartbeat_period
-        self._starvation_limit = starvation_limit
         self._rank_timeout = rank_timeout
         self._host = socket.gethostname()
+        self._placement = Placement(starvation_limit)
         self._rank_of: Dict[bytes, Tuple[str, int]] = {}  # identity -> (worker uid, rank)
-        self._workers: Dict[str, _Worker] = {}
+        self._ranks: Dict[str, Dict[int, _Rank]] = {}  # worker uid -> rank -> registry entry
         self._masters: Dict[bytes, Dict[str, Any]] = {}
-        self._pending: OrderedDict[str, _Task] = OrderedDict()
-        self._running: Dict[str, _Task] = {}
+        self._tasks: Dict[str, _Task] = {}  # waiting and running
         self._tags = itertools.count(1)
-        self._broken: Optional[BaseException] = None
+        self._refusal: Optional[BaseException] = None  # what every task fails with once broken or stopped
+        self._refusal_lock = threading.Lock()  # a submission is queued before the refusal, or refused
         self._stopping = threading.Event()
         self._ready_cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="rcylon-dispatcher", daemon=True)
         #: called as on_result(app name, value) for every successful task, before its future resolves
         self.on_result: Optional[Callable[[str, Any], None]] = None
-        self.task_times: Dict[str, Tuple[float, float]] = {}
         self.report_period = 30.0  # seconds between "pools: ..." log lines while work is queued
 
     # -- public API (any thread) ---------------------------------------------------
@@ -131,20 +116,11 @@ class Dispatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def expect_worker(self, uid: str, size: int, pool: str = "default", gpus_per_rank: int = 0) -> None:
+    def expect_worker(self, uid: str, size: int, pool: str = "default", gpus_per_rank: int = 0,
+                      cores_per_rank: int = 1) -> None:
         """Declare a worker before it starts, so submissions can be validated."""
-        self._workers[uid] = _Worker(uid=uid, size=size, pool=pool, gpus_per_rank=gpus_per_rank)
-
-    def pools(self) -> Dict[str, List[int]]:
-        """Sizes of the live workers of each pool."""
-        out: Dict[str, List[int]] = defaultdict(list)
-        for w in list(self._workers.values()):
-            if w.alive:
-                out[w.pool].append(w.size)
-        return dict(out)
-
-    def can_hold(self, spec: ResourceSpec) -> bool:
-        return any(self._fits_worker(w, spec) for w in list(self._workers.values()) if w.alive)
+        self._ranks[uid] = {}
+        self._placement.add_worker(uid, size, pool, gpus_per_rank, cores_per_rank)
 
     def wait_ready(self, timeout: float, failed: Callable[[], Optional[str]]) -> None:
         """Block until every expected rank said READY; raise if ``failed()`` says why not."""
@@ -154,20 +130,23 @@ class Dispatcher:
                 reason = failed()
                 if reason:
                     raise RuntimeError(reason)
-                if all(w.ready for w in self._workers.values()):
+                workers = self._placement.workers()
+                if all(w.ready for w in workers):
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    missing = {w.uid: w.size - len(w.identities) for w in self._workers.values() if not w.ready}
+                    missing = {w.uid: w.size - len(w.hosts) for w in workers if not w.ready}
                     raise TimeoutError(f"workers did not start within {timeout:.0f} s (ranks missing: {missing})")
                 self._ready_cond.wait(timeout=min(left, 0.5))
 
     def submit(self, uid: str, spec: ResourceSpec, message: Dict[str, Any]) -> Future:
+        """Queue a task; its future fails at once if the dispatcher is broken or stopped."""
         fut: Future = Future()
-        if self._broken is not None:
-            fut.set_exception(self._broken)
-            return fut
-        self._post("submit", _Task(uid=uid, spec=spec, message=message, future=fut))
+        with self._refusal_lock:
+            if self._refusal is None:
+                self._post("submit", _Task(uid=uid, spec=spec, message=message, future=fut))
+                return fut
+        fut.set_exception(self._refusal)
         return fut
 
     def worker_failed(self, uid: str, reason: str) -> None:
@@ -175,20 +154,7 @@ class Dispatcher:
 
     def stats(self) -> Dict[str, Dict[str, int]]:
         """Per-pool view: ranks busy and idle, tasks queued and running."""
-        view: Dict[str, Dict[str, int]] = defaultdict(lambda: {"ranks": 0, "busy": 0, "idle": 0,
-                                                               "queued": 0, "running": 0})
-        for w in list(self._workers.values()):
-            if w.alive:
-                v = view[w.pool]
-                v["ranks"] += w.size
-                v["idle"] += len(w.free)
-                v["busy"] += len(w.identities) - len(w.free)
-        for t in list(self._pending.values()):
-            view[t.spec.pool or "default"]["queued"] += 1
-        for t in list(self._running.values()):
-            pool = self._workers[t.worker].pool if t.worker in self._workers else "default"
-            view[pool]["running"] += 1
-        return dict(view)
+        return self._placement.stats()
 
     def stop(self, reason: str = "executor shut down") -> None:
         """Tell every rank and master to stop, fail what is left, end the thread."""
@@ -223,11 +189,10 @@ class Dispatcher:
                         self._wake_pull.recv()
                 if self._router in events:
                     for _ in range(1000):  # drain, but let commands in between bursts
-                        try:
-                            frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
-                        except zmq.Again:
+                        message = self._receive()
+                        if message is None:
                             break
-                        self._on_message(frames[0], frames[1:])
+                        self._on_message(*message)
                 while True:
                     try:
                         kind, body = self._commands.get_nowait()
@@ -242,12 +207,38 @@ class Dispatcher:
                     self._check_ranks()
                     self._broadcast(protocol.HEARTBEAT)
                     next_beat = time.monotonic() + self._period
-                    if (self._pending or self._running) and time.monotonic() >= next_report:
+                    if self._placement.busy() and time.monotonic() >= next_report:
                         logger.info("pools: %s", self.stats())
                         next_report = time.monotonic() + self.report_period
         except Exception as exc:  # a bug here must not leave futures hanging
             logger.exception("dispatcher loop failed")
-            self._break(ResultError(None, f"dispatcher failed: {exc!r}"))
+            self._break(exc, f"the dispatcher loop failed: {exc!r}")
+        finally:
+            self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """The loop has ended: fail the submissions it will never read."""
+        if self._refusal is None:  # ended by something other than stop() or a caught failure
+            self._break(RuntimeError("the dispatcher loop ended"))
+        while True:
+            try:
+                kind, body = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit" and not body.future.done():
+                body.future.set_exception(self._refusal)
+
+    def _receive(self) -> Optional[Tuple[bytes, bytes, Any]]:
+        """The next message from a peer as (identity, kind, body), or None when none waits.
+
+        The one place where a peer's frames are decoded.
+        """
+        try:
+            frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        kind, body = protocol.unpack(frames[1:])
+        return frames[0], kind, body
 
     def _send(self, identity: bytes, kind: bytes, body: Any = None) -> bool:
         try:
@@ -258,35 +249,35 @@ class Dispatcher:
             return False
 
     def _broadcast(self, kind: bytes) -> None:
-        for w in self._workers.values():
-            if w.alive:
-                for ident in w.identities.values():
-                    self._send(ident, kind)
+        for uid, ranks in self._ranks.items():
+            w = self._placement.worker(uid)
+            if w is not None and w.alive:
+                for entry in ranks.values():
+                    self._send(entry.identity, kind)
         for ident in self._masters:
             self._send(ident, kind)
 
     def _check_ranks(self) -> None:
         now = time.monotonic()
-        for w in list(self._workers.values()):
-            if not w.alive:
+        for uid, ranks in list(self._ranks.items()):
+            w = self._placement.worker(uid)
+            if w is None or not w.alive:
                 continue
-            for rank in list(w.identities):
-                pid, host = w.pids.get(rank), w.hosts.get(rank)
-                silent = now - w.last_seen.get(rank, now)
+            for rank, entry in list(ranks.items()):
+                silent = now - entry.last_seen
                 reason = None
-                if rank in w.local and not _running(pid):
-                    reason = f"rank {rank} (pid {pid} on {host}) exited"
+                if entry.local and not _running(entry.pid):
+                    reason = f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
                 elif silent > self._rank_timeout:
-                    reason = f"rank {rank} (pid {pid} on {host}) has not answered for {silent:.0f} s"
+                    reason = f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for {silent:.0f} s"
                 if reason:
-                    self._on_worker_failed((w.uid, reason))
+                    self._on_worker_failed((uid, reason))
                     break
 
-    def _on_message(self, identity: bytes, frames: List[bytes]) -> None:
-        kind, body = protocol.unpack(frames)
+    def _on_message(self, identity: bytes, kind: bytes, body: Any) -> None:
         seen = self._rank_of.get(identity)
-        if seen is not None and seen[0] in self._workers:
-            self._workers[seen[0]].last_seen[seen[1]] = time.monotonic()
+        if seen is not None:
+            self._ranks[seen[0]][seen[1]].last_seen = time.monotonic()
         if kind == protocol.ALIVE:
             return
         if kind == protocol.RESULT:
@@ -303,38 +294,44 @@ class Dispatcher:
             self._masters[identity] = info
             logger.info("RAPTOR master %s ready (pid %s on %s)", info["master"], info["pid"], info["host"])
             return
-        w = self._workers.get(info["worker"])
-        if w is None:  # a worker we did not expect: adopt it
-            w = self._workers[info["worker"]] = _Worker(uid=info["worker"], size=info["size"], pool=info["pool"])
-        rank = info["rank"]
-        self._rank_of[identity] = (w.uid, rank)
-        w.last_seen[rank] = time.monotonic()
+        uid, rank = info["worker"], info["rank"]
+        if self._placement.worker(uid) is None:  # a worker we did not expect: adopt it
+            self.expect_worker(uid, info["size"], info["pool"])
+        self._rank_of[identity] = (uid, rank)
         # Same host name and a visible PID: a rank in another PID namespace
         # (a container) is judged by its answers alone.
-        if info["host"] == self._host and _running(info["pid"]):
-            w.local.add(rank)
-        w.identities[rank] = identity
-        w.hosts[rank] = info["host"]
-        w.pids[rank] = info["pid"]
-        w.free.add(rank)
+        local = info["host"] == self._host and _running(info["pid"])
+        self._ranks[uid][rank] = _Rank(identity, info["host"], info["pid"], local, time.monotonic())
+        w = self._placement.join(uid, rank, info["host"])
         if w.ready:
-            logger.info("worker %s ready: %d ranks on %s", w.uid, w.size, sorted(set(w.hosts.values())))
+            logger.info("worker %s ready: %d ranks on %s", uid, w.size, sorted(set(w.hosts.values())))
         with self._ready_cond:
             self._ready_cond.notify_all()
 
     def _on_submit(self, task: _Task) -> None:
-        if self._broken is not None:
-            task.future.set_exception(self._broken)
+        if self._refusal is not None:
+            task.future.set_exception(self._refusal)
             return
-        if not self.can_hold(task.spec):
-            task.future.set_exception(WorkerLost(None, f"task {task.uid} needs {task.spec.ranks} ranks "
-                                                       f"but the live pools are {self.pools()}"))
+        if not self._placement.accepts(task.spec):
+            task.future.set_exception(self._cannot_hold(task))
             return
-        self._pending[task.uid] = task
+        self._tasks[task.uid] = task
+        self._placement.enqueue(task.uid, task.spec)
+
+    def _cannot_hold(self, task: _Task) -> BaseException:
+        spec = task.spec
+        if self._placement.accepts(spec, live=False):
+            return WorkerLost(None, f"task {task.uid} needs {spec.ranks} ranks but the live pools are "
+                                    f"{self._placement.pools()}")
+        layouts = {w.uid: w.host_sizes() for w in self._placement.workers()}
+        return InvalidResourceSpecification(
+            {"ranks", "cores_per_rank"},
+            f"task {task.uid} needs {spec.ranks} rank(s) of {spec.cores_per_rank} core(s) each, the cores "
+            f"of each rank on one host; no worker can hold it (ranks per host: {layouts})")
 
     def _on_result(self, report: Dict[str, Any]) -> None:
-        task = self._running.get(report["uid"])
-        if task is None:
+        task = self._tasks.get(report["uid"])
+        if task is None or not task.pending_ranks:
             return
         rank = report["rank"]
         task.pending_ranks.discard(rank)
@@ -345,15 +342,12 @@ class Dispatcher:
                     task.future.set_exception(task.error)
         elif rank == 0:
             task.value = report.get("value")
-            task.t_start = report.get("t_start")
         if not task.pending_ranks:
-            self._finish(task, report)
+            self._finish(task)
 
-    def _finish(self, task: _Task, last_report: Dict[str, Any]) -> None:
-        del self._running[task.uid]
-        w = self._workers.get(task.worker or "")
-        if w is not None and w.alive:
-            w.free.update(task.ranks)
+    def _finish(self, task: _Task) -> None:
+        del self._tasks[task.uid]
+        self._placement.finish(task.uid)
         if task.error is None and not task.future.done():
             try:
                 value = deserialize(task.value)
@@ -363,94 +357,63 @@ class Dispatcher:
             except Exception as exc:
                 task.future.set_exception(ResultError(None, f"result of task {task.uid} "
                                                             f"cannot be deserialized: {exc!r}"))
-        if task.t_start is not None:
-            self.task_times[task.uid] = (task.t_start, last_report.get("t_end", time.time()))
 
     def _on_worker_failed(self, args: Tuple[str, str]) -> None:
         uid, reason = args
-        w = self._workers.get(uid)
+        w = self._placement.worker(uid)
         if w is None or not w.alive:
             return
-        w.alive = False
-        w.free.clear()
         logger.error("worker %s lost: %s", uid, reason)
-        for task in [t for t in self._running.values() if t.worker == uid]:
-            del self._running[task.uid]
+        for tid in self._placement.lose_worker(uid):
+            task = self._tasks.pop(tid)
             if not task.future.done():
-                task.future.set_exception(WorkerLost(None, f"task {task.uid} ({task.message.get('name')}) "
+                task.future.set_exception(WorkerLost(None, f"task {tid} ({task.message.get('name')}) "
                                                            f"lost its worker {uid}: {reason}"))
-        if not any(x.alive for x in self._workers.values()):
+        if not self._placement.any_alive():
             self._break(WorkerLost(None, f"no MPI worker is left (last lost: {uid}: {reason})"))
             return
-        for task in list(self._pending.values()):
-            if not self.can_hold(task.spec):
-                del self._pending[task.uid]
-                task.future.set_exception(WorkerLost(None, f"task {task.uid} needs {task.spec.ranks} ranks; "
-                                                           f"no live worker can hold it after {uid} was lost"))
+        for tid in self._placement.unplaceable():
+            task = self._tasks.pop(tid)
+            task.future.set_exception(WorkerLost(None, f"task {tid} needs {task.spec.ranks} ranks; "
+                                                       f"no live worker can hold it after {uid} was lost"))
         with self._ready_cond:
             self._ready_cond.notify_all()
 
-    def _break(self, exc: BaseException) -> None:
-        """Enter the broken state: fail everything pending or running, refuse new work."""
-        self._broken = exc
-        for task in list(self._pending.values()) + list(self._running.values()):
+    def _fail_all(self, exc: BaseException) -> None:
+        """Fail every waiting and running task with ``exc``, and every later one."""
+        with self._refusal_lock:
+            self._refusal = exc
+        for uid in self._placement.clear():
+            task = self._tasks.pop(uid)
             if not task.future.done():
                 task.future.set_exception(exc)
-        self._pending.clear()
-        self._running.clear()
+
+    def _break(self, cause: BaseException, reason: Optional[str] = None) -> None:
+        """Enter the broken state: no task can run any more, because of ``cause``."""
+        self._fail_all(ExecutorBroken.because(cause, reason))
+        with self._ready_cond:
+            self._ready_cond.notify_all()
 
     def _shutdown_ranks(self, reason: str) -> None:
         self._broadcast(protocol.STOP)
-        self._break(ExecutorShutdown(None, f"{reason} before the task finished"))
+        self._fail_all(ExecutorShutdown(None, f"{reason} before the task finished"))
 
-    # -- placement -----------------------------------------------------------------
-
-    def _fits_worker(self, w: _Worker, spec: ResourceSpec) -> bool:
-        cpu_pool = any(x.alive and not x.gpus_per_rank for x in self._workers.values())
-        return pool_accepts(spec, w.pool, w.size, w.gpus_per_rank, cpu_pool)
+    # -- starting tasks ------------------------------------------------------------
 
     def _schedule(self) -> None:
-        blocked_pools: Set[str] = set()
-        waiting: List[_Task] = []  # tasks this pass could not place, in FIFO order
-        for task in list(self._pending.values()):
-            if not any(w.free for w in self._workers.values() if w.alive):
+        for placed in self._placement.place():
+            task = self._tasks.get(placed.uid)
+            if task is not None:  # not failed with its worker earlier in this pass
+                self._start(task, placed)
+
+    def _start(self, task: _Task, placed: Placed) -> None:
+        task.pending_ranks = set(range(len(placed.ranks)))
+        message = dict(task.message, ranks=list(placed.ranks), cores=placed.cores, tag=next(self._tags) % 32000)
+        ranks = self._ranks[placed.worker]
+        for world_rank in placed.ranks:
+            if not self._send(ranks[world_rank].identity, protocol.TASK, message):
+                self._on_worker_failed((placed.worker, f"rank {world_rank} is unreachable"))
                 return
-            candidates = [w for w in self._workers.values()
-                          if w.alive and w.ready and self._fits_worker(w, task.spec)]
-            usable = [w for w in candidates if len(w.free) >= task.spec.ranks and w.pool not in blocked_pools]
-            if not usable:
-                waiting.append(task)
-                if task.passed_over >= self._starvation_limit:
-                    blocked_pools.update(w.pool for w in candidates)
-                continue
-            w = min(usable, key=lambda x: len(x.free))
-            self._start(task, w, _pick_ranks(w, task.spec.ranks))
-            for earlier in waiting:
-                earlier.passed_over += 1
-
-    def _start(self, task: _Task, w: _Worker, ranks: List[int]) -> None:
-        del self._pending[task.uid]
-        w.free.difference_update(ranks)
-        task.worker = w.uid
-        task.ranks = ranks
-        task.pending_ranks = set(range(len(ranks)))
-        message = dict(task.message, ranks=ranks, tag=next(self._tags) % 32000)
-        self._running[task.uid] = task
-        for world_rank in ranks:
-            if not self._send(w.identities[world_rank], protocol.TASK, message):
-                self._on_worker_failed((w.uid, f"rank {world_rank} is unreachable"))
-                return
-
-
-def _pick_ranks(w: _Worker, n: int) -> List[int]:
-    """Lowest free ranks, all on one host when one host has enough."""
-    by_host: Dict[str, List[int]] = defaultdict(list)
-    for r in sorted(w.free):
-        by_host[w.hosts.get(r, "")].append(r)
-    for ranks in sorted(by_host.values(), key=len):
-        if len(ranks) >= n:
-            return ranks[:n]
-    return sorted(w.free)[:n]
 
 
 def _report_error(report: Dict[str, Any], task: _Task) -> BaseException:

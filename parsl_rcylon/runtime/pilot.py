@@ -8,15 +8,12 @@ the result can be checked on a laptop before a job waits in a queue.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 from ..resources import PilotSpec, WorkerPool
-
-logger = logging.getLogger(__name__)
 
 
 class ResourceConfigError(ValueError):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Iterable, List
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, List
 
 import psutil
 
@@ -59,3 +61,56 @@ def end_processes(procs: List[psutil.Process], grace: float = 2.0,
 def end_session(sid: str, grace: float = 2.0) -> List[int]:
     """End every process of session ``sid`` except this one."""
     return end_processes(session_processes(sid), grace=grace)
+
+
+@dataclass
+class SessionCpu:
+    """CPU a session's processes, and this client, used over one window.
+
+    Parameters
+    ----------
+    by_component : dict of str to float
+        Cores used, by RP component (``rp.agent_scheduling``, ``radical-pilot-bridge``,
+        the worker or master script, ...).
+    processes : int
+        Processes of the session.
+    client : float
+        Cores this process used.
+    """
+
+    by_component: Dict[str, float]
+    processes: int
+    client: float
+
+
+def session_cpu(sid: str, seconds: float) -> SessionCpu:
+    """Measure the CPU used by session ``sid``'s processes, and this client's, over ``seconds``."""
+    procs = session_processes(sid)
+    me = psutil.Process()
+    before = [_cpu_seconds(p) for p in procs]
+    mine = _cpu_seconds(me)
+    time.sleep(seconds)
+    by_component: Dict[str, float] = {}
+    for proc, used in zip(procs, before, strict=True):
+        key = component(proc)
+        by_component[key] = by_component.get(key, 0.0) + max(0.0, _cpu_seconds(proc) - used) / seconds
+    return SessionCpu(by_component, len(procs), (_cpu_seconds(me) - mine) / seconds)
+
+
+def component(proc: psutil.Process) -> str:
+    """The RP component a session process is, from its title or command line."""
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    # RP renames its components (rp.agent_scheduling.0000); workers and the master show their script.
+    words = [os.path.basename(w) for w in cmd[:3] if not w.endswith("python3") and not w.endswith("python")]
+    return (words[0] if words else proc.name()).split(".0000")[0]
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0

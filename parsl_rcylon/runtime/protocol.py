@@ -10,7 +10,8 @@ import pickle
 from typing import Any, List, Tuple
 
 # executor -> rank / master
-TASK = b"T"        # body: task dict (see Dispatcher._task_message)
+TASK = b"T"        # body: task dict (RadicalCylonExecutor.submit's message, plus ranks, cores and tag
+                   # from Dispatcher._start)
 HEARTBEAT = b"H"   # body: None; absence for too long means the client died
 STOP = b"S"        # body: None; end cleanly
 

@@ -6,17 +6,13 @@ resolve the task's future, and the rank stays usable for the next task.
 """
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from typing import Any, Dict, Optional
 
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
 from ..context import CylonContext
-
-logger = logging.getLogger(__name__)
 
 
 def _wrap_exception(exc: BaseException, rank: int, size: int, task: Dict[str, Any]) -> RemoteExceptionWrapper:
@@ -49,7 +45,7 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
     they succeeded, so a task's result crosses the network once.
     """
     rank, size = comm.Get_rank(), comm.Get_size()
-    report: Dict[str, Any] = {"uid": task["uid"], "rank": rank, "ok": False, "t_start": time.time()}
+    report: Dict[str, Any] = {"uid": task["uid"], "rank": rank, "ok": False}
     value: Any = None
     ok = False
     ctx: Optional[CylonContext] = None
@@ -57,6 +53,8 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
         fn, args, kwargs = unpack_apply_message(task["payload"])
         kwargs.pop("parsl_resource_specification", None)
         if task["cylon"]:
+            from ..table import publish_result, resolve_arguments
+
             ctx = CylonContext(
                 comm,
                 task_id=task["uid"],
@@ -65,8 +63,9 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
                 data_dir=task.get("data_dir"),
                 gpu_ids=gpu_ids,
                 options=task.get("options"),
+                cores=task.get("cores", 1),
             )
-            args, kwargs = _resolve_arguments(ctx, fn, args, kwargs)
+            args, kwargs = resolve_arguments(ctx, fn, args, kwargs)
             error: Optional[BaseException] = None
             try:
                 value = fn(ctx, *args, **kwargs)
@@ -82,12 +81,11 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
         report["error"] = _portable_error(_wrap_exception(exc, rank, size, task))
     if ctx is not None:
         try:
-            value = _publish_result(ctx, value, ok)
+            value = publish_result(ctx, value, ok=ok)
         except BaseException as exc:
             if ok:
                 report["error"] = _portable_error(_wrap_exception(exc, rank, size, task))
                 ok = False
-    report["t_end"] = time.time()
     if ok and rank == 0:
         try:
             report["value"] = serialize(value)
@@ -99,19 +97,3 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
     sys.stdout.flush()
     sys.stderr.flush()
     return report
-
-
-def _resolve_arguments(ctx: CylonContext, fn, args, kwargs):
-    try:
-        from ..table import resolve_arguments
-    except ImportError:  # data plane not present: arguments pass unchanged
-        return args, kwargs
-    return resolve_arguments(ctx, fn, args, kwargs)
-
-
-def _publish_result(ctx: CylonContext, value: Any, ok: bool) -> Any:
-    try:
-        from ..table import publish_result
-    except ImportError:
-        return value
-    return publish_result(ctx, value, ok=ok)

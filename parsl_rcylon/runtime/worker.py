@@ -198,10 +198,7 @@ def _preload() -> None:
     """
     import parsl.serialize  # noqa: F401
 
-    try:
-        import parsl_rcylon.table  # noqa: F401
-    except ImportError:
-        pass
+    import parsl_rcylon.table  # noqa: F401
 
 
 def _visible_gpus() -> List[int]:

@@ -14,97 +14,27 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import dataclass, fields
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ..engine.schemas import conform
+from ..options import TableOptions
 from .errors import TableCorruptError, TableError
 from .manifest import Partition, Segment
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("parquet", "ipc")
 SUFFIX = {"parquet": ".parquet", "ipc": ".arrow"}
-PARQUET_CODECS = ("none", "snappy", "lz4", "zstd", "gzip", "brotli")
-IPC_CODECS = ("none", "lz4", "zstd")
-VERIFY_LEVELS = ("checksum", "full", "footer")
-
-# Chosen by measurement (docs/tables.md, benchmarks/handoff.py): on this
-# machine uncompressed Parquet without dictionary encoding of plain columns
-# had the fastest write+read of the four codecs for the benchmark table.
-DEFAULT_COMPRESSION = "none"
-# Row groups bound how much a rank reads beyond its share at each boundary,
-# and how finely a table can be split; measured in docs/tables.md.
-DEFAULT_ROW_GROUP_SIZE = 256 * 1024
 
 
-@dataclass(frozen=True)
-class WriteOptions:
-    """How a task's result table is written (``ctx.options`` keys of the same names).
-
-    Parameters
-    ----------
-    format : {"parquet", "ipc"}
-        File format of the partitions.
-    compression : str
-        Parquet: none, snappy, lz4, zstd, gzip, brotli.  IPC: none, lz4, zstd.
-    compression_level : int, optional
-        Codec level, where the codec has levels.
-    row_group_size : int
-        Rows per Parquet row group or IPC record batch.
-    use_dictionary : "auto", bool or list of str
-        Parquet dictionary encoding.  ``"auto"`` encodes only columns that are
-        Arrow dictionary columns: elsewhere it costs write time for a size gain
-        that a local hand-off does not need.
-    keep : bool
-        Whether the table outlives the workflow's use of it (the executor
-        deletes tables with ``keep=False`` once no task needs them).
-    fsync : bool
-        Flush files to stable storage before committing (survives node crashes,
-        costs a disk flush per file).
-    """
-
-    format: str = "parquet"
-    compression: str = DEFAULT_COMPRESSION
-    compression_level: Optional[int] = None
-    row_group_size: int = DEFAULT_ROW_GROUP_SIZE
-    use_dictionary: Any = "auto"
-    keep: bool = True
-    fsync: bool = False
-
-    @classmethod
-    def from_options(cls, options: Optional[Mapping[str, Any]]) -> WriteOptions:
-        """Pick this class's keys out of ``options`` (other keys belong to others) and check them."""
-        options = dict(options or {})
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in options.items() if k in known and v is not None}
-        if "compression" in kwargs:
-            kwargs["compression"] = str(kwargs["compression"]).lower()
-        if "format" in kwargs:
-            kwargs["format"] = str(kwargs["format"]).lower()
-            if kwargs["format"] == "arrow":
-                kwargs["format"] = "ipc"
-        opts = cls(**kwargs)
-        opts.check()
-        return opts
-
-    def check(self) -> None:
-        if self.format not in FORMATS:
-            raise TableError(f"table option format={self.format!r}: expected one of {FORMATS}")
-        codecs = PARQUET_CODECS if self.format == "parquet" else IPC_CODECS
-        if self.compression not in codecs:
-            raise TableError(f"table option compression={self.compression!r} is not available for "
-                             f"{self.format}: expected one of {codecs}")
-        if not isinstance(self.row_group_size, int) or self.row_group_size < 1:
-            raise TableError(f"table option row_group_size={self.row_group_size!r}: expected a positive int")
-
-    def dictionary_columns(self, schema: pa.Schema) -> Any:
-        if self.use_dictionary == "auto":
-            return [f.name for f in schema if pa.types.is_dictionary(f.type)]
-        return self.use_dictionary
+def dictionary_columns(opts: TableOptions, schema: pa.Schema) -> Any:
+    """Parquet's ``use_dictionary`` for ``schema`` under ``opts.use_dictionary`` (``"auto"``: dictionary columns)."""
+    if opts.use_dictionary == "auto":
+        return [f.name for f in schema if pa.types.is_dictionary(f.type)]
+    return opts.use_dictionary
 
 
 # -- byte ranges and checksums ------------------------------------------------
@@ -201,7 +131,7 @@ def parquet_layout(mm: pa.MemoryMappedFile, path: str, with_segments: bool
 
 # -- writing ------------------------------------------------------------------
 
-def write_partition(table: pa.Table, directory: str, filename: str, opts: WriteOptions,
+def write_partition(table: pa.Table, directory: str, filename: str, opts: TableOptions,
                     rank: Optional[int] = None) -> Partition:
     """Write ``table`` to ``directory/filename`` atomically and describe the file."""
     t0 = time.perf_counter()
@@ -240,20 +170,20 @@ def write_partition(table: pa.Table, directory: str, filename: str, opts: WriteO
                      write_seconds=time.perf_counter() - t0)
 
 
-def _write_parquet(table: pa.Table, path: str, opts: WriteOptions) -> None:
+def _write_parquet(table: pa.Table, path: str, opts: TableOptions) -> None:
     # The layout is read back from the footer, which knows where row groups start.
     pq.write_table(
         table, path,
         row_group_size=opts.row_group_size,
         compression=opts.compression,
         compression_level=opts.compression_level,
-        use_dictionary=opts.dictionary_columns(table.schema),
+        use_dictionary=dictionary_columns(opts, table.schema),
         write_statistics=True,
         store_schema=True,
     )
 
 
-def _write_ipc(table: pa.Table, path: str, opts: WriteOptions) -> List[Tuple[int, int]]:
+def _write_ipc(table: pa.Table, path: str, opts: TableOptions) -> List[Tuple[int, int]]:
     """Write an IPC file; returns (end offset, rows) of each record batch.
 
     The IPC footer records batch offsets but pyarrow does not expose them, so
@@ -330,18 +260,6 @@ def _finish(table: pa.Table, columns: Optional[Sequence[str]], filter: Any) -> p
     return table
 
 
-def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
-    """Give ``table`` exactly ``schema`` (names of list children, dictionary index types, metadata)."""
-    if table.schema.equals(schema, check_metadata=True) and str(table.schema) == str(schema):
-        return table
-    # Schema equality ignores the names of list children (Parquet says
-    # "element", Arrow "item"); casting to identical types copies nothing.
-    try:
-        return table.cast(schema)
-    except (pa.ArrowException, ValueError) as err:
-        raise TableCorruptError(f"{where}: data do not match the table's schema: {err}") from None
-
-
 Piece = Tuple[int, int, int]  # (row group or batch index, first row, end row) within the file
 
 
@@ -358,7 +276,7 @@ def read_pieces(fmt: str, path: str, part: Partition, pieces: Sequence[Piece], s
         if fmt == "parquet":
             table = _read_parquet(mm, path, part, pieces, schema, columns, filter, verify, use_threads)
         elif fmt == "ipc":
-            table = _read_ipc(mm, path, part, pieces, schema, columns, filter, verify)
+            table = _read_ipc_file(mm, path, part, pieces, schema, columns, filter, verify)
         else:
             raise TableError(f"{path}: unknown table format {fmt!r}")
     finally:
@@ -366,7 +284,10 @@ def read_pieces(fmt: str, path: str, part: Partition, pieces: Sequence[Piece], s
         mm.close()
     target = schema if columns is None else pa.schema([schema.field(c) for c in columns],
                                                       metadata=schema.metadata)
-    return conform(table, target, path)
+    try:
+        return conform(table, target)
+    except (pa.ArrowException, ValueError) as err:
+        raise TableCorruptError(f"{path}: data do not match the table's schema: {err}") from None
 
 
 def _verify_segments(mm, path: str, part: Partition, indices: Iterable[int], verify: str, kind: str,
@@ -421,7 +342,7 @@ def _prune_row_groups(path: str, pf: pq.ParquetFile, pieces: List[Piece], filter
     return [p for p in pieces if p[0] in keep]
 
 
-def _read_ipc(mm, path, part, pieces, schema, columns, filter, verify) -> pa.Table:
+def _read_ipc_file(mm, path, part, pieces, schema, columns, filter, verify) -> pa.Table:
     wanted = [p for p in pieces if p[2] > p[1]]
     # Batch 0's segment holds the schema and dictionaries every batch depends on.
     _verify_segments(mm, path, part, [p[0] for p in wanted], verify, "record batch",

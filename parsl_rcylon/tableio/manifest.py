@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from .errors import ManifestError
-
-logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_rcylon_manifest.json"
 MANIFEST_VERSION = 1

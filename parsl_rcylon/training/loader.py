@@ -324,7 +324,8 @@ class TorchLoader:
         row_bytes = own.shape[1] * own.itemsize
         sendcounts = even_split(own.shape[0], self.size) * row_bytes
         recvcounts = np.array([even_split(c, self.size)[self.rank] for c in self.counts], dtype=np.int64) * row_bytes
-        received = exchange_bytes(self.ctx.comm, send.view(np.uint8).reshape(-1), sendcounts, recvcounts)
+        received = exchange_bytes(self.ctx.comm, send.view(np.uint8).reshape(-1), sendcounts, recvcounts,
+                                  limit=self.ctx.options.engine.max_message_bytes)
         rows = np.frombuffer(received, dtype=own.dtype).reshape(-1, own.shape[1])
         self._stats.exchange += time.perf_counter() - t0
         return rows

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from mpi4py import MPI
 
 from parsl_rcylon import engine
 from parsl_rcylon.engine import transport
-from parsl_rcylon.engine.kernels import KERNEL_ENV
+from parsl_rcylon.options import ENGINE_ENV, EngineOptions
 
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
@@ -231,31 +230,31 @@ def join() -> None:
 
 
 @contextlib.contextmanager
-def bucketing(bucket_rows: Optional[int] = None, rounds: Optional[int] = None) -> Iterator[None]:
-    """The join with ``bucket_rows`` rows per bucket (both kernels) in ``rounds`` rounds; None keeps the default."""
-    join_module = importlib.import_module("parsl_rcylon.engine.join")
-    saved = join_module.BUCKET_ROWS, join_module.DUCKDB_BUCKET_ROWS, join_module.ROUNDS
-    if bucket_rows is not None:
-        join_module.BUCKET_ROWS = join_module.DUCKDB_BUCKET_ROWS = bucket_rows
-    if rounds is not None:
-        join_module.ROUNDS = rounds
+def engine_env(**values: Any) -> Iterator[None]:
+    """Engine options set through their environment variables (read when an operation runs); None skips one."""
+    names = {ENGINE_ENV[key]: value for key, value in values.items() if value is not None}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(value) for name, value in names.items()})
     try:
         yield
     finally:
-        join_module.BUCKET_ROWS, join_module.DUCKDB_BUCKET_ROWS, join_module.ROUNDS = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def bucketing(bucket_rows: Optional[int] = None, rounds: Optional[int] = None, kernel: Optional[str] = None
+              ) -> contextlib.AbstractContextManager:
+    """The join with ``bucket_rows`` rows per bucket (both kernels) in ``rounds`` rounds; None keeps the default."""
+    return engine_env(join_bucket_rows=bucket_rows, join_duckdb_bucket_rows=bucket_rows, join_rounds=rounds,
+                      join_kernel=kernel)
 
 
 def _join_with(bucket_rows: int, kernel: str, rounds: int) -> None:
-    saved = os.environ.get(KERNEL_ENV)
-    os.environ[KERNEL_ENV] = kernel
-    try:
-        with bucketing(bucket_rows, rounds):
-            CASES["join"]()
-    finally:
-        if saved is None:
-            del os.environ[KERNEL_ENV]
-        else:
-            os.environ[KERNEL_ENV] = saved
+    with bucketing(bucket_rows, rounds, kernel):
+        CASES["join"]()
 
 
 @case
@@ -533,8 +532,7 @@ def collectives() -> None:
 @case
 def chunked_messages() -> None:
     """Exchanges above the message limit go as chunked point-to-point messages."""
-    os.environ[transport.MAX_MESSAGE_ENV] = "200"
-    try:
+    with engine_env(max_message_bytes=200):
         rng = np.random.default_rng(7 + RANK)
         n = 700 + 300 * RANK
         mine = pa.table({"k": rng.integers(0, 50, n), "s": pa.array([f"value-{x}" for x in rng.integers(0, 999, n)])})
@@ -558,8 +556,6 @@ def chunked_messages() -> None:
             return same_multiset(pa.concat_tables(joined), whole.join(whole.rename_columns(["k", "t"]), "k"))
 
         check_on_root(compare)
-    finally:
-        del os.environ[transport.MAX_MESSAGE_ENV]
 
 
 @case
@@ -621,6 +617,9 @@ def errors() -> None:
                      engine.SchemaMismatchError, "'k'", "rank 0", "string")
         expect_error("sort types across ranks", lambda: engine.sort(COMM, mixed, "k"),
                      engine.SchemaMismatchError, "'k'")
+        expect_error("engine options across ranks",
+                     lambda: engine.sort(COMM, table, "k", options=EngineOptions(join_rounds=1 + RANK)),
+                     engine.InvalidArgumentError, "other engine options than rank 0")
     expect_error("unknown how", lambda: engine.join(COMM, table, table, on="k", how="sideways"),
                  engine.InvalidArgumentError, "sideways")
     expect_error("unknown aggregation", lambda: engine.groupby(COMM, table, "k", [("v", "median-ish")]),

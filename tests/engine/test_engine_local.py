@@ -11,10 +11,10 @@ import pytest
 from mpi4py import MPI
 
 from parsl_rcylon import engine
-from parsl_rcylon.engine import hashing
+from parsl_rcylon.engine import grouping, hashing
+from parsl_rcylon.engine.agreement import agree, format_ranks
 from parsl_rcylon.engine.groupby import parse_aggregations
 from parsl_rcylon.engine.sort import SortKey, _sort_ints, local_sort_indices, parse_sort_keys
-from parsl_rcylon.engine.transport import agree, format_ranks
 
 COMM = MPI.COMM_SELF
 
@@ -56,15 +56,17 @@ def test_hash_normalises_floats_and_decodes_dictionaries() -> None:
 
 def test_hash_distributes_evenly() -> None:
     for arr in (pa.array(np.arange(40_000)), pa.array([f"user-{i:06d}" for i in range(40_000)])):
-        parts = hashing.to_partitions(hashes(arr), 4)
+        parts = grouping.to_partitions(hashes(arr), 4)
         counts = np.bincount(parts, minlength=4)
         assert counts.min() > 0.9 * counts.mean(), counts
 
 
-def test_split_by_partition_keeps_order() -> None:
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_grouped_rows_keep_their_order(dtype) -> None:
     table = pa.table({"x": list(range(10))})
-    parts = np.array([1, 0, 1, 2, 0, 2, 1, 0, 0, 2])
-    pieces = hashing.split_by_partition(table, parts, 3)
+    parts = np.array([1, 0, 1, 2, 0, 2, 1, 0, 0, 2], dtype=dtype)
+    order, starts = grouping.group_rows(parts, 3)
+    pieces = [grouping.take_range(table, order, int(starts[i]), int(starts[i + 1])) for i in range(3)]
     assert [p.column("x").to_pylist() for p in pieces] == [[1, 4, 7, 8], [0, 2, 6], [3, 5, 9]]
 
 

@@ -1,0 +1,98 @@
+"""File modes of everything a run writes: private by default, group-readable on request.
+
+Login nodes of supercomputers are shared by hundreds of users, and the umask
+there is often 022 or 002: files made with the defaults are readable (or
+writable) by everyone or by the whole group.  Every directory and file the
+project makes goes through here and gets an explicit mode, whatever the
+umask: 0700/0600 by default, 0750/0640 with ``sharing="group"`` (for a team
+that reads each other's tables).  Keys are always private.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Modes:
+    """Permission bits for the directories and files of one sharing level."""
+
+    dir: int
+    file: int
+
+
+#: Sharing level name -> modes.
+SHARING = {"private": Modes(0o700, 0o600), "group": Modes(0o750, 0o640)}
+
+
+def modes(sharing: str = "private") -> Modes:
+    """The modes of ``sharing`` (``"private"`` or ``"group"``)."""
+    try:
+        return SHARING[sharing]
+    except KeyError:
+        raise ValueError(f"sharing={sharing!r}: expected one of {sorted(SHARING)}") from None
+
+
+def make_dir(path: PathLike, sharing: str = "private") -> Path:
+    """Create ``path`` and its missing parents with the directory mode of ``sharing``.
+
+    Parents that exist keep their mode (they may be the user's own, such as
+    the working directory); the ones made here, and ``path`` itself, get the
+    mode exactly, whatever the umask.
+    """
+    path = Path(path)
+    mode = modes(sharing).dir
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:  # made meanwhile by a peer rank
+            pass
+        os.chmod(d, mode)
+    return path
+
+
+def private_dir(path: PathLike) -> Path:
+    """``make_dir(path)``, and make an existing ``path`` private too."""
+    path = make_dir(path)
+    os.chmod(path, 0o700)
+    return path
+
+
+def open_new(path: PathLike, sharing: str = "private", exclusive: bool = True) -> int:
+    """A file descriptor of a new file with the file mode of ``sharing``, opened for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_EXCL if exclusive else 0) | getattr(os, "O_CLOEXEC", 0)
+    mode = modes(sharing).file
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits away; never adds any
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` (replaced atomically), readable by this user only."""
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    fd = open_new(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
