@@ -414,6 +414,10 @@ class TorchLoader:
                         rows = order.gather(start, stop, buffer)
                     stats.gather += time.perf_counter() - t0
                     ready.put((buffer, rows))
+                    # Hand the GIL over now: a waiting consumer would otherwise
+                    # wait out the interpreter's switch interval (5 ms) while
+                    # this thread gathers the next batches.
+                    time.sleep(0)
             except BaseException as exc:  # handed to the consumer, raised there
                 ready.put((None, exc))
 
