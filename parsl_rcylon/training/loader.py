@@ -182,8 +182,11 @@ class TorchLoader:
         Seed of every epoch's order (with the epoch and the rank).
     drop_last : bool
         Full batches only, as many as the smallest rank has; else every row at least once.
-    prefetch : int
-        Batches a background thread prepares ahead (0: gather in the caller's thread).
+    prefetch : int, optional
+        Batches a background thread prepares ahead (0: gather in the caller's
+        thread).  Default: 2 when each batch is moved to a GPU or gathered row
+        by row (``block_size=1``), else 0: a block gather takes microseconds,
+        less than handing a batch between threads (see docs/training.md).
     block_size : int, optional
         Rows kept together by the block shuffle; must divide ``batch_size``.
     dtype : str
@@ -194,7 +197,7 @@ class TorchLoader:
 
     def __init__(self, ctx: Any, data: Any, features: Sequence[str], label: Optional[str] = None,
                  batch_size: int = 1024, shuffle: Optional[str] = "block", seed: int = 0,
-                 drop_last: bool = False, prefetch: int = 2, block_size: Optional[int] = None,
+                 drop_last: bool = False, prefetch: Optional[int] = None, block_size: Optional[int] = None,
                  dtype: str = "float32", device: Any = None) -> None:
         torch = require_torch()
         self._torch = torch
@@ -214,6 +217,9 @@ class TorchLoader:
         if self.block_size < 1 or batch_size % self.block_size:
             raise LoaderError(f"{where}: block_size={block_size!r} must be a positive divisor of "
                               f"batch_size={batch_size}")
+        device = torch.device(device) if device is not None else None
+        if prefetch is None:
+            prefetch = 2 if (device is not None and device.type != "cpu") or self.block_size == 1 else 0
         if prefetch < 0:
             raise LoaderError(f"{where}: prefetch must be >= 0, got {prefetch}")
         self.shuffle = shuffle
@@ -221,7 +227,7 @@ class TorchLoader:
         self.drop_last = bool(drop_last)
         self.prefetch = int(prefetch)
         self.dtype = np.dtype(dtype)
-        self.device = torch.device(device) if device is not None else None
+        self.device = device
         self.epoch = 0
         self._stats = _Stats()
         t0 = time.perf_counter()
