@@ -256,7 +256,7 @@ def plot(r: Dict[str, Any], path: Path) -> None:
 
     ld, dd, fs, pp = r["loader"], r["ddp"], r["first_step"], r["pipeline"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    names = ["memcpy", "block 8K", "+thread", "block 64K", "+thread", "random", "pandas"]
+    names = ["memcpy", "block 8K", "8K, thread", "block 64K", "64K, thread", "random", "pandas"]
     values = [ld["memcpy_gbps"], ld["block"]["gbps"], ld["block_prefetch"]["gbps"], ld["block_large"]["gbps"],
               ld["block_large_prefetch"]["gbps"], ld["random"]["gbps"], ld["pandas_to_numpy_gbps"]]
     axes[0].bar(names, values, color=["grey", "C0", "C0", "C0", "C0", "C1", "C2"])
