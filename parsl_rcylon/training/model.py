@@ -24,6 +24,7 @@ import re
 import time
 from typing import Any, Dict, Optional
 
+from ..permissions import make_dir, write_private
 from ._torch import require_torch
 from .errors import ModelCorruptError, ModelError
 
@@ -40,24 +41,6 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary name, fsync, rename), mode 0600."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _unwrap(model: Any) -> Any:
@@ -177,11 +160,12 @@ def _safe(text: str) -> str:
 
 
 def _claim(root: str, name: str) -> str:
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    make_dir(root)
     for attempt in range(1000):
         path = os.path.join(root, name if attempt == 0 else f"{name}.{attempt}")
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, 0o700)  # exclusive: two saves never share a directory
+            os.chmod(path, 0o700)  # whatever the umask
             return path
         except FileExistsError:
             continue
@@ -202,14 +186,14 @@ def write_model(directory_root: str, name: str, payload: Dict[str, Any], meta: O
     path = _claim(directory_root, _safe(name))
     try:
         weights = os.path.join(path, WEIGHTS_NAME)
-        _write_private(weights, data)
+        write_private(weights, data)
         manifest = {
             "format": FORMAT_VERSION, "file": WEIGHTS_NAME, "nbytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "created": time.time(),
             "torch": torch.__version__, "keys": sorted(payload), "meta": meta_json, **(info or {}),
         }
         # The manifest last: its presence is what says the save finished.
-        _write_private(os.path.join(path, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
+        write_private(os.path.join(path, MANIFEST_NAME), json.dumps(manifest, indent=1).encode())
     except BaseException:
         for leftover in os.listdir(path):
             try:
