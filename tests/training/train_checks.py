@@ -9,7 +9,9 @@ each case, so a hang still leaves the verdicts before it.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import os
 import sys
 import time
 import traceback
@@ -30,6 +32,9 @@ RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 CASES: Dict[str, Callable[[CylonContext], None]] = {}
 #: Seconds within which the other ranks must leave a collective after one rank failed.
 FAIL_FAST_SECONDS = 10.0
+#: Seconds one case may run before every thread's stack is printed and the rank exits:
+#: a hang then says where it was, in the test's failure message.
+CASE_TIMEOUT = float(os.environ.get("TRAIN_CASE_TIMEOUT", "90"))
 
 
 def case(fn: Callable[[CylonContext], None]) -> Callable[[CylonContext], None]:
@@ -354,6 +359,7 @@ def main() -> int:
     results: Dict[str, Dict[str, Any]] = {}
     for name in args.cases.split(","):
         start = time.perf_counter()
+        faulthandler.dump_traceback_later(CASE_TIMEOUT, exit=True)
         ctx = new_ctx(name)
         try:
             CASES[name](ctx)
@@ -364,6 +370,7 @@ def main() -> int:
                 ctx.end_task(exc)
             except Exception:  # noqa: BLE001
                 pass
+        faulthandler.cancel_dump_traceback_later()
         errors = [e for e in COMM.allgather(mine) if e]
         results[name] = {"ok": not errors, "error": "\n".join(errors), "seconds": round(time.perf_counter() - start, 2)}
         if RANK == 0:
