@@ -97,8 +97,15 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
                 runtime_comm=runtime_comm,
             )
             args, kwargs = resolve_arguments(ctx, fn, args, kwargs)
-            with _user_code(interrupter, uid):
-                value = fn(ctx, *args, **kwargs)
+            error: Optional[BaseException] = None
+            try:
+                with _user_code(interrupter, uid):
+                    value = fn(ctx, *args, **kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                ctx.end_task(error)  # before publishing: a failed rank frees peers blocked on it (training)
         else:
             with _user_code(interrupter, uid):
                 value = fn(*args, **kwargs)
