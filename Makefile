@@ -52,6 +52,7 @@ RESULTS := benchmarks/results
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dask]'
 	$(BIN)/python benchmarks/overhead.py --out $(RESULTS)
+	$(BIN)/python benchmarks/reliability.py --out $(RESULTS)
 	$(BIN)/python benchmarks/packing.py --out $(RESULTS)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
 	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 2M,8M

@@ -4,7 +4,8 @@ Every fault is injected for real on a local pilot (a rank raising while its peer
 a rank exiting, segfaulting or SIGKILLed, a task overrunning its walltime), ``--repeat`` times each.
 Detection is from the moment of the fault (written by the faulting rank, or when the test sends the
 signal, or the end of the walltime) to the moment the task's future fails; recovery is from then to the
-moment a healthy 2-rank task has run again (on a replacement worker where one was needed).
+moment the pool has all its ranks live and idle again (a replacement worker ready, where one was
+needed) and a healthy 2-rank task has run.
 
     python benchmarks/reliability.py --out benchmarks/results [--repeat 5]
 
@@ -100,6 +101,18 @@ def _wait_marker(marker: Path) -> tuple:
     return int(pid), float(at)
 
 
+def _wait_whole(ex, ranks: int = 4, timeout: float = 180.0) -> None:
+    """Until every rank of the pool is live and idle (stuck ranks released or their worker replaced)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = ex.status().get("default", {})
+        if view.get("ranks") == ranks and view.get("idle") == ranks:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the pool did not recover: {view}")
+        time.sleep(0.02)
+
+
 def one(ex, how: str, tmp: Path, i: int) -> dict:
     restarts_before = sum(v.get("restarts", 0) for v in ex.status().values())
     if how == "walltime-1rank":
@@ -122,6 +135,7 @@ def one(ex, how: str, tmp: Path, i: int) -> dict:
         except Exception as err:  # noqa: BLE001
             failed_at, error = time.time(), err
     t = time.time()
+    _wait_whole(ex)
     assert _submit(ex, healthy).result(timeout=180) == 3
     recovered_at = time.time()
     restarts = sum(v.get("restarts", 0) for v in ex.status().values()) - restarts_before
