@@ -135,8 +135,9 @@ class TableOptions:
     fsync : bool
         Flush every partition file, the manifest and the directories to
         stable storage before the table is committed, so that a node crash
-        never leaves a committed manifest over data that was not written
-        (docs/tables.md, "Durability", has its cost).
+        never leaves a committed manifest over data that was not written.
+        On by default: it cost at most 8% of the hand-off where measured
+        (docs/tables.md, "Durability").
     verify : {"checksum", "full", "footer"}
         How much of the files a task reads for its table arguments is checked
         against the writer's checksums (docs/tables.md, "Integrity").
@@ -152,7 +153,7 @@ class TableOptions:
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     use_dictionary: Any = "auto"
     keep: bool = True
-    fsync: bool = False
+    fsync: bool = True
     verify: str = "checksum"
     sharing: str = "private"
 

@@ -243,23 +243,26 @@ class Manifest:
         path = os.path.join(directory, MANIFEST_NAME)
         tmp = os.path.join(directory, temp_name(MANIFEST_NAME))
         data = json.dumps(self.to_json(), indent=1).encode()
+        placed = False
         try:
-            fd = open_new(tmp, sharing)
             try:
-                with os.fdopen(fd, "wb") as f:
+                with os.fdopen(open_new(tmp, sharing), "wb") as f:
                     f.write(data)
                     f.flush()
                     if fsync:
                         os.fsync(f.fileno())
                 os.replace(tmp, path)
+                placed = True
+                if fsync:
+                    fsync_dir(directory)
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                # A manifest whose rename may not survive a crash commits nothing either.
+                for leftover in (tmp, path) if placed else (tmp,):
+                    try:
+                        os.unlink(leftover)
+                    except OSError:
+                        pass
                 raise
-            if fsync:
-                fsync_dir(directory)
         except OSError as err:
             raise TableWriteError(f"{path}: cannot write the manifest: {err}") from err
         return path
