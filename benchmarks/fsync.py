@@ -26,25 +26,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handoff import make_rows, med  # noqa: E402
-
-
-def consumer(ctx, table):
-    return table
+from handoff import make_rows, med, timed_handoff  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
-    from parsl_rcylon.context import CylonContext
-    from parsl_rcylon.table import publish_result, resolve_arguments, share_bounds
+    from parsl_rcylon.table import share_bounds
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -55,24 +49,10 @@ def worker(args: argparse.Namespace) -> None:
         for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
             if rank == 0:
                 os.sync()
-            ctx = CylonContext(comm, task_id=f"{mode}{rep}", name="fsync", data_dir=args.data_dir,
-                               options={"fsync": mode == "on"})
-            comm.Barrier()
-            t0 = time.perf_counter()
-            ref = publish_result(ctx, part)
-            comm.Barrier()
-            t1 = time.perf_counter()
-            ref = comm.bcast(ref, root=0)
-            reader = CylonContext(comm, task_id=f"r{mode}{rep}", name="reader", data_dir=args.data_dir)
-            comm.Barrier()
-            t2 = time.perf_counter()
-            (share,), _ = resolve_arguments(reader, consumer, (ref,), {})
-            comm.Barrier()
-            t3 = time.perf_counter()
-            assert comm.allreduce(share.num_rows) == args.rows
-            del share
-            samples[mode]["write"].append(t1 - t0)
-            samples[mode]["read"].append(t3 - t2)
+            write_s, read_s, ref = timed_handoff(comm, part, {"fsync": mode == "on"}, "fsync", f"{mode}{rep}",
+                                                 args.data_dir, args.rows)
+            samples[mode]["write"].append(write_s)
+            samples[mode]["read"].append(read_s)
             nbytes = ref.nbytes
             if rank == 0:
                 ref.delete()

@@ -211,15 +211,6 @@ def test_handle_from_real_ranks_is_owned_and_from_parquet_is_not(tmp_path):
 # -- modes -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=[0o022, 0o002])
-def umask(request):
-    old = os.umask(request.param)
-    try:
-        yield request.param
-    finally:
-        os.umask(old)
-
-
 MODES = {"private": (0o700, 0o600), "group": (0o750, 0o640)}
 
 

@@ -196,6 +196,15 @@ def _clean_table_dir(directory: str, judge: _Judge) -> CleanupReport:
     return report
 
 
+def _entries(directory: str) -> List[os.DirEntry]:
+    """The entries of ``directory``; none when it does not exist."""
+    try:
+        with os.scandir(directory) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
+
+
 def remove_unfinished(data_dir: str, older_than: float = DEFAULT_OLDER_THAN,
                       now: Optional[float] = None) -> CleanupReport:
     """Remove what dead writers left in the table directories under ``data_dir``.
@@ -224,11 +233,7 @@ def remove_unfinished(data_dir: str, older_than: float = DEFAULT_OLDER_THAN,
     """
     judge = _Judge(older_than, now)
     report = CleanupReport()
-    try:
-        entries = list(os.scandir(data_dir))
-    except FileNotFoundError:
-        return report
-    for entry in entries:
+    for entry in _entries(data_dir):
         if entry.is_dir(follow_symlinks=False):
             report.extend(_clean_table_dir(entry.path, judge))
     if report.removed:
@@ -246,11 +251,7 @@ def remove_stale_scratch(scratch_root: str, older_than: float = DEFAULT_OLDER_TH
     """
     judge = _Judge(older_than, now)
     report = CleanupReport()
-    try:
-        entries = list(os.scandir(scratch_root))
-    except FileNotFoundError:
-        return report
-    for entry in entries:
+    for entry in _entries(scratch_root):
         match = SCRATCH_RE.match(entry.name)
         if match is None or not entry.is_dir(follow_symlinks=False):
             continue
