@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --out $(RESULTS)
 	$(BIN)/python benchmarks/packing.py --out $(RESULTS)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
+	$(BIN)/python benchmarks/fsync.py --out $(RESULTS)
 	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 2M,8M
 	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
 
