@@ -1,4 +1,4 @@
-"""GPU check for a machine with NVIDIA GPUs: a 2-pool executor, a GPU task beside a CPU task.
+"""GPU check for a machine with NVIDIA GPUs: a 2-pool executor, a GPU task beside a CPU task, DDP with nccl.
 
 Run where GPUs exist (not in CI):
 
@@ -6,8 +6,11 @@ Run where GPUs exist (not in CI):
 
 The GPU task must see exactly one device (``CUDA_VISIBLE_DEVICES`` and
 ``ctx.gpu_ids``) and compute on it with torch or cupy, whichever is
-installed; the CPU task runs at the same time and sees no GPU.  Writes
-``gpu_check.json``.
+installed; the CPU task runs at the same time and sees no GPU.  With torch,
+a DDP task (``ctx.torch_process_group()``, which picks nccl on a rank with
+GPUs) trains a few steps on batches from ``ctx.torch_loader(device="cuda")``
+on as many GPU ranks as the machine has GPUs (up to 2): each rank on its own
+device, identical weights on every rank afterwards.  Writes ``gpu_check.json``.
 """
 from __future__ import annotations
 
@@ -55,6 +58,40 @@ def on_cpu(ctx, seconds):
     return {"size": ctx.size, "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": t0, "end": time.time()}
 
 
+@cylon_app(ranks=2, gpus_per_rank=1, pool="gpu")
+def ddp_nccl(ctx, steps):
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import torch
+    import torch.distributed as dist
+
+    rng = np.random.default_rng([0, ctx.rank])
+    x = rng.normal(size=(4096, 16)).astype(np.float32)
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(16)}, "y": (x.sum(axis=1) > 0).astype(np.float32)})
+    with ctx.torch_process_group() as pg:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(16, 1).to(pg.device))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = ctx.torch_loader(table, features=[f"f{i}" for i in range(16)], label="y", batch_size=256,
+                                  device=pg.device)
+        done = 0
+        while done < steps:
+            for xb, yb in loader:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xb).squeeze(1), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                done += 1
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        copies = [torch.empty_like(weights) for _ in range(pg.size)]
+        dist.all_gather(copies, weights)
+        return {"backend": pg.backend, "device": str(pg.device), "size": pg.size, "gpu_ids": list(ctx.gpu_ids),
+                "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "devices": torch.cuda.device_count(),
+                "same_weights": all(torch.equal(c, weights) for c in copies), "steps": done,
+                "batch_on": str(xb.device), "loader": loader.stats()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
@@ -67,12 +104,20 @@ def main() -> None:
         cpu = on_cpu(5.0)
         gpus = [on_gpu(args.n), on_gpu(args.n)]
         result = {"gpu": [g.result() for g in gpus], "cpu": cpu.result(), "status": ex.status()}
+        ddp = None
+        if result["gpu"][0]["lib"] == "torch":
+            ranks = min(2, _gpu_count())
+            ddp = ddp_nccl(50, parsl_resource_specification={"ranks": ranks}).result()
+            result["ddp"] = ddp
     checks = {
         "one_device_each": all(g["devices"] == 1 for g in result["gpu"]),
         "distinct_devices": len({g["cuda_visible"] for g in result["gpu"]}) == 2,
         "cpu_sees_no_gpu": result["cpu"]["cuda_visible"] == "",
         "gpu_overlaps_cpu": max(g["start"] for g in result["gpu"]) < result["cpu"]["end"],
     }
+    if ddp is not None:
+        checks.update(ddp_nccl=ddp["backend"] == "nccl" and ddp["device"] == "cuda:0" and ddp["devices"] == 1,
+                      ddp_same_weights=ddp["same_weights"], ddp_batches_on_gpu=ddp["batch_on"] == "cuda:0")
     result.update(checks=checks, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"), host=os.uname().nodename)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +125,12 @@ def main() -> None:
     print(json.dumps(checks, indent=2))
     if not all(checks.values()):
         raise SystemExit("GPU check failed: " + ", ".join(k for k, v in checks.items() if not v))
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .options import Options
 from .permissions import make_dir
@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
     from .table import TableRef
+    from .training.loader import TorchLoader
+    from .training.model import ModelRef
+    from .training.process_group import TorchProcessGroup
+
+logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ class CylonContext:
         self.cores = cores
         self._scratch_root = scratch_root
         self._scratch: Optional[Path] = None
+        self._on_end: List[Callable[[Optional[BaseException]], None]] = []
 
     def __repr__(self) -> str:
         return f"CylonContext(task={self.task_id!r}, rank={self.rank}, size={self.size})"
@@ -134,6 +140,32 @@ class CylonContext:
 
     def barrier(self) -> None:
         self.comm.Barrier()
+
+    # -- task end ------------------------------------------------------------
+
+    def on_task_end(self, callback: Callable[[Optional[BaseException]], None]) -> None:
+        """Call ``callback(error)`` on this rank when the task's function returns (``None``) or raises.
+
+        Callbacks run last registered first, before the task's result is
+        published, so resources a task holds (a torch process group) are
+        released even when the user forgets, and a warm rank starts its next
+        task clean.
+        """
+        self._on_end.append(callback)
+
+    def end_task(self, error: Optional[BaseException] = None) -> None:
+        """Run the task-end callbacks (the rank runner calls this); a callback's error fails a task that succeeded."""
+        callbacks, self._on_end = self._on_end[::-1], []
+        first: Optional[BaseException] = None
+        for callback in callbacks:
+            try:
+                callback(error)
+            except BaseException as exc:  # every callback runs, whatever one does
+                logger.warning("task %s rank %d: task-end callback %r failed: %s", self.task_id, self.rank,
+                               callback, exc)
+                first = first or exc
+        if first is not None and error is None:
+            raise first
 
     # -- distributed table operations (parsl_rcylon.engine) -----------------
 
@@ -201,3 +233,25 @@ class CylonContext:
     def read(self, ref: TableRef, columns: Optional[List[str]] = None, filter: Any = None) -> pa.Table:
         """This rank's share of ``ref``, with column projection and a filter pushed down."""
         return ref.read_share(self.rank, self.size, columns=columns, filter=filter)
+
+    # -- training (parsl_rcylon.training; needs the `train` extra) ------------
+
+    def torch_process_group(self, backend: Optional[str] = None,
+                            timeout: Optional[float] = None) -> TorchProcessGroup:
+        """``torch.distributed`` over exactly this task's ranks (collective); see docs/training.md."""
+        from .training.process_group import open_process_group
+
+        return open_process_group(self, backend=backend, timeout=timeout)
+
+    def torch_loader(self, data: Any, features: Sequence[str], label: Optional[str] = None,
+                     **kwargs: Any) -> TorchLoader:
+        """Batches of this rank's share of ``data`` (a ``TableRef`` or table) as torch tensors (collective)."""
+        from .training.loader import TorchLoader
+
+        return TorchLoader(self, data, features=features, label=label, **kwargs)
+
+    def save_model(self, model: Any, **kwargs: Any) -> ModelRef:
+        """Rank 0 saves ``model`` under ``data_dir`` atomically; every rank gets the ``ModelRef`` (collective)."""
+        from .training.model import save_model
+
+        return save_model(self, model, **kwargs)

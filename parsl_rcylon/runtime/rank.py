@@ -66,7 +66,14 @@ def run_task(task: Dict[str, Any], comm: Any, gpu_ids=()) -> Dict[str, Any]:
                 cores=task.get("cores", 1),
             )
             args, kwargs = resolve_arguments(ctx, fn, args, kwargs)
-            value = fn(ctx, *args, **kwargs)
+            error: Optional[BaseException] = None
+            try:
+                value = fn(ctx, *args, **kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                ctx.end_task(error)  # before publishing: a failed rank frees peers blocked on it
         else:
             value = fn(*args, **kwargs)
         ok = True

@@ -7,19 +7,16 @@ per-case verdicts come back as JSON and each becomes its own test here.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
+from tests.mpi_launch import MPIEXEC, launch_checks
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
 SCRIPT = HERE / "mpi_checks.py"
 CASES = ["join", "join_bucketed", "join_acero", "join_fixed_width", "sort", "sort_fixed_width", "groupby", "unique",
          "shuffle", "collectives", "chunked_messages", "skew_and_balance", "errors"]
@@ -35,26 +32,7 @@ pytestmark = [
 
 @functools.cache
 def run_checks(ranks: int, out_dir: str) -> Dict[str, dict]:
-    out = Path(out_dir) / f"engine-{ranks}.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [str(MPIEXEC), "-n", str(ranks), sys.executable, str(SCRIPT), "--out", str(out), "--cases", ",".join(CASES)]
-    # A session of its own, so a hung run can be ended with all its ranks.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
-        hung = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        hung = True
-    results = json.loads(out.read_text()) if out.exists() else {}
-    tail = output[-4000:]
-    for name in CASES:
-        if name not in results:
-            why = f"hung (no verdict within {LAUNCH_TIMEOUT} s)" if hung else f"exit code {proc.returncode}"
-            results[name] = {"ok": False, "error": f"case did not finish: {why}\n{tail}"}
-    return results
+    return launch_checks(SCRIPT, ranks, Path(out_dir) / f"engine-{ranks}.json", CASES, LAUNCH_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
