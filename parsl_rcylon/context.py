@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 
 class CylonContext:
     """One rank's view of a running ``cylon_app`` task.
