@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -154,11 +154,37 @@ def consumer(ctx, table: pa.Table):
     return table
 
 
+def timed_handoff(comm: Any, part: pa.Table, options: Dict[str, Any], name: str, task: str, data_dir: str,
+                  rows: int) -> Tuple[float, float, Any]:
+    """``publish_result`` of ``part``, then ``resolve_arguments`` of the table on the same ranks.
+
+    Each phase is timed between barriers.  Returns (write seconds, read
+    seconds, the TableRef), the ref on every rank.
+    """
+    from parsl_rcylon.context import CylonContext
+    from parsl_rcylon.table import publish_result, resolve_arguments
+
+    ctx = CylonContext(comm, task_id=f"w{task}", name=name, data_dir=data_dir, options=options)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    ref = publish_result(ctx, part)
+    comm.Barrier()
+    t1 = time.perf_counter()
+    ref = comm.bcast(ref, root=0)
+    reader = CylonContext(comm, task_id=f"r{task}", name="reader", data_dir=data_dir, options={})
+    comm.Barrier()
+    t2 = time.perf_counter()
+    (share,), _ = resolve_arguments(reader, consumer, (ref,), {})
+    comm.Barrier()
+    t3 = time.perf_counter()
+    assert comm.allreduce(share.num_rows) == rows
+    return t1 - t0, t3 - t2, ref
+
+
 def worker_write(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
-    from parsl_rcylon.context import CylonContext
-    from parsl_rcylon.table import publish_result, resolve_arguments, share_bounds
+    from parsl_rcylon.table import share_bounds
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -172,25 +198,10 @@ def worker_write(args: argparse.Namespace) -> None:
         write_t, read_t = [], []
         ref = None
         for rep in range(args.repeats):
-            ctx = CylonContext(comm, task_id=f"w{size}-{rep}", name=name, data_dir=args.data_dir,
-                               options=options)
-            comm.Barrier()
-            t0 = time.perf_counter()
-            ref = publish_result(ctx, part)
-            comm.Barrier()
-            t1 = time.perf_counter()
-            ref = comm.bcast(ref, root=0)
-            ctx = CylonContext(comm, task_id=f"r{size}-{rep}", name="reader", data_dir=args.data_dir,
-                               options={})
-            comm.Barrier()
-            t2 = time.perf_counter()
-            (share,), _ = resolve_arguments(ctx, consumer, (ref,), {})
-            comm.Barrier()
-            t3 = time.perf_counter()
-            assert comm.allreduce(share.num_rows) == args.rows
-            del share
-            write_t.append(t1 - t0)
-            read_t.append(t3 - t2)
+            write_s, read_s, ref = timed_handoff(comm, part, options, name, f"{size}-{rep}", args.data_dir,
+                                                 args.rows)
+            write_t.append(write_s)
+            read_t.append(read_s)
             if rep < args.repeats - 1 and rank == 0:
                 ref.delete()
             comm.Barrier()

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .options import Options
+from .permissions import make_dir
+from .tableio.names import scratch_suffix
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -37,7 +42,8 @@ class CylonContext:
     name : str
         The app's function name.
     scratch_root : str
-        Directory under which this rank's scratch directory is made on demand.
+        Directory under which this rank's scratch directory is made on demand
+        (``$TMPDIR`` or ``/tmp`` when not given).
     data_dir : str
         Shared-filesystem directory for tables produced by tasks.
     gpu_ids : sequence of int
@@ -101,12 +107,42 @@ class CylonContext:
 
     @property
     def scratch(self) -> Path:
-        """A directory private to this rank of this task, made on first use."""
+        """A directory private to this rank of this task (mode 0700), made on first use.
+
+        Its name is unpredictable and it is made exclusively, so nobody else
+        sharing the scratch root (``/tmp`` on a login node) can plant it or a
+        link in its place.  It is removed with everything in it when the task
+        ends (:meth:`close`); the scratch directories of ranks that were killed
+        are removed by :func:`parsl_rcylon.tableio.cleanup.remove_stale_scratch`.
+        """
         if self._scratch is None:
-            root = Path(self._scratch_root or os.environ.get("TMPDIR", "/tmp"))
-            self._scratch = root / f"{self.task_id}.rank{self.rank}"
-            self._scratch.mkdir(parents=True, exist_ok=True)
+            root = make_dir(self._scratch_root or os.environ.get("TMPDIR") or "/tmp")
+            prefix = re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{self.task_id}.rank{self.rank}.")
+            self._scratch = Path(tempfile.mkdtemp(prefix=prefix, suffix=scratch_suffix(), dir=root))
         return self._scratch
+
+    def close(self) -> None:
+        """Remove this rank's scratch directory, if the task made one; the rank runner calls it at task end.
+
+        Safe to call more than once; a failure to remove is logged, not raised
+        (the task's outcome is already decided).
+        """
+        scratch, self._scratch = self._scratch, None
+        if scratch is None:
+            return
+        try:
+            shutil.rmtree(scratch)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.warning("task %s rank %d: cannot remove scratch directory %s: %s", self.task_id, self.rank,
+                           scratch, err)
+
+    def __enter__(self) -> CylonContext:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def barrier(self) -> None:
         self.comm.Barrier()

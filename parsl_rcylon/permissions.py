@@ -60,6 +60,21 @@ def make_dir(path: PathLike, sharing: str = "private") -> Path:
     return path
 
 
+def new_dir(path: PathLike, sharing: str = "private") -> Path:
+    """Create the single directory ``path`` with the mode of ``sharing``; it must not exist.
+
+    Exclusive like ``mkdir(2)``: two writers racing for one name never both
+    get it (:class:`FileExistsError` for the loser).  The parent must exist.
+    """
+    path = Path(path)
+    mode = modes(sharing).dir
+    os.mkdir(path, mode)
+    # mkdir applied the umask, which only takes bits away: this restores
+    # group bits a strict umask removed and never widens beyond ``mode``.
+    os.chmod(path, mode)
+    return path
+
+
 def private_dir(path: PathLike) -> Path:
     """``make_dir(path)``, and make an existing ``path`` private too."""
     path = make_dir(path)

@@ -1,6 +1,7 @@
 """Shared fixtures: one real local pilot for the whole test session."""
 from __future__ import annotations
 
+import os
 import time
 
 import parsl
@@ -29,6 +30,16 @@ def _describe(proc) -> str:
         return " ".join(proc.cmdline())[:120] or proc.name()
     except Exception:
         return "?"
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077])
+def umask(request):
+    """Run the test under each umask a login node may have (restored after)."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,6 @@ import pytest
 from parsl_rcylon.permissions import make_dir, modes, open_new, private_dir, write_private
 
 
-@pytest.fixture(params=[0o022, 0o002, 0o077])
-def umask(request):
-    old = os.umask(request.param)
-    try:
-        yield request.param
-    finally:
-        os.umask(old)
-
-
 def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 

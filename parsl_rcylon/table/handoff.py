@@ -24,9 +24,11 @@ import pyarrow as pa
 from ..engine.agreement import Explain, RankFailure, agree
 from ..engine.schemas import rank_differences
 from ..options import TableOptions
+from ..permissions import make_dir, new_dir, open_new
 from ..tableio.errors import MixedResultError, TableError, TableSchemaError, TableWriteError
 from ..tableio.formats import SUFFIX, write_partition
-from ..tableio.manifest import PART_PREFIX, Manifest
+from ..tableio.manifest import Manifest, fsync_dir
+from ..tableio.names import MANIFEST_NAME, marker_name, partition_name, writer_tag
 from .binding import ShareReader, holds_ref, parameter_annotations
 from .ref import TableRef
 
@@ -144,21 +146,28 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", str(text)) or "task"
 
 
-def _claim_directory(data_dir: str, name: str, task_id: str) -> str:
-    """Create the task's table directory exclusively.
+def _claim_directory(data_dir: str, name: str, task_id: str, sharing: str) -> str:
+    """Create the task's table directory exclusively, with the mode of ``sharing``, and mark it as ours.
 
     ``mkdir`` is atomic and fails if the directory exists, so two writers never
     share a directory, even two runs reusing task ids over one ``data_dir``.
+    The marker (:func:`~parsl_rcylon.tableio.names.marker_name`) tells a
+    later cleanup which process may still commit the directory.
     """
-    os.makedirs(data_dir, exist_ok=True)
+    make_dir(data_dir, sharing)
     base = os.path.join(os.path.abspath(data_dir), f"{_safe_name(name or 'app')}-{_safe_name(task_id)}")
     for attempt in range(1000):
         path = base if attempt == 0 else f"{base}.{attempt}"
         try:
-            os.mkdir(path)
-            return path
+            new_dir(path, sharing)
         except FileExistsError:
             continue
+        try:
+            os.close(open_new(os.path.join(path, marker_name()), sharing))
+        except BaseException:
+            os.rmdir(path)
+            raise
+        return path
     raise TableWriteError(f"{base}: 1000 table directories of this name exist already")
 
 
@@ -203,7 +212,8 @@ def publish_result(ctx: Any, value: Any, ok: bool = True) -> Any:
                     if not ctx.data_dir:
                         raise TableWriteError("the task has no data_dir to write tables to")
                     if ctx.rank == 0:
-                        claimed.append(_claim_directory(ctx.data_dir, ctx.name, ctx.task_id))
+                        claimed.append(_claim_directory(ctx.data_dir, ctx.name, ctx.task_id,
+                                                        ctx.options.table.sharing))
                 except Exception as err:
                     error = f"{type(err).__name__}: {err}"
         return {
@@ -218,10 +228,7 @@ def publish_result(ctx: Any, value: Any, ok: bool = True) -> Any:
 
     def release() -> None:
         for directory in claimed:
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass
+            _remove_partial(directory, ())
 
     try:
         statuses = _agree(ctx, status, _each_rank(TableWriteError, f"task {task}: cannot publish the result table"))
@@ -260,7 +267,7 @@ def _write_table(ctx: Any, table: pa.Table, schema: pa.Schema, directory: str, a
     """Every rank writes its partition; then rank 0 commits the manifest (or removes what was written)."""
     rank, size, task = ctx.rank, ctx.size, _task(ctx)
     opts: TableOptions = ctx.options.table
-    names = [f"{PART_PREFIX}{r:05d}-of-{size:05d}{SUFFIX[opts.format]}" for r in range(size)]
+    names = [partition_name(r, size, SUFFIX[opts.format]) for r in range(size)]
 
     def write() -> Any:
         data = table if table.schema.equals(schema, check_metadata=True) else table.cast(schema)
@@ -270,6 +277,9 @@ def _write_table(ctx: Any, table: pa.Table, schema: pa.Schema, directory: str, a
         partitions = _agree(ctx, write, _each_rank(TableWriteError,
                                                    f"task {task}: cannot write the result table in {directory}"))
     except TableError:
+        # Each rank removes its own file (ranks may sit on different nodes'
+        # views of the filesystem); rank 0 then removes whatever is left.
+        _remove_files(directory, [names[rank]])
         if rank == 0:
             _remove_partial(directory, names)
         raise
@@ -283,13 +293,21 @@ def _write_table(ctx: Any, table: pa.Table, schema: pa.Schema, directory: str, a
                 "task_id": str(ctx.task_id), "name": ctx.name, "ranks": size,
                 "compression": opts.compression, "row_group_size": opts.row_group_size,
                 "keep": opts.keep, "created": time.time(), "pyarrow": pa.__version__,
-                "arrow_nbytes": arrow_nbytes,
+                "arrow_nbytes": arrow_nbytes, "writer": writer_tag(),
             })
-            manifest.write(directory, fsync=opts.fsync)
-        except Exception:
-            _remove_partial(directory, names)
+            manifest.write(directory, fsync=opts.fsync, sharing=opts.sharing)
+            if opts.fsync:
+                # The table directory's own entry in data_dir.
+                fsync_dir(os.path.dirname(directory))
+        except BaseException:
+            # The manifest goes first: a failure after its rename (the
+            # directory's fsync) must not leave a committed table behind.
+            _remove_partial(directory, [MANIFEST_NAME] + names)
             raise
-        ref.append(TableRef(manifest, root=directory, owned=True, keep=opts.keep))
+        # Committed: the claim is over (a marker left by a crash here is
+        # removed by tableio.cleanup; the table itself is complete).
+        _remove_files(directory, [marker_name()])
+        ref.append(TableRef._written(manifest, directory, keep=opts.keep))
 
     def explain(failures: Sequence[RankFailure], own: Optional[BaseException]) -> BaseException:
         return TableWriteError(f"task {task}: cannot commit the result table in {directory}: {failures[0].text}")
@@ -304,17 +322,24 @@ def _write_table(ctx: Any, table: pa.Table, schema: pa.Schema, directory: str, a
     return ref[0]
 
 
-def _remove_partial(directory: str, names: Sequence[str]) -> None:
-    """Remove the partition files of an uncommitted table, then its directory."""
+def _remove_files(directory: str, names: Sequence[str]) -> None:
     for name in names:
         try:
             os.unlink(os.path.join(directory, name))
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError as err:
+            logger.warning("cannot remove %s: %s", os.path.join(directory, name), err)
+
+
+def _remove_partial(directory: str, names: Sequence[str]) -> None:
+    """Remove the partition files of an uncommitted table, rank 0's claim on it, then the directory."""
+    _remove_files(directory, list(names) + [marker_name()])
     try:
         os.rmdir(directory)
-    except OSError:
-        pass
+    except OSError as err:
+        # Something not ours, or a killed peer's temporary file: tableio.cleanup's to judge.
+        logger.warning("uncommitted table directory %s not removed: %s", directory, err)
 
 
 __all__ = ["publish_result", "resolve_arguments"]

@@ -35,7 +35,9 @@ class TableLedger:
         totals["tables"] += 1
         totals["rows"] += value.num_rows
         totals["bytes"] += value.nbytes
-        if not value.keep:
+        # A task may return a handle to data it did not write (an argument,
+        # from_parquet): counted, never deleted.
+        if value.owned and not value.keep:
             self._doomed.setdefault(name, []).append(value)
         logger.info("%s: %s wrote %s", self.label, name, stage_summary([value]))
 

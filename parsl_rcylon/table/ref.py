@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import pickle
-import re
+import stat
 import sys
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -25,11 +25,10 @@ from ..engine.shares import share_bounds
 from ..options import VERIFY_LEVELS
 from ..tableio.errors import ManifestError, TableCorruptError, TableError, TableSchemaError
 from ..tableio.formats import file_crc, inspect_parquet, read_pieces
-from ..tableio.manifest import MANIFEST_NAME, Manifest, Partition, schema_to_text
+from ..tableio.manifest import Manifest, Partition, check_partition_names, schema_to_text
+from ..tableio.names import MANIFEST_NAME, PART_RE
 
 logger = logging.getLogger(__name__)
-
-_PART_RE = re.compile(r"^part-\d{5}-of-\d{5}\.(parquet|arrow)$")
 
 
 class TableRef:
@@ -44,28 +43,50 @@ class TableRef:
     manifest : Manifest
         Format, schema, partitions and content digest.
     root : str or None
-        Directory the partition file names are relative to; ``None`` when the
-        partitions carry absolute paths (external data).
-    owned : bool
-        Whether parsl_rcylon wrote the files (only then may :meth:`delete` remove them).
-    keep : bool
-        The writer's ``keep`` option: whether the table should outlive the workflow.
+        The table directory, which the partitions' plain file names are
+        inside; ``None`` when the partitions carry absolute paths (external
+        data).
 
     Notes
     -----
     Make one with :meth:`from_parquet` (existing data, or a committed table
     directory) or get one as the result of a ``cylon_app`` returning tables.
+
+    Only a handle made by the writer (the hand-off's ``publish_result``)
+    is :attr:`owned`, and it stays owned as it is pickled back to the
+    client; every other handle, whatever it points at, is not, and there is
+    no way to make it so.  Only owned tables can be deleted.
     """
 
-    def __init__(self, manifest: Manifest, root: Optional[str] = None, owned: bool = False,
-                 keep: bool = True) -> None:
+    def __init__(self, manifest: Manifest, root: Optional[str] = None) -> None:
+        if root is not None:
+            check_partition_names(manifest.partitions, os.path.join(root, MANIFEST_NAME))
         self._manifest = manifest
         self._root = root
-        self.owned = owned
-        self.keep = keep
+        self._owned = False
+        self._keep = True
         self._digest: Optional[str] = None if manifest.info.get("external") else manifest.digest
 
+    @classmethod
+    def _written(cls, manifest: Manifest, root: str, keep: bool) -> TableRef:
+        """The writer's handle to the table it has just committed: owned, with the writer's ``keep``."""
+        ref = cls(manifest, root)
+        ref._owned = True
+        ref._keep = bool(keep)
+        return ref
+
     # -- description ------------------------------------------------------
+
+    @property
+    def owned(self) -> bool:
+        """Whether this run wrote the table (only then may :meth:`delete` remove it)."""
+        return self._owned
+
+    @property
+    def keep(self) -> bool:
+        """Whether the table outlives the workflow: the writer's ``keep`` option for owned tables,
+        always True for data this run did not write."""
+        return self._keep
 
     @property
     def path(self) -> Optional[str]:
@@ -137,8 +158,18 @@ class TableRef:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         state = dict(state)
-        state["_manifest"] = Manifest.from_json(state["_manifest"], "pickled TableRef")
+        manifest = Manifest.from_json(state["_manifest"], "pickled TableRef")
+        root = state.get("_root")
+        if root is not None:
+            check_partition_names(manifest.partitions, f"pickled TableRef of {root}")
         self.__dict__.update(state)
+        self._manifest = manifest
+        # Ownership travels with the writer's handle (rank 0 -> client); a
+        # state without it (an older pickle) is not owned.
+        self._owned = state.get("_owned") is True
+        self._keep = bool(state.get("_keep", True)) if self._owned else True
+        for stale in ("owned", "keep"):
+            self.__dict__.pop(stale, None)
 
     def summary(self) -> Dict[str, Any]:
         """What the executor logs per stage: rows, bytes, partitions, write time and rate."""
@@ -163,7 +194,25 @@ class TableRef:
     # -- reading ------------------------------------------------------------
 
     def _file(self, part: Partition) -> str:
-        return os.path.join(self._root, part.file) if self._root else part.file
+        """The path of ``part``; for a table directory, refused unless it is a regular file inside it.
+
+        Names were checked to be plain when the manifest was loaded; this
+        refuses a partition that is a symbolic link (or anything but a
+        regular file), before any read or delete.  A missing file passes:
+        the caller reports it.
+        """
+        if not self._root:
+            return part.file
+        path = os.path.join(self._root, part.file)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return path
+        if not stat.S_ISREG(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise ManifestError(f"{os.path.join(self._root, MANIFEST_NAME)}: partition {part.file!r} is {kind}; "
+                                "a table's partitions must be regular files inside its directory")
+        return path
 
     def _check_unchanged(self, part: Partition) -> None:
         path = self._file(part)
@@ -251,16 +300,36 @@ class TableRef:
     def delete(self) -> None:
         """Remove the table's files: the manifest first, so no reader ever sees half a table.
 
-        Only tables written by parsl_rcylon can be deleted; external data
-        (:meth:`from_parquet` on files without a manifest) is never touched.
+        Only tables this run wrote (:attr:`owned`) can be deleted; data opened
+        with :meth:`from_parquet`, a committed table directory included, is
+        never touched.  The directory must still hold this very table: if
+        its manifest is gone or is another table's (the name reused after a
+        deletion), nothing is removed.  Deleting a table whose directory is
+        gone already does nothing.
+
+        Raises
+        ------
+        TableError
+            The table is not owned by this run, or its directory holds
+            something else now.
+        ManifestError
+            A partition is a symbolic link or not a regular file.
         """
-        if not self.owned or not self._root:
-            raise TableError(f"{self!r} refers to data parsl_rcylon did not write; not deleting it")
+        if not self._owned or not self._root:
+            raise TableError(f"{self!r} refers to data parsl_rcylon did not write in this run (opened with "
+                             "TableRef.from_parquet, or not a table of this run's tasks); not deleting it")
+        if not os.path.isdir(self._root):
+            return
         try:
-            os.unlink(os.path.join(self._root, MANIFEST_NAME))
-        except FileNotFoundError:
-            pass
-        for path in self.files:
+            on_disk = Manifest.load(self._root)
+        except ManifestError as err:
+            raise TableError(f"{self._root}: not deleting: the directory no longer holds this committed "
+                             f"table ({err})") from None
+        if on_disk.to_json() != self._manifest.to_json():
+            raise TableError(f"{self._root}: not deleting: the directory holds another table now")
+        paths = self.files  # every partition checked before anything is removed
+        os.unlink(os.path.join(self._root, MANIFEST_NAME))
+        for path in paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -304,8 +373,8 @@ class TableRef:
     @classmethod
     def _open_table_dir(cls, directory: str) -> TableRef:
         directory = os.path.abspath(directory)
-        manifest = Manifest.load(directory)
-        ref = cls(manifest, root=directory, owned=True, keep=bool(manifest.info.get("keep", True)))
+        # Never owned: this run did not write it, whoever did.
+        ref = cls(Manifest.load(directory), root=directory)
         ref.verify("footer")
         return ref
 
@@ -313,7 +382,7 @@ class TableRef:
     def _from_files(cls, files: List[str], what: str) -> TableRef:
         for f in files:
             d = os.path.dirname(os.path.abspath(f))
-            if _PART_RE.match(os.path.basename(f)) and not os.path.exists(os.path.join(d, MANIFEST_NAME)):
+            if PART_RE.match(os.path.basename(f)) and not os.path.exists(os.path.join(d, MANIFEST_NAME)):
                 raise ManifestError(f"{f}: partition of an uncommitted parsl_rcylon table "
                                     f"(no {MANIFEST_NAME} in {d}); its writer did not finish")
         schema: Optional[pa.Schema] = None
@@ -328,7 +397,7 @@ class TableRef:
             parts.append(part)
         assert schema is not None
         manifest = Manifest("parquet", schema, parts, info={"source": what, "external": True})
-        ref = cls(manifest, root=None, owned=False)
+        ref = cls(manifest, root=None)
         # No writer checksummed these bytes; TableRef.digest hashes them on demand.
         ref._digest = None
         return ref
@@ -336,7 +405,7 @@ class TableRef:
 
 def _has_our_parts(directory: str) -> bool:
     try:
-        return any(_PART_RE.match(n) for n in os.listdir(directory))
+        return any(PART_RE.match(n) for n in os.listdir(directory))
     except OSError:
         return False
 

@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 
 from ..engine.schemas import conform
 from ..options import TableOptions
-from .errors import TableCorruptError, TableError
-from .manifest import Partition, Segment
+from ..permissions import open_new
+from .errors import TableCorruptError, TableError, TableWriteError
+from .manifest import Partition, Segment, fsync_dir
+from .names import temp_name
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +135,29 @@ def parquet_layout(mm: pa.MemoryMappedFile, path: str, with_segments: bool
 
 def write_partition(table: pa.Table, directory: str, filename: str, opts: TableOptions,
                     rank: Optional[int] = None) -> Partition:
-    """Write ``table`` to ``directory/filename`` atomically and describe the file."""
+    """Write ``table`` to ``directory/filename`` atomically and describe the file.
+
+    The file is made with the mode of ``opts.sharing`` before a byte goes in
+    (the umask never decides), under a temporary name carrying this writer's
+    tag, and renamed into place once complete; with ``opts.fsync`` the file
+    and then the directory entry are flushed to stable storage first.  On
+    any failure nothing of it is left: neither the temporary file nor the
+    partition.
+
+    Raises
+    ------
+    TableWriteError
+        The file could not be written (a full disk, a quota, permissions),
+        naming the partition's path.
+    """
     t0 = time.perf_counter()
     final = os.path.join(directory, filename)
-    # Dot-prefixed: dataset discovery and our readers skip it if a crash leaves it behind.
-    tmp = os.path.join(directory, f".{filename}.{os.getpid()}.tmp")
+    tmp = os.path.join(directory, temp_name(filename))
+    placed = False
     try:
+        # Made here with its final mode; the writers below open it again by
+        # name, which truncates it but keeps the mode.
+        os.close(open_new(tmp, opts.sharing))
         writer = _write_parquet if opts.format == "parquet" else _write_ipc
         positions = writer(table, tmp, opts)
         mm = _open_map(tmp)
@@ -150,6 +169,8 @@ def write_partition(table: pa.Table, directory: str, filename: str, opts: TableO
             nbytes = mm.size()
         finally:
             mm.close()
+        if sum(row_groups) != table.num_rows:
+            raise TableCorruptError(f"{final}: wrote {table.num_rows} rows but the file holds {sum(row_groups)}")
         if opts.fsync:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -157,14 +178,18 @@ def write_partition(table: pa.Table, directory: str, filename: str, opts: TableO
             finally:
                 os.close(fd)
         os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        placed = True
+        if opts.fsync:
+            fsync_dir(directory)
+    except BaseException as err:
+        for path in (tmp, final) if placed else (tmp,):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if isinstance(err, (OSError, pa.ArrowException)) and not isinstance(err, TableError):
+            raise TableWriteError(f"{final}: cannot write this partition: {err}") from err
         raise
-    if sum(row_groups) != table.num_rows:
-        raise TableCorruptError(f"{final}: wrote {table.num_rows} rows but the file holds {sum(row_groups)}")
     return Partition(file=filename, num_rows=table.num_rows, nbytes=nbytes, row_groups=row_groups,
                      tail=tail, head=head, segments=segments, rank=rank,
                      write_seconds=time.perf_counter() - t0)

@@ -17,19 +17,16 @@ import base64
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
-from .errors import ManifestError
+from ..permissions import open_new
+from .errors import ManifestError, TableWriteError
+from .names import MANIFEST_NAME, plain_name_problem, temp_name
 
-MANIFEST_NAME = "_rcylon_manifest.json"
 MANIFEST_VERSION = 1
-# Partition files of committed-or-not tables carry this prefix, so a reader
-# recognises the leftovers of an unfinished writer as such.
-PART_PREFIX = "part-"
 
 
 @dataclass(frozen=True)
@@ -229,23 +226,56 @@ class Manifest:
             raise ManifestError(f"{where}: manifest digest does not match its partitions")
         return manifest
 
-    def write(self, directory: str, fsync: bool = False) -> str:
-        """Write atomically into ``directory``; returns the manifest path."""
+    def write(self, directory: str, fsync: bool = False, sharing: str = "private") -> str:
+        """Write atomically into ``directory``; returns the manifest path.
+
+        The file gets the mode of ``sharing`` whatever the umask.  With
+        ``fsync`` the manifest and then the directory are flushed to stable
+        storage before this returns.  On any failure the temporary file is
+        removed and nothing is committed.
+
+        Raises
+        ------
+        TableWriteError
+            The manifest could not be written (full disk, permissions),
+            naming its path.
+        """
         path = os.path.join(directory, MANIFEST_NAME)
-        tmp = os.path.join(directory, f".{MANIFEST_NAME}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp = os.path.join(directory, temp_name(MANIFEST_NAME))
         data = json.dumps(self.to_json(), indent=1).encode()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if fsync:
-            _fsync_dir(directory)
+        placed = False
+        try:
+            try:
+                with os.fdopen(open_new(tmp, sharing), "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    if fsync:
+                        os.fsync(f.fileno())
+                os.replace(tmp, path)
+                placed = True
+                if fsync:
+                    fsync_dir(directory)
+            except BaseException:
+                # A manifest whose rename may not survive a crash commits nothing either.
+                for leftover in (tmp, path) if placed else (tmp,):
+                    try:
+                        os.unlink(leftover)
+                    except OSError:
+                        pass
+                raise
+        except OSError as err:
+            raise TableWriteError(f"{path}: cannot write the manifest: {err}") from err
         return path
 
     @classmethod
     def load(cls, directory: str) -> Manifest:
+        """Read and check the manifest of the table directory ``directory``.
+
+        Besides the manifest's own checks (:meth:`from_json`), every partition
+        must be a plain file name inside ``directory``: a manifest naming an
+        absolute path, ``..`` or a path with separators is refused before
+        any file it names is opened.
+        """
         path = os.path.join(directory, MANIFEST_NAME)
         try:
             with open(path, "rb") as f:
@@ -257,11 +287,31 @@ class Manifest:
             obj = json.loads(raw)
         except ValueError as err:
             raise ManifestError(f"{path}: manifest is not valid JSON ({err})") from None
-        return cls.from_json(obj, path)
+        manifest = cls.from_json(obj, path)
+        if manifest.info.get("external"):
+            raise ManifestError(f"{path}: describes external files, not a table directory's own partitions")
+        check_partition_names(manifest.partitions, path)
+        return manifest
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def check_partition_names(partitions: Sequence[Partition], where: str) -> None:
+    """Refuse partitions that are not plain file names inside the table directory.
+
+    Raises
+    ------
+    ManifestError
+        Naming ``where`` (the manifest) and the first bad entry.
+    """
+    for i, part in enumerate(partitions):
+        problem = plain_name_problem(part.file)
+        if problem:
+            raise ManifestError(f"{where}: partition {i} names {part.file!r}, which {problem}; a table's "
+                                "partitions must be plain file names inside its directory")
+
+
+def fsync_dir(directory: str) -> None:
+    """Flush ``directory``'s entries (names made, renamed or removed in it) to stable storage."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:

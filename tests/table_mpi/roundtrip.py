@@ -1,6 +1,7 @@
 """Run under ``mpiexec -n N``: write a table with publish_result, or read shares with resolve_arguments.
 
     roundtrip.py write DATA_DIR REF_PICKLE [--kind full|empty] [--format parquet|ipc] [--task T]
+                       [--sharing private|group] [--fsync on|off]
     roundtrip.py read REF_PICKLE RESULT_JSON
 
 ``write``: rank r publishes ``tablecheck.partition(r, N)``; rank 0 pickles the TableRef.
@@ -29,7 +30,8 @@ from parsl_rcylon.table import TableRef, publish_result, resolve_arguments  # no
 def write(args: argparse.Namespace) -> None:
     comm = MPI.COMM_WORLD
     ctx = CylonContext(comm, task_id=args.task, name="writer", data_dir=args.data_dir,
-                       options={"format": args.format, "row_group_size": 400})
+                       options={"format": args.format, "row_group_size": 400, "sharing": args.sharing,
+                                "fsync": {"on": True, "off": False, None: None}[args.fsync]})
     part = tablecheck.partition(ctx.rank, ctx.size, kind=args.kind)
     ref = publish_result(ctx, part, ok=True)
     if ctx.rank == 0:
@@ -76,6 +78,8 @@ def main() -> None:
     w.add_argument("--kind", default="full")
     w.add_argument("--format", default="parquet")
     w.add_argument("--task", default="t1")
+    w.add_argument("--sharing", default="private")
+    w.add_argument("--fsync", choices=["on", "off"], default=None, help="default: the option's default")
     r = sub.add_parser("read")
     r.add_argument("ref")
     r.add_argument("result")
