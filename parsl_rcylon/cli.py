@@ -2,7 +2,7 @@
 
     parsl-rcylon bench paper [--quick] [--out DIR] [--ranks 1,2,4] [--rows-per-rank N] [--iterations K]
     parsl-rcylon doctor [--run-dir DIR] [--no-pilot]
-    parsl-rcylon clean [--run-dir DIR] [--older-than HOURS] [--yes] [--force]
+    parsl-rcylon clean [--run-dir DIR] [--data-dir DIR] [--older-than HOURS] [--yes] [--force]
 
 Also ``python -m parsl_rcylon ...``.  Every command prints a line per step as
 it goes; ``doctor`` exits non-zero when a check fails, ``clean`` only lists
@@ -429,6 +429,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if not runs:
         _say(f"{run_dir}: no run directory with a Radical Pilot session"
              + (f" older than {args.older_than:g} h" if args.older_than else ""))
+        _clean_tables([], args)
         return 0
     for run in runs:
         for sid in run.sessions:
@@ -441,6 +442,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if run.clients:
             _say(f"    in use by pid {', '.join(str(p) for p in run.clients)} (a workflow still running?): "
                  + ("--force given, cleaning it anyway" if args.force else "skipped; --force cleans it anyway"))
+    in_use = [r for r in runs if r.clients and not args.force]
+    _clean_tables(in_use, args)
     runs = [r for r in runs if args.force or not r.clients]
     total_procs = sum(len(r.processes) for r in runs)
     total = sum(r.nbytes for r in runs)
@@ -455,6 +458,32 @@ def cmd_clean(args: argparse.Namespace) -> int:
         shutil.rmtree(run.path, ignore_errors=True)
         _say(f"removed {run.path}" if not run.path.exists() else f"could not remove all of {run.path}")
     return 0
+
+
+def _clean_tables(runs: List[RunDir], args: argparse.Namespace) -> None:
+    """Leftovers of dead table writers in runs that stay (in use) and in ``--data-dir`` directories.
+
+    Only what a certainly dead writer left goes: temporary files, uncommitted
+    table directories, scratch directories (``tableio.cleanup``).
+    """
+    from .tableio.cleanup import remove_stale_scratch, remove_unfinished
+
+    data_dirs = [Path(d) for d in args.data_dir or []]
+    scratch_dirs = []
+    for run in runs:
+        for executor_dir in (p for p in run.path.iterdir() if p.is_dir() and not p.is_symlink()):
+            data_dirs += [executor_dir / "data"] if (executor_dir / "data").is_dir() else []
+            scratch_dirs += [executor_dir / "scratch"] if (executor_dir / "scratch").is_dir() else []
+    if not data_dirs and not scratch_dirs:
+        return
+    if not args.yes:
+        _say("would remove what dead table writers left in " + ", ".join(str(d) for d in data_dirs + scratch_dirs))
+        return
+    for path in data_dirs + scratch_dirs:
+        clean = remove_unfinished if path in data_dirs else remove_stale_scratch
+        report = clean(str(path), older_than=max(args.older_than, 1.0) * 3600)
+        _say(f"{path}: removed {len(report.removed)} leftover(s) of dead writers"
+             + (f", kept {len(report.kept)} of writers that may still run" if report.kept else ""))
 
 
 def _describe_process(proc: Any) -> str:
@@ -525,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--older-than", type=float, default=0.0, metavar="HOURS",
                        help="only runs whose newest file is older than this (default 0: all)")
     clean.add_argument("--yes", action="store_true", help="do it; without this only list")
+    clean.add_argument("--data-dir", action="append", metavar="DIR",
+                       help="also remove what dead writers left in this table directory (repeatable)")
     clean.add_argument("--force", action="store_true",
                        help="also clean runs that another process of yours still has files open in")
     clean.set_defaults(func=cmd_clean)

@@ -189,6 +189,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.max_message_bytes = max_message_bytes
         modes(sharing)  # raises on an unknown level
         self.sharing = sharing
+        self.table_options.setdefault("sharing", sharing)  # tables follow the run unless told otherwise
         if cancel_grace <= 0:
             raise ValueError(f"cancel_grace must be positive, got {cancel_grace}")
         self.cancel_grace = cancel_grace
@@ -242,6 +243,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         make_dir(self.base_dir, self.sharing)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
+        self._remove_leftovers()
         self._runtime = PilotRuntime(self.label, self.pilots, {p.name: self.pools_of(p) for p in self.pilots},
                                      self.base_dir, self.heartbeat_period, self.heartbeat_threshold, self.timings)
         self._runtime.prepare()
@@ -271,6 +273,18 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["start"] = time.monotonic() - t0
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+
+    def _remove_leftovers(self) -> None:
+        # Writers killed in an earlier run (a rank SIGKILLed mid-write, a node
+        # lost) leave temporary files and uncommitted tables; only certainly
+        # dead writers' leftovers go (see tableio.cleanup).
+        from .tableio.cleanup import remove_stale_scratch, remove_unfinished
+
+        report = remove_unfinished(self.data_dir)
+        report.extend(remove_stale_scratch(str(self.base_dir / "scratch")))
+        if report.removed:
+            logger.warning("%s: removed %d leftover(s) of writers that died in an earlier run: %s", self.label,
+                           len(report.removed), report.removed[:10])
 
     # -- tasks ------------------------------------------------------------------------
 

@@ -128,6 +128,31 @@ def test_clean_missing_dir_is_not_an_error(tmp_path, capsys):
 # -- doctor -----------------------------------------------------------------------------------------
 
 
+def test_clean_removes_only_what_dead_table_writers_left(tmp_path, capsys):
+    from parsl_rcylon.table import TableRef
+    from parsl_rcylon.table.handoff import publish_result
+
+    from .test_table import ctx1
+
+    data = tmp_path / "data"
+    committed = publish_result(ctx1(data, task="kept"), pa.table({"v": [1, 2, 3]}))
+    stale = data / "dead-writer"  # an uncommitted table of a writer on another host, untouched for two days
+    stale.mkdir()
+    (stale / ".writer.1234.5678@elsewhere+1").write_text("")
+    (stale / "part-00000-of-00002.parquet").write_text("x")
+    then = time.time() - 2 * 86400
+    for p in [stale, *stale.iterdir()]:
+        os.utime(p, (then, then))
+    (tmp_path / "runinfo").mkdir()
+    args = ["clean", "--run-dir", str(tmp_path / "runinfo"), "--data-dir", str(data)]
+    assert cli.main(args) == 0
+    assert "would remove what dead table writers left in" in capsys.readouterr().out and stale.exists()
+    assert cli.main(args + ["--yes"]) == 0
+    assert "removed 3 leftover(s) of dead writers" in capsys.readouterr().out  # marker, partition, directory
+    assert not stale.exists()
+    assert TableRef.from_parquet(committed.path).read()["v"].to_pylist() == [1, 2, 3]
+
+
 def test_doctor_without_pilot_passes_in_this_venv(tmp_path, capsys):
     assert cli.main(["doctor", "--no-pilot", "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -35,7 +35,16 @@ def faulty(tmp_path_factory):
     (one is loaded for the session already): ``run(app, *args, **spec)`` submits straight to it."""
     ex = RadicalCylonExecutor(label="faults", worker_ranks=4, cancel_grace=2.0, heartbeat_period=1.0)
     ex.run_dir = str(tmp_path_factory.mktemp("faults"))
+    # What a writer killed in an earlier run left (another host's, untouched for two days): start() removes it.
+    stale = Path(ex.run_dir) / "faults" / "data" / "dead-writer"
+    stale.mkdir(parents=True)
+    (stale / ".writer.1234.5678@elsewhere+1").write_text("")
+    (stale / "part-00000-of-00002.parquet").write_text("x")
+    then = time.time() - 2 * 86400
+    for p in [stale, *stale.iterdir()]:
+        os.utime(p, (then, then))
     ex.start()
+    assert not stale.exists(), "start() leaves what dead writers left"
     sid = ex.session_id
     try:
         yield ex

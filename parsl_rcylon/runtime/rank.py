@@ -121,6 +121,8 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
             if ok:
                 blob = _portable_error(_wrap_exception(exc, rank, size, task))
                 ok = False
+        finally:
+            ctx.close()  # the rank's scratch directory goes with the task, whatever happened
     if ok and rank == 0:
         try:
             blob = serialize(value)
