@@ -1,0 +1,213 @@
+"""Process sweeps end the run's own processes and nothing else: real processes, shaped like RP's and not.
+
+What RP's processes carry was measured on a local pilot (see
+``parsl_rcylon/runtime/processes.py``); the processes here reproduce each
+kind, and next to them what a user on the same login node plausibly runs in
+or about the run's directories: ``tail -f`` on a log, a ``sleep`` or a shell
+in the session directory, a command whose arguments are paths containing the
+session id.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List
+
+import psutil
+import pytest
+
+from parsl_rcylon.runtime.guard import process_spec
+from parsl_rcylon.runtime.processes import end_session, session_processes
+
+#: A Python that renames itself as RP's components do, then sleeps (and optionally starts a child).
+TITLED = ("import setproctitle, subprocess, sys, time\n"
+          "setproctitle.setproctitle(sys.argv[1])\n"
+          "if len(sys.argv) > 2:\n"
+          "    print(subprocess.Popen(['sleep', '300'], cwd='/').pid, flush=True)\n"
+          "time.sleep(300)\n")
+SLEEP = "import time; time.sleep(300)"
+
+
+class Processes:
+    """Starts processes for a test and ends every one of them, by PID, afterwards."""
+
+    def __init__(self) -> None:
+        self.started: List[psutil.Process] = []
+
+    def start(self, argv: List[str], cwd: Path, env: Dict[str, str] = None, title: str = "") -> psutil.Process:
+        popen = subprocess.Popen(argv, cwd=str(cwd), env=dict(os.environ, **(env or {})),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+        proc = psutil.Process(popen.pid)
+        self.started.append(proc)
+        if title:
+            _wait_for(lambda: proc.cmdline()[:1] and proc.cmdline()[0].startswith(title), f"title {title}")
+        proc.popen = popen
+        return proc
+
+    def titled(self, title: str, cwd: Path, with_child: bool = False) -> psutil.Process:
+        """A process named ``title`` by setproctitle, as RP names its components."""
+        proc = self.start([sys.executable, "-c", TITLED, title, *(["child"] if with_child else [])], cwd,
+                          title=title)
+        if with_child:
+            proc.child = psutil.Process(int(proc.popen.stdout.readline()))
+            self.started.append(proc.child)
+        return proc
+
+    def end(self) -> None:
+        for proc in self.started:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(self.started, timeout=10)
+
+
+def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def procs():
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.end()
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run directory laid out as the executor's: ``<base>/<sid>`` and the pilot sandbox under ``<base>/sandbox``."""
+    sid = f"rp.session.test-{uuid.uuid4()}"
+    base = tmp_path / "runinfo" / "000" / "x"
+    session = base / sid
+    pilot = base / "sandbox" / "radical.pilot.sandbox" / sid / "pilot.0000"
+    task = pilot / "x.default.worker.000"
+    for d in (session, task):
+        d.mkdir(parents=True)
+    (session / "agent_0.log").write_text("log\n")
+    launch = task / "x.default.worker.000.launch.sh"
+    launch.write_text("sleep 300\nexit 0\n")
+    return sid, base, session, pilot, task, launch
+
+
+def _pids(found) -> set:
+    return {p.pid for p in found}
+
+
+def _foreign(procs: Processes, sid: str, base: Path, session: Path, pilot: Path, tmp: Path) -> List[psutil.Process]:
+    """What a user plausibly runs in or about a run's directories: none of it is the run's."""
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    (elsewhere / "mine.sh").write_text("sleep 300\nexit 0\n")
+    other = base / f"rp.session.test-{uuid.uuid4()}"
+    other.mkdir()
+    lookalike = base / f"{sid}-copy"  # the id as a substring of a directory name
+    lookalike.mkdir()
+    return [
+        procs.start(["sleep", "300"], session),
+        procs.start(["tail", "-f", str(session / "agent_0.log")], session),
+        procs.start([sys.executable, "-c", SLEEP, f"{pilot}/notes.txt", f"--tag={sid}", f"{sid}.tar"], pilot),
+        procs.start(["sh", "-c", "sleep 300; true"], pilot),  # a shell in the sandbox, running no script of RP's
+        procs.start(["bash", str(elsewhere / "mine.sh")], pilot),
+        procs.start(["tail", "-f", str(next(pilot.rglob("*.launch.sh")))], pilot),  # reading RP's script
+        procs.start([sys.executable, "-c", SLEEP], session, env={"RP_SESSION_ID": f"{sid}-2"}),
+        procs.titled("rp.agent_executing.0000", other),      # another session's component
+        procs.titled("rp.agent_scheduling.0000", lookalike),  # a directory that only contains the id
+        procs.titled("agent.rp.0000", session),              # not an RP title
+    ]
+
+
+def _rp_like(procs: Processes, sid: str, session: Path, pilot: Path, task: Path, launch: Path
+             ) -> List[psutil.Process]:
+    """One process of each kind RP starts for a session, shaped as measured."""
+    titled = procs.titled("rp.agent_executing.0000", pilot, with_child=True)
+    launcher = procs.start(["/usr/bin/bash", str(launch)], task)
+    _wait_for(lambda: launcher.children(), "the launch script's child")
+    return [
+        procs.titled("rp.control_pubsub", session),  # a bridge, renamed, in the client session dir
+        titled, titled.child,                             # a component, and what it started elsewhere
+        launcher, *launcher.children(),                   # a task's launch script and its command
+        procs.start([sys.executable, "-c", SLEEP], Path("/"), env={"RP_SESSION_ID": sid}),  # mpiexec, ranks
+        procs.start([sys.executable, "-c", SLEEP, sid, "reg-url", "bridge"], Path("/")),  # a bridge, untitled
+    ]
+
+
+def test_only_the_sessions_processes_match(procs, run, tmp_path):
+    sid, base, session, pilot, task, launch = run
+    foreign = _foreign(procs, sid, base, session, pilot, tmp_path)
+    ours = _rp_like(procs, sid, session, pilot, task, launch)
+    for scope in (base, None):  # the executor knows its base directory; the tests' leftover checks do not
+        found = _pids(session_processes(sid, scope))
+        assert found == _pids(ours), (scope, [(p.pid, p.cmdline()) for p in foreign if p.pid in found],
+                                      [(p.pid, p.cmdline()) for p in ours if p.pid not in found])
+    assert os.getpid() not in found
+
+
+def test_the_base_directory_bounds_where_a_process_may_work(procs, run, tmp_path):
+    sid, base, *_ = run
+    outside = tmp_path / "another-run" / sid  # same id, outside this run's base directory
+    outside.mkdir(parents=True)
+    titled = procs.titled("rp.agent.0", outside)
+    assert titled.pid not in _pids(session_processes(sid, base))
+    assert titled.pid in _pids(session_processes(sid))
+
+
+def test_another_users_processes_never_match(procs, run):
+    sid, base, session, pilot, task, launch = run
+    ours = _rp_like(procs, sid, session, pilot, task, launch)
+    assert _pids(ours) <= _pids(session_processes(sid, base, uid=os.getuid()))
+    stranger = os.getuid() + 1
+    assert psutil.Process().uids().real != stranger
+    assert session_processes(sid, base, uid=stranger) == []
+
+
+def test_end_session_signals_nothing_but_the_session(procs, run, tmp_path):
+    sid, base, session, pilot, task, launch = run
+    foreign = _foreign(procs, sid, base, session, pilot, tmp_path)
+    ours = _rp_like(procs, sid, session, pilot, task, launch)
+    ended = end_session(sid, base, grace=2.0)
+    assert set(ended) == _pids(ours)
+    _, alive = psutil.wait_procs(ours, timeout=5)
+    assert alive == []
+    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in foreign)
+
+
+def test_guard_ends_the_session_and_spares_the_rest_when_the_client_dies(procs, run, tmp_path):
+    sid, base, session, pilot, task, launch = run
+    client = procs.start([sys.executable, "-c", SLEEP], tmp_path)
+    foreign = _foreign(procs, sid, base, session, pilot, tmp_path)
+    ours = _rp_like(procs, sid, session, pilot, task, launch)
+    root = Path(__file__).resolve().parent.parent
+    guard = subprocess.Popen([sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(base),
+                              process_spec(client)], cwd=str(base), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                 [str(root), os.environ.get("PYTHONPATH", "")])))
+    try:
+        time.sleep(1.0)
+        assert guard.poll() is None, guard.stdout.read()
+        client.send_signal(signal.SIGKILL)  # and left a zombie: nobody reaps it before the guard looks
+        out, _ = guard.communicate(timeout=30)
+    finally:
+        if guard.poll() is None:
+            guard.kill()
+            guard.wait()
+    assert guard.returncode == 0, out
+    _, alive = psutil.wait_procs(ours, timeout=5)
+    assert alive == [], out
+    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in foreign), out
