@@ -21,8 +21,11 @@ from typing import Dict, List
 import psutil
 import pytest
 
+from parsl_rcylon import RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime.guard import process_spec
 from parsl_rcylon.runtime.processes import end_session, session_processes
+
+from .conftest import wait_for_no_processes
 
 #: A Python that renames itself as RP's components do, then sleeps (and optionally starts a child).
 TITLED = ("import setproctitle, subprocess, sys, time\n"
@@ -211,3 +214,102 @@ def test_guard_ends_the_session_and_spares_the_rest_when_the_client_dies(procs, 
     _, alive = psutil.wait_procs(ours, timeout=5)
     assert alive == [], out
     assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in foreign), out
+
+
+# -- on a real pilot ---------------------------------------------------------------------------------
+
+
+@cylon_app(ranks=2)
+def total(ctx):
+    return ctx.comm.allreduce(ctx.rank)
+
+
+def _bystanders(procs: Processes, sid: str, session: Path, pilot: Path) -> List[psutil.Process]:
+    """A user's processes whose command lines and working directories contain the session id."""
+    (session / "mine.log").write_text("")
+    started = [
+        procs.start(["tail", "-f", str(session / "mine.log")], session),
+        procs.start(["tail", "-f", str(pilot / "agent_0.err")], pilot),
+        procs.start(["sleep", "300"], pilot),
+        procs.start(["sh", "-c", f"sleep 300; echo {pilot}"], pilot),
+        procs.start([sys.executable, "-c", SLEEP, f"--notes={session}/notes.txt"], session),
+    ]
+    time.sleep(0.5)
+    assert _dead(started) == [], "a bystander ended by itself"
+    return started
+
+
+def _dead(procs: List[psutil.Process]) -> list:
+    return [(p.pid, " ".join(p.popen.args)) for p in procs if not _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.integration
+def test_a_users_processes_in_the_session_directories_survive_shutdown(procs, tmp_path):
+    ex = RadicalCylonExecutor(label="sweeps", worker_ranks=2)
+    ex.run_dir = str(tmp_path)
+    ex.start()
+    sid = ex.session_id
+    try:
+        assert ex.submit(total.func, {"ranks": 2}).result(timeout=60) == 1
+        session = ex.base_dir / sid
+        pilot = next(ex.base_dir.glob(f"sandbox/*/{sid}/pilot.0000"))
+        bystanders = _bystanders(procs, sid, session, pilot)
+        found = _pids(session_processes(sid, ex.base_dir))
+        assert len(found) > 10 and not found & _pids(bystanders)
+    finally:
+        ex.shutdown()
+    assert wait_for_no_processes(sid, timeout=10) == []
+    assert _dead(bystanders) == []
+
+
+@pytest.mark.integration
+def test_a_users_processes_in_the_session_directories_survive_the_pilots_watchdog(procs, tmp_path):
+    """Client and guard killed: the master SIGKILLs its session after the heartbeat threshold, and only it.
+
+    (With the guard alive, the guard ends the session at once; the unit test
+    above covers it with real processes.)
+    """
+    script = Path(__file__).with_name("lifecycle_client.py")
+    run_dir = tmp_path / "runinfo"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
+    client = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env, cwd=str(tmp_path))
+    sid, lines, children = None, [], []
+    try:
+        deadline = time.monotonic() + 240
+        while sid is None and time.monotonic() < deadline:
+            line = client.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("SESSION "):
+                sid = line.split()[1]
+        assert sid, "client did not start:\n" + "".join(lines[-40:])
+        session = next(run_dir.glob(f"*/victim/{sid}"))
+        pilot = next(session.parent.glob(f"sandbox/*/{sid}/pilot.0000"))
+        bystanders = _bystanders(procs, sid, session, pilot)
+        children = psutil.Process(client.pid).children()  # the guard and RP's proxy fork of the client
+        guard = [c for c in children if "parsl_rcylon.runtime.guard" in c.cmdline()]
+        assert len(guard) == 1, [c.cmdline() for c in children]
+        guard[0].kill()
+        _wait_for(lambda: not _alive(guard[0]), "the guard to end")  # a zombie until the client reaps it
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+    for child in children:  # what only the guard would have ended
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    assert wait_for_no_processes(sid, timeout=90) == []
+    swept = [line for log in pilot.rglob("*.log") for line in log.read_text(errors="replace").splitlines()
+             if f"processes of session {sid}" in line]
+    assert swept, "the master's watchdog never swept the pilot"
+    assert _dead(bystanders) == []
