@@ -63,6 +63,11 @@ class Processes:
         return proc
 
     def end(self) -> None:
+        for proc in list(self.started):  # what they started too (the sleep of a shell or launch script)
+            try:
+                self.started += proc.children(recursive=True)
+            except psutil.Error:
+                pass
         for proc in self.started:
             try:
                 proc.kill()
