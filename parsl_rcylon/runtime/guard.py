@@ -9,13 +9,15 @@ finds it: it would wait forever.
 
 The executor starts the guard right after the session opens, in a session of
 its own (a Ctrl-C on the client's terminal does not reach it), and passes it
-the PIDs of the client and of those forks, each with its start time so that
-a reused PID is never taken for one of ours.  The guard polls the client;
-when the client is gone it ends the forks and every local process of the
-session, then exits.  On a clean shutdown the executor ends the guard with
-SIGTERM, which it obeys at once.
+the session id, the run's base directory (which holds the session's
+directories, see :func:`.processes.session_processes`), and the PIDs of the
+client and of those forks, each with its start time so that a reused PID is
+never taken for one of ours.  The guard polls the client; when the client is
+gone it ends the forks and every local process of the session, then exits.
+On a clean shutdown the executor ends the guard with SIGTERM, which it obeys
+at once.
 
-    python -m parsl_rcylon.runtime.guard SID CLIENT_PID:START [PID:START ...]
+    python -m parsl_rcylon.runtime.guard SID BASE_DIR CLIENT_PID:START [PID:START ...]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import psutil
@@ -41,34 +44,40 @@ def process_spec(proc: psutil.Process) -> str:
 
 
 def _process(spec: str) -> Optional[psutil.Process]:
-    """The live process ``spec`` names, or None when it ended (or its PID now belongs to another)."""
+    """The live process ``spec`` names, or None when it ended (a zombie too), or its PID now belongs to another."""
     pid, start = spec.split(":")
     try:
         proc = psutil.Process(int(pid))
-        return proc if abs(proc.create_time() - float(start)) < 0.01 else None
+        if abs(proc.create_time() - float(start)) >= 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
     except psutil.Error:
         return None
 
 
-def watch(sid: str, client: str, forks: Sequence[str], poll: float = POLL) -> List[int]:
-    """Wait for the client to end; then end ``forks`` and the session's processes; return their PIDs."""
+def watch(sid: str, base_dir: Path, client: str, forks: Sequence[str], poll: float = POLL) -> List[int]:
+    """Wait for the client to end; then end ``forks`` and the session's processes; return their PIDs.
+
+    The session's processes are those of :func:`.processes.session_processes`
+    for ``sid`` under ``base_dir``.
+    """
     while _process(client) is not None:
         time.sleep(poll)
     procs = [p for p in (_process(spec) for spec in forks) if p is not None]
     known = {p.pid for p in procs}
-    procs += [p for p in session_processes(sid) if p.pid not in known]
+    procs += [p for p in session_processes(sid, base_dir) if p.pid not in known]
     ended = end_processes(procs)
     logger.warning("client %s of session %s ended without shutting down: ended %s", client, sid, ended)
     return ended
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) < 2:
+    if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s guard %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    watch(argv[0], argv[1], argv[2:])
+    watch(argv[0], Path(argv[1]), argv[2], argv[3:])
     return 0
 
 

@@ -34,7 +34,9 @@ class ClientHygiene:
     label : str
         The executor's label, for log messages.
     base_dir : Path
-        The executor's run directory (the guard's log and working directory).
+        The executor's run directory: the guard's log and working directory,
+        and where the session's directories lie (only processes there count
+        as the session's, see :func:`.processes.session_processes`).
     timings : dict
         Where ``shutdown_sweep`` is recorded.
     """
@@ -86,7 +88,7 @@ class ClientHygiene:
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
-        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid,
+        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(self.base_dir),
                 process_spec(psutil.Process()), *(process_spec(p) for p in self._forks)]
         with open(self.base_dir / "guard.log", "ab") as log:
             self._guard = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -100,7 +102,7 @@ class ClientHygiene:
             return []
         t = time.monotonic()
         ended = end_processes([p for p in self._forks if p.is_running()], grace=1.0)
-        ended += end_session(sid)
+        ended += end_session(sid, self.base_dir)
         self.timings["shutdown_sweep"] = time.monotonic() - t
         if ended:
             logger.warning("%s: ended %d leftover process(es) of session %s: %s", self.label, len(ended), sid, ended)

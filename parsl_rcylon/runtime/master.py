@@ -71,7 +71,7 @@ def end_pilot_processes(log=None) -> None:
     master among them -- before it could finish the sweep.
     """
     sid = os.environ["RP_SESSION_ID"]
-    procs = session_processes(sid)
+    procs = session_processes(sid, os.environ.get("RP_SESSION_SANDBOX"))
     if log:
         log.info("killing %d processes of session %s: %s", len(procs), sid, [p.pid for p in procs])
     end_processes(procs, grace=0.0, first_signal=signal.SIGKILL)
