@@ -1,7 +1,6 @@
 """Distributed sample sort."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -11,7 +10,15 @@ import pyarrow.compute as pc
 from ..options import EngineOptions
 from .errors import InvalidArgumentError, UnsupportedTypeError
 from .grouping import group_rows, take_range
-from .hashing import fixed_width_values
+from .localsort import (
+    SortKey,
+    arrow_sort_indices,
+    combined,
+    int_values,
+    is_int_like,
+    local_sort_indices,
+    null_nan_classes,
+)
 from .prepare import prepare
 from .transport import exchange_columns, exchange_tables
 from .validation import check_columns
@@ -24,27 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: partitions within a few percent of the mean on uniform keys.
 SAMPLES_PER_RANK = 256
 
-_PA_MAJOR = int(pa.__version__.split(".")[0])
 _ORDERS = {"ascending": False, "descending": True}
 
 By = Union[str, Sequence[Union[str, Tuple[str, str], Tuple[str, str, str]]]]
-
-
-@dataclass(frozen=True)
-class SortKey:
-    """One sort column: name, direction and where its nulls go."""
-
-    name: str
-    descending: bool
-    nulls_last: bool
-
-    @property
-    def order(self) -> str:
-        return "descending" if self.descending else "ascending"
-
-    @property
-    def placement(self) -> str:
-        return "at_end" if self.nulls_last else "at_start"
 
 
 def parse_sort_keys(
@@ -94,122 +83,7 @@ def parse_sort_keys(
     return keys
 
 
-# -- local sort ----------------------------------------------------------------------------------
-
-
-def _is_int_like(dtype: pa.DataType) -> bool:
-    return (pa.types.is_integer(dtype) or pa.types.is_temporal(dtype)) and not pa.types.is_interval(dtype)
-
-
-def _int_values(arr: pa.Array) -> np.ndarray:
-    width = arr.type.bit_width // 8
-    signed = not pa.types.is_unsigned_integer(arr.type)
-    return fixed_width_values(arr, np.dtype(f"{'i' if signed else 'u'}{width}"))
-
-
-def _ordered_codes(values: np.ndarray, descending: bool) -> np.ndarray:
-    """uint64 codes whose unsigned order is the wanted order of ``values``."""
-    if values.dtype.kind == "i":
-        codes = values.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
-    else:
-        codes = values.astype(np.uint64)
-    return ~codes if descending else codes
-
-
-def _sort_ints(values: np.ndarray, descending: bool, owned: bool = False) -> np.ndarray:
-    """Stable argsort of integers, fast.
-
-    When the key range and the row count fit in 64 bits together, the row
-    number is packed under the key and one plain ``np.sort`` of uint64 (faster
-    than a stable argsort or Arrow's sort_indices: docs/engine.md) yields the
-    permutation, stable by construction.
-    With ``owned`` (a fresh 64-bit array the caller gives up) the packing
-    reuses ``values``' memory instead of allocating another 8 bytes per row.
-    """
-    n = len(values)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    lo, hi = int(values.min()), int(values.max())
-    idx_bits = max(1, (n - 1).bit_length())
-    if (hi - lo).bit_length() + idx_bits <= 64:
-        signed = values.dtype.kind == "i"
-        if owned and values.dtype.itemsize == 8:
-            wide = values.view(np.uint64)
-        else:
-            wide = values.astype(np.int64).view(np.uint64) if signed else values.astype(np.uint64)
-        # Wrap-around uint64 arithmetic gives the exact offset from min (or to max).
-        if descending:
-            np.subtract(np.uint64(hi % 2**64), wide, out=wide)
-        else:
-            wide -= np.uint64(lo % 2**64)
-        packed = wide
-        packed <<= np.uint64(idx_bits)
-        block = 1 << 20  # row numbers in blocks: no second 8-byte-per-row temporary
-        for lo_row in range(0, n, block):
-            hi_row = min(n, lo_row + block)
-            packed[lo_row:hi_row] |= np.arange(lo_row, hi_row, dtype=np.uint64)
-        packed.sort()
-        packed &= np.uint64((1 << idx_bits) - 1)
-        return packed.view(np.int64)
-    return np.argsort(_ordered_codes(values, descending), kind="stable")
-
-
-def _combined(column: Union[pa.ChunkedArray, pa.Array]) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    return column
-
-
-def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
-    """Stable sort permutation of ``table`` by ``keys`` (pyarrow's sort semantics)."""
-    if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
-        key = keys[0]
-        column = table.column(key.name)
-        if not column.null_count:
-            # One copy of the key straight into a 64-bit array that the sort then owns.
-            wide = np.int64 if not pa.types.is_unsigned_integer(column.type) else np.uint64
-            chunks = [_int_values(c) for c in column.chunks] or [np.zeros(0, dtype=wide)]
-            return _sort_ints(np.concatenate(chunks, dtype=wide), key.descending, owned=True)
-        arr = _combined(column)
-        values = _int_values(arr)
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
-        present = np.flatnonzero(valid)
-        order = present[_sort_ints(values[present], key.descending)]
-        nulls = np.flatnonzero(~valid)
-        return np.concatenate([order, nulls] if key.nulls_last else [nulls, order])
-    return _arrow_sort_indices(table, keys)
-
-
-def _arrow_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
-    if _PA_MAJOR >= 25:
-        options = pc.SortOptions(sort_keys=[(k.name, k.order, k.placement) for k in keys])
-    else:  # pragma: no cover - older pyarrow has one placement for all keys
-        placements = {k.placement for k in keys}
-        if len(placements) > 1:
-            raise InvalidArgumentError("this pyarrow supports one null placement for all sort keys")
-        options = pc.SortOptions(sort_keys=[(k.name, k.order) for k in keys], null_placement=placements.pop())
-    return pc.sort_indices(table, options=options).to_numpy()
-
-
 # -- splitters -----------------------------------------------------------------------------------
-
-
-def _classes(arr: pa.Array, key: SortKey) -> Optional[np.ndarray]:
-    """Per-row class that orders nulls and NaNs around ordinary values.
-
-    pyarrow puts NaN next to null: ``values < NaN < null`` at the end, or
-    ``null < NaN < values`` at the start, whatever the direction.
-    """
-    has_nan = pa.types.is_floating(arr.type) and len(arr) and pc.any(pc.is_nan(arr)).as_py()
-    if not arr.null_count and not has_nan:
-        return None
-    normal, nan, null = (0, 1, 2) if key.nulls_last else (2, 1, 0)
-    cls = np.full(len(arr), normal, dtype=np.int8)
-    if has_nan:
-        cls[pc.fill_null(pc.is_nan(arr), False).to_numpy(zero_copy_only=False)] = nan
-    if arr.null_count:
-        cls[arr.is_null().to_numpy(zero_copy_only=False)] = null
-    return cls
 
 
 def _plain(arr: pa.Array) -> pa.Array:
@@ -229,10 +103,10 @@ def _destinations(
     """
     m = splitters.num_rows
     n = table.num_rows
-    rows = [_plain(_combined(table.column(k.name))) for k in keys]
-    row_cls = [_classes(a, k) for a, k in zip(rows, keys, strict=True)]
-    split_cols = [_plain(_combined(splitters.column(k.name))) for k in keys]
-    split_cls = [_classes(a, k) for a, k in zip(split_cols, keys, strict=True)]
+    rows = [_plain(combined(table.column(k.name))) for k in keys]
+    row_cls = [null_nan_classes(a, k) for a, k in zip(rows, keys, strict=True)]
+    split_cols = [_plain(combined(splitters.column(k.name))) for k in keys]
+    split_cls = [null_nan_classes(a, k) for a, k in zip(split_cols, keys, strict=True)]
     split_pos = splitters.column(pos_name).to_numpy()
     lo = np.zeros(n, dtype=np.int64)
     hi = np.full(n, m, dtype=np.int64)
@@ -271,12 +145,12 @@ def _int_destinations(table: pa.Table, key: SortKey, splitters: pa.Table, offset
     count of splitters above it.  Only rows equal to a splitter's key need
     the global position to break the tie.
     """
-    arr = _combined(table.column(key.name))
-    sarr = _combined(splitters.column(key.name))
+    arr = combined(table.column(key.name))
+    sarr = combined(splitters.column(key.name))
     if arr.null_count or sarr.null_count:
         return None
-    values = _int_values(arr)
-    svalues = _int_values(sarr).astype(values.dtype)
+    values = int_values(arr)
+    svalues = int_values(sarr).astype(values.dtype)
     spos = splitters.column(pos_name).to_numpy()
     m = len(svalues)
     small = np.uint8 if m < 256 else (np.uint16 if m < 65536 else np.int64)
@@ -361,9 +235,9 @@ def sort(
                     f"sort column {key.name!r} has type {dtype}, which cannot be ordered"
                 )
             try:  # the kernels the sort needs must exist for this type; probe them on no rows
-                empty = _plain(_combined(table.column(key.name).slice(0, 0)))
+                empty = _plain(combined(table.column(key.name).slice(0, 0)))
                 pc.less(empty, empty)
-                _arrow_sort_indices(table.slice(0, 0), [key])
+                arrow_sort_indices(table.slice(0, 0), [key])
             except (pa.ArrowException, TypeError) as exc:
                 raise UnsupportedTypeError(
                     f"sort column {key.name!r} has type {dtype}, which cannot be ordered: {exc}"
@@ -394,7 +268,7 @@ def sort(
     splitters = _choose_splitters(samples, weights, keys, total, size, pos_name)
 
     dest: Any = None
-    if len(keys) == 1 and _is_int_like(table.schema.field(keys[0].name).type):
+    if len(keys) == 1 and is_int_like(table.schema.field(keys[0].name).type):
         dest = _int_destinations(table, keys[0], splitters, offset, pos_name)
     if dest is None:
         dest = _destinations(table, keys, splitters, np.arange(offset, offset + n, dtype=np.int64), pos_name)

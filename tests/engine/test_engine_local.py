@@ -14,7 +14,7 @@ from parsl_rcylon import engine
 from parsl_rcylon.engine import grouping, hashing
 from parsl_rcylon.engine.agreement import agree, format_ranks
 from parsl_rcylon.engine.groupby import parse_aggregations
-from parsl_rcylon.engine.sort import SortKey, _sort_ints, local_sort_indices, parse_sort_keys
+from parsl_rcylon.engine.sort import SortKey, local_sort_indices, parse_sort_keys
 
 COMM = MPI.COMM_SELF
 
@@ -72,12 +72,12 @@ def test_grouped_rows_keep_their_order(dtype) -> None:
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint64, np.uint8])
 @pytest.mark.parametrize("descending", [False, True])
-def test_sort_ints_is_a_stable_argsort(dtype, descending) -> None:
+def test_packed_int_sort_is_a_stable_argsort(dtype, descending) -> None:
     rng = np.random.default_rng(3)
     info = np.iinfo(dtype)
     for values in (rng.integers(0, 50, 1000).astype(dtype), rng.integers(info.min, info.max, 1000, dtype=dtype,
                                                                         endpoint=True)):
-        got = _sort_ints(values, descending)
+        got = local_sort_indices(pa.table({"k": values}), [SortKey("k", descending, True)])
         keys = -values.astype(object) if descending else values.astype(object)
         want = sorted(range(len(values)), key=lambda i: keys[i])  # Python's sort is stable
         assert got.tolist() == want

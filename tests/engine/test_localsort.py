@@ -1,0 +1,104 @@
+"""The local sort kernel (packed 64-bit keys) against pyarrow's stable sort_indices."""
+from __future__ import annotations
+
+import decimal
+from typing import Any, Dict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parsl_rcylon.engine.localsort import SortKey, key_codes, local_sort_indices
+
+KINDS = ["int64", "wide_int64", "uint64", "uint8", "int32", "float64", "float32", "string", "large_string",
+         "binary", "bool", "timestamp", "date32", "decimal"]
+
+
+def column(kind: str, n: int, rng: np.random.Generator, null_rate: float) -> pa.Array:
+    nulls = rng.random(n) < null_rate
+    if kind == "int64":
+        values: Any = rng.integers(-5, 5, n)
+    elif kind == "wide_int64":  # the whole range: the codes do not fit above the row number
+        values = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64, endpoint=True)
+        values[rng.random(n) < 0.3] = values[0] if n else 0  # duplicates
+    elif kind == "uint64":
+        values = rng.choice(np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64), n)
+    elif kind == "uint8":
+        values = rng.integers(0, 256, n).astype(np.uint8)
+    elif kind == "int32":
+        values = rng.integers(-2**31, 2**31, n).astype(np.int32)
+    elif kind in ("float64", "float32"):
+        values = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf, 3.0, 1e-300], n)
+        values = values.astype(np.float32 if kind == "float32" else np.float64)
+    elif kind in ("string", "large_string", "binary"):
+        # Shared prefixes longer than 8 bytes, embedded NULs and empty strings: ties in the packed prefix.
+        alphabet = ["a", "b", "\x00", "é", "prefix-of-ten"]
+        values = ["".join(rng.choice(alphabet, rng.integers(0, 4))) for _ in range(n)]
+        dtype = {"string": pa.string(), "large_string": pa.large_string(), "binary": pa.binary()}[kind]
+        if kind == "binary":
+            values = [v.encode() for v in values]
+        return pa.array(values, dtype, mask=nulls)
+    elif kind == "bool":
+        values = rng.random(n) < 0.5
+    elif kind == "timestamp":
+        return pa.array(rng.integers(-10**6, 10**6, n), mask=nulls).cast(pa.timestamp("us"))
+    elif kind == "date32":
+        return pa.array(rng.integers(0, 100, n).astype(np.int32), mask=nulls).cast(pa.date32())
+    else:  # a type without a code: pyarrow sorts it
+        return pa.array([None if m else decimal.Decimal(int(x)) for m, x in zip(nulls, rng.integers(0, 9, n),
+                                                                                 strict=True)], pa.decimal128(5, 0))
+    return pa.array(values, mask=nulls)
+
+
+@st.composite
+def sort_cases(draw: Any) -> Dict[str, Any]:
+    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=3))
+    n = draw(st.integers(0, 400))
+    seed = draw(st.integers(0, 2**32 - 1))
+    null_rate = draw(st.sampled_from([0.0, 0.2, 1.0]))
+    keys = [SortKey(f"c{i}", draw(st.booleans()), draw(st.booleans())) for i in range(len(kinds))]
+    chunked = draw(st.booleans())
+    sliced = draw(st.integers(0, 3))
+    return {"kinds": kinds, "n": n, "seed": seed, "null_rate": null_rate, "keys": keys, "chunked": chunked,
+            "sliced": sliced}
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(sort_cases())
+def test_local_sort_is_pyarrows_stable_sort(case: Dict[str, Any]) -> None:
+    rng = np.random.default_rng(case["seed"])
+    n = case["n"]
+    table = pa.table({f"c{i}": column(k, n, rng, case["null_rate"]) for i, k in enumerate(case["kinds"])})
+    table = table.append_column("row", pa.array(np.arange(n)))
+    if case["chunked"] and n > 2:
+        table = pa.concat_tables([table.slice(0, n // 3), table.slice(n // 3)])
+    table = table.slice(min(case["sliced"], n))
+    keys = case["keys"]
+    want = pc.sort_indices(table, sort_keys=[(k.name, k.order, k.placement) for k in keys]).to_numpy()
+    assert local_sort_indices(table, keys).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_wide_keys_tie_only_in_their_kept_bits(descending: bool) -> None:
+    # 2**62 apart and 2**20 rows: the packed key keeps 44 of 63 bits, so every
+    # row ties with others in the kept bits and the exact re-sort decides.
+    n = 1 << 20
+    rng = np.random.default_rng(5)
+    values = rng.choice(np.array([0, 1, 2, 2**62, 2**62 + 3], dtype=np.int64), n)
+    table = pa.table({"k": values})
+    key = SortKey("k", descending, True)
+    want = pc.sort_indices(table, sort_keys=[("k", key.order)]).to_numpy()
+    assert np.array_equal(local_sort_indices(table, [key]), want)
+
+
+def test_codes_are_exact_where_they_say_so() -> None:
+    key = SortKey("k", False, True)
+    codes, bits, exact = key_codes(pa.array([5, None, -3, 7], pa.int64()), key)
+    assert exact and bits == 4 + 2  # a range of 10 and two bits of null/NaN class
+    assert codes.tolist() == [8, 2 << 4, 0, 10]
+    codes, bits, exact = key_codes(pa.array(["abcdefghi", "abcdefgh", "b"]), key)
+    assert not exact and codes[0] == codes[1] < codes[2]
+    assert key_codes(pa.array([decimal.Decimal(1)]), key) is None
