@@ -56,7 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/packing.py --out $(RESULTS)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
 	$(BIN)/python benchmarks/fsync.py --out $(RESULTS)
-	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 2M,8M
+	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 8M --repeats 5
 	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 

@@ -1,10 +1,12 @@
-"""Distributed join and sort: parsl_rcylon's engine vs single-process pyarrow vs Dask.
+"""Join, sort and group-by: parsl_rcylon's engine against pyarrow, DuckDB, Polars and Dask.
 
-The paper's shape: two tables of N rows each (int64 ``key`` uniform in
-``[0, N)``, float64 ``v``), an inner join on ``key``, and a sort of N rows by
-``key``.  Every configuration sees exactly the same rows: the data are
-generated in fixed chunks from per-chunk seeds, so a rank of an R-rank run
-builds just its slice of the same global tables.
+The shapes: two tables of N rows each (int64 ``key`` uniform in ``[0, N)``,
+float64 ``v``), an inner join on ``key`` (the paper's); a sort of N rows by
+an int64 key uniform in ``[0, 2**62)``; group-bys of N rows by an int64 key
+with about 1,000 (``groupby_1k``) and about 1M (``groupby_1m``) groups, sum
+and mean of ``v``.  Every configuration sees exactly the same rows: the data
+are generated in fixed chunks from per-chunk seeds, so a rank of an R-rank
+run builds just its slice of the same global tables.
 
 Engine timings run under ``mpiexec -n R`` and are taken inside, after a
 barrier, as the maximum over ranks.  Each operation and size runs in a fresh
@@ -14,16 +16,20 @@ paged in and the join kernel's connection is open, so the code pages (26 MiB
 here, shared with every other process and reclaimable) do not count as the
 operation's memory.  The first full-size run then measures memory (peak
 resident size over the resident size with the inputs loaded, per rank); then
-``--repeats`` timed runs, of which the median is reported.  pyarrow runs in a separate process with
-its thread pool on (all cores); Dask runs a ``LocalCluster`` with R worker
+``--repeats`` timed runs, of which the median is reported.  pyarrow, DuckDB
+and Polars each run in one process on all cores (their own thread pools),
+Arrow tables in and out as for the engine (Polars: frames made from the
+Arrow inputs before the clock starts, a frame out); their sorts need not be
+stable, the engine's is.  Dask runs a ``LocalCluster`` with R worker
 processes of one thread, inputs persisted before the clock starts.
 
 Usage::
 
-    python benchmarks/ops.py --out DIR [--quick] [--sizes 2M,8M] [--ranks 1,2,4] [--repeats 3]
+    python benchmarks/ops.py --out DIR [--quick] [--sizes 8M] [--ranks 1,2,4] [--repeats 5]
+        [--ops join,sort,groupby_1k,groupby_1m]
 
-writes ``DIR/ops.json`` (all timings, medians, rows/s, memory) and
-``DIR/ops.png``.
+writes ``DIR/ops.json`` (all timings, medians, rows/s, memory), ``DIR/ops.md``
+and ``DIR/ops.png``.
 """
 from __future__ import annotations
 
@@ -110,30 +116,72 @@ def measured(fn: Callable[[], Any]) -> tuple:
 WARM_ROWS = 4096
 
 
-def _inputs(n: int, rank: int = 0, size: int = 1) -> tuple:
-    """This rank's slices of the two global N-row tables (the join's sides; the sort uses the left)."""
+#: The operations and the key range of their input (None: [0, N)).
+OPS = {"join": None, "sort": 2**62, "groupby_1k": 1000, "groupby_1m": 1_000_000}
+AGGS = [("v", "sum"), ("v", "mean")]
+#: Single-process engines and what each needs installed.
+SINGLE = {"pyarrow": "pyarrow", "duckdb": "duckdb", "polars": "polars"}
+
+
+def _inputs(op: str, n: int, rank: int = 0, size: int = 1) -> tuple:
+    """This rank's slices of the op's global N-row input(s): (left, right) for the join, (table, None) else."""
     lo, hi = rank * n // size, (rank + 1) * n // size
-    return make_rows(1, n, lo, hi), make_rows(2, n, lo, hi)
+    if op == "join":
+        return make_rows(1, n, lo, hi), make_rows(2, n, lo, hi)
+    return make_rows(3 if op == "sort" else 4, n, lo, hi, key_high=OPS[op]), None
 
 
 def _engine_op(engine: Any, comm: Any, op: str, left: Any, right: Any) -> Callable[[], Any]:
     if op == "join":
         return lambda: engine.join(comm, left, right, on="key")
-    return lambda: engine.sort(comm, left, "key")
+    if op == "sort":
+        return lambda: engine.sort(comm, left, "key")
+    return lambda: engine.groupby(comm, left, ["key"], AGGS)
 
 
-def _pyarrow_op(op: str, left: Any, right: Any) -> Callable[[], Any]:
+def _single_op(name: str, op: str, left: Any, right: Any) -> Callable[[], Any]:
+    """The op in one process of ``name`` (pyarrow, duckdb, polars), Arrow in, its natural output out."""
+    if name == "pyarrow":
+        if op == "join":
+            return lambda: left.join(right, "key", join_type="inner")
+        if op == "sort":
+            return lambda: left.sort_by("key")
+        return lambda: left.group_by("key").aggregate(AGGS)
+    if name == "duckdb":
+        import duckdb
+
+        from parsl_rcylon.engine.kernels import fetch_arrow
+
+        con = duckdb.connect()  # all cores
+        con.register("l", left)
+        if right is not None:
+            con.register("r", right)
+        query = {"join": "SELECT l.key, l.v, r.v AS v_right FROM l JOIN r ON l.key = r.key",
+                 "sort": "SELECT * FROM l ORDER BY key"}.get(
+            op, "SELECT key, sum(v) AS v_sum, avg(v) AS v_mean FROM l GROUP BY key")
+        return lambda: fetch_arrow(con.sql(query))
+    import polars as pl
+
+    lf = pl.from_arrow(left)
+    rf = pl.from_arrow(right) if right is not None else None
     if op == "join":
-        return lambda: left.join(right, "key", join_type="inner")
-    return lambda: left.sort_by("key")
+        return lambda: lf.join(rf, on="key", how="inner")
+    if op == "sort":
+        return lambda: lf.sort("key")
+    return lambda: lf.group_by("key").agg(pl.col("v").sum().alias("v_sum"), pl.col("v").mean().alias("v_mean"))
 
 
-def _pandas_rows(table_id: int, n: int, start: int, stop: int) -> Any:
-    return make_rows(table_id, n, start, stop).to_pandas()
+def _rows(out: Any) -> int:
+    return out.num_rows if hasattr(out, "num_rows") else out.height
 
 
-def _dask_frame(dd: Any, dask: Any, table_id: int, n: int, parts: int) -> Any:
-    pieces = [dask.delayed(_pandas_rows)(table_id, n, i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+def _pandas_rows(table_id: int, n: int, start: int, stop: int, key_high: Optional[int]) -> Any:
+    return make_rows(table_id, n, start, stop, key_high).to_pandas()
+
+
+def _dask_frame(dd: Any, dask: Any, table_id: int, n: int, parts: int, key_high: Optional[int]) -> Any:
+    pieces = [dask.delayed(_pandas_rows)(table_id, n, i * n // parts, (i + 1) * n // parts, key_high)
+              for i in range(parts)]
     return dd.from_delayed(pieces, meta={"key": "int64", "v": "float64"}).persist()
 
 
@@ -151,11 +199,11 @@ def engine_worker(args: argparse.Namespace) -> None:
     except ImportError:
         pass
     for n in args.sizes:
-        left, right = _inputs(n, rank, size)
         for op in args.ops:
+            left, right = _inputs(op, n, rank, size)
             times, out_rows = [], 0
-            inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            _engine_op(engine, comm, op, *_inputs(WARM_ROWS, rank, size))()
+            inputs = left.nbytes + (right.nbytes if right is not None else 0)
+            _engine_op(engine, comm, op, *_inputs(op, WARM_ROWS, rank, size))()
             # Memory from the first full-size run in this process (later runs reuse what
             # the allocators kept and would look cheaper); its time is not reported.
             comm.Barrier()
@@ -174,34 +222,38 @@ def engine_worker(args: argparse.Namespace) -> None:
                 records.append({"engine": "parsl_rcylon", "op": op, "n": n, "ranks": size, "times": times,
                                 "load_average": load,
                                 "out_rows": out_rows, "out_rows_per_rank": part_rows, "memory": per_rank})
-        del left, right
+            del left, right
     if rank == 0:
         Path(args.json).write_text(json.dumps(records))
 
 
-def pyarrow_worker(args: argparse.Namespace) -> None:
-    """Single process, pyarrow's own thread pool on all cores."""
+def single_worker(args: argparse.Namespace) -> None:
+    """One process of pyarrow, DuckDB or Polars (``--single``), on all cores."""
     import pyarrow as pa
 
+    name = args.single
+    version = __import__(SINGLE[name]).__version__
     records = []
     for n in args.sizes:
-        left, right = _inputs(n)
         for op in args.ops:
+            left, right = _inputs(op, n)
             times, out_rows = [], 0
-            inputs = left.nbytes + right.nbytes if op == "join" else left.nbytes
-            _pyarrow_op(op, *_inputs(WARM_ROWS))()
-            _, extra, out = measured(_pyarrow_op(op, left, right))  # memory + warm-up, as above
+            inputs = left.nbytes + (right.nbytes if right is not None else 0)
+            _single_op(name, op, *_inputs(op, WARM_ROWS))()
+            run = _single_op(name, op, left, right)
+            _, extra, out = measured(run)  # memory + warm-up, as above
             del out
             load = os.getloadavg()[0]
             for _ in range(args.repeats):
-                seconds, _, out = measured(_pyarrow_op(op, left, right))
-                out_rows = out.num_rows
+                seconds, _, out = measured(run)
+                out_rows = _rows(out)
                 del out
                 times.append(seconds)
-            records.append({"engine": "pyarrow", "op": op, "n": n, "ranks": 1, "threads": pa.cpu_count(),
-                            "load_average": load,
-                            "times": times, "out_rows": out_rows,
+            records.append({"engine": name, "op": op, "n": n, "ranks": 1, "threads": os.cpu_count(),
+                            "version": version, "load_average": load, "times": times, "out_rows": out_rows,
                             "memory": [{"input_bytes": inputs, "extra_peak_bytes": extra}]})
+            del run, left, right
+    del pa
     Path(args.json).write_text(json.dumps(records))
 
 
@@ -217,18 +269,24 @@ def dask_worker(args: argparse.Namespace) -> None:
                       dashboard_address=None, memory_limit=0) as cluster, Client(cluster) as client:
         for n in args.sizes:
             parts = max(args.workers, 4)
-
-            left, right = (_dask_frame(dd, dask, table_id, n, parts) for table_id in (1, 2))
-            wait([left, right])
             for op in args.ops:
+                if op == "join":
+                    left, right = (_dask_frame(dd, dask, table_id, n, parts, None) for table_id in (1, 2))
+                    wait([left, right])
+                else:
+                    left, right = _dask_frame(dd, dask, 3 if op == "sort" else 4, n, parts, OPS[op]), None
+                    wait(left)
                 times, out_rows = [], 0
                 load = os.getloadavg()[0]
                 for i in range(args.warmup + args.repeats):
                     start = time.perf_counter()
                     if op == "join":
                         out = dd.merge(left, right, on="key", how="inner").persist()
-                    else:
+                    elif op == "sort":
                         out = left.sort_values("key").persist()
+                    else:  # many groups: as many output partitions as workers
+                        split = args.workers if op == "groupby_1m" else 1
+                        out = left.groupby("key").agg({"v": ["sum", "mean"]}, split_out=split).persist()
                     wait(out)
                     if i >= args.warmup:
                         times.append(time.perf_counter() - start)
@@ -238,7 +296,7 @@ def dask_worker(args: argparse.Namespace) -> None:
                 records.append({"engine": "dask", "op": op, "n": n, "ranks": args.workers, "times": times,
                                 "load_average": load,
                                 "out_rows": out_rows, "version": dask.__version__})
-            del left, right
+                del left, right
     Path(args.json).write_text(json.dumps(records))
 
 
@@ -310,50 +368,61 @@ def machine() -> Dict[str, Any]:
 
 
 def table_text(records: List[Dict[str, Any]]) -> str:
-    """A Markdown table: one row per (op, N, engine, ranks), with ratios to pyarrow and Dask."""
+    """A Markdown table: one row per (op, N, engine, ranks), with ratios to pyarrow, the best of DuckDB and
+    Polars, and Dask."""
     base = {(r["op"], r["n"]): r["median_s"] for r in records if r["engine"] == "pyarrow"}
+    best: Dict[tuple, float] = {}
+    for r in records:
+        if r["engine"] in ("duckdb", "polars"):
+            best[(r["op"], r["n"])] = min(best.get((r["op"], r["n"]), float("inf")), r["median_s"])
     dask_t = {(r["op"], r["n"], r["ranks"]): r["median_s"] for r in records if r["engine"] == "dask"}
-    lines = ["| op | N | engine | ranks/workers | median s | best s | Mrows/s | vs pyarrow | vs Dask (same count) "
-             "| peak/input per rank |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"parsl_rcylon": 0, "pyarrow": 1, "dask": 2}
+    lines = ["| op | N | engine | ranks/workers | median s | best s | Mrows/s | vs pyarrow "
+             "| vs best of DuckDB/Polars | vs Dask (same count) | peak/input per rank |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"parsl_rcylon": 0, "duckdb": 1, "polars": 2, "pyarrow": 3, "dask": 4}
     for r in sorted(records, key=lambda r: (r["op"], r["n"], order[r["engine"]], r["ranks"])):
         speed = base.get((r["op"], r["n"]))
         vs_pa = f"{speed / r['median_s']:.2f}x" if speed else "-"
+        fastest = best.get((r["op"], r["n"]))
+        vs_best = f"{fastest / r['median_s']:.2f}x" if fastest else "-"
         d = dask_t.get((r["op"], r["n"], r["ranks"]))
         vs_dask = f"{d / r['median_s']:.1f}x" if d and r["engine"] != "dask" else "-"
         mem = f"{r['peak_over_input']:.2f} ({r['peak_mib_per_rank']:.0f} MiB)" if "peak_over_input" in r else "-"
         lines.append(f"| {r['op']} | {r['n'] / 1e6:g}M | {r['engine']} | {r['ranks']} | {r['median_s']:.3f} "
                      f"| {r['best_s']:.3f} "
-                     f"| {r['rows_per_s'] / 1e6:.1f} | {vs_pa} | {vs_dask} | {mem} |")
+                     f"| {r['rows_per_s'] / 1e6:.1f} | {vs_pa} | {vs_best} | {vs_dask} | {mem} |")
     return "\n".join(lines)
 
 
+def _label(r: Dict[str, Any]) -> str:
+    if r["engine"] in SINGLE:
+        return f"{r['engine']} (1 process)"
+    return f"{r['engine']} x{r['ranks']}"
+
+
 def plot(records: List[Dict[str, Any]], path: Path) -> None:
+    """Median seconds per engine, one panel per op, at the largest N measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ops = sorted({r["op"] for r in records})
-    fig, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
+    ops = [op for op in OPS if any(r["op"] == op for r in records)]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 4.5), squeeze=False)
+    order = {"parsl_rcylon": 0, "duckdb": 1, "polars": 2, "pyarrow": 3, "dask": 4}
+    colours = {"parsl_rcylon": "tab:blue", "duckdb": "tab:orange", "polars": "tab:purple", "pyarrow": "tab:green",
+               "dask": "tab:gray"}
     for ax, op in zip(axes[0], ops, strict=True):
-        series: Dict[str, List[tuple]] = {}
-        for r in records:
-            if r["op"] != op:
-                continue
-            label = "pyarrow (1 process)" if r["engine"] == "pyarrow" else f"{r['engine']} x{r['ranks']}"
-            series.setdefault(label, []).append((r["n"], r["rows_per_s"] / 1e6))
-        for label, points in sorted(series.items()):
-            points.sort()
-            style = "--" if label.startswith("dask") else ("-." if label.startswith("pyarrow") else "-")
-            ax.plot([p[0] / 1e6 for p in points], [p[1] for p in points], style, marker="o", label=label)
+        n = max(r["n"] for r in records if r["op"] == op)
+        rows = sorted((r for r in records if r["op"] == op and r["n"] == n),
+                      key=lambda r: (order[r["engine"]], r["ranks"]))
+        ax.barh([_label(r) for r in rows], [r["median_s"] for r in rows],
+                color=[colours[r["engine"]] for r in rows])
+        ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_xlabel("N (million rows)")
-        ax.set_ylabel("million input rows / s (median)")
-        ax.set_title(f"{op} ({'N x N inner' if op == 'join' else 'N rows by int64 key'})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_xlabel("median seconds (log)")
+        ax.set_title(f"{op}, N={n / 1e6:g}M")
+        ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -374,7 +443,9 @@ def driver(args: argparse.Namespace) -> None:
         done = [summarize(dict(r)) for r in records]
         result = {"machine": dict(info, load_average_now=os.getloadavg()),
                   "shape": "N x N inner join on int64 key uniform in [0, N) + float64 value; "
-                  "sort of N rows by the int64 key", "repeats": args.repeats, "records": done}
+                  "sort of N rows by an int64 key uniform in [0, 2**62); group-by of N rows by an int64 key "
+                  "uniform in [0, 1000) and [0, 10**6), sum and mean of the float64 value",
+                  "repeats": args.repeats, "records": done}
         (out_dir / "ops.json").write_text(json.dumps(result, indent=1))
         (out_dir / "ops.md").write_text(table_text(done) + "\n")
 
@@ -384,9 +455,15 @@ def driver(args: argparse.Namespace) -> None:
     for n in args.sizes:
         for op in args.ops:
             one = ["--sizes", str(n), "--repeats", str(args.repeats), "--ops", op]
-            print(f"{op} N={n}: pyarrow (one process) ...", flush=True)
-            records += _launch(me + ["--pyarrow-worker"] + one, args.timeout) or []
-            save()
+            for name, module in SINGLE.items():
+                try:
+                    __import__(module)
+                except ImportError:
+                    print(f"{name} not installed: skipping it (pip install -e '.[bench]')", flush=True)
+                    continue
+                print(f"{op} N={n}: {name} (one process) ...", flush=True)
+                records += _launch(me + ["--single", name] + one, args.timeout) or []
+                save()
             for ranks in args.ranks:
                 print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
                 records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout) or []
@@ -414,16 +491,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="N=2M, ranks 1 and 2")
-    parser.add_argument("--sizes", default="2M,8M,16M")
+    parser.add_argument("--sizes", default="8M")
     parser.add_argument("--ranks", default="1,2,4")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed Dask runs before the timed ones")
-    parser.add_argument("--ops", default="join,sort")
+    parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")
     parser.add_argument("--dask-sizes", default="", help="sizes for Dask (default: --sizes)")
     parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--pyarrow-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--single", choices=sorted(SINGLE), help=argparse.SUPPRESS)
     parser.add_argument("--dask-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
@@ -434,10 +511,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.dask_sizes = [parse_size(s) if not s.isdigit() else int(s) for s in args.dask_sizes.split(",") if s]
     args.ranks = [int(r) for r in str(args.ranks).split(",")]
     args.ops = args.ops.split(",")
+    unknown = set(args.ops) - set(OPS)
+    if unknown:
+        parser.error(f"unknown ops {sorted(unknown)}; use some of {', '.join(OPS)}")
     if args.engine_worker:
         engine_worker(args)
-    elif args.pyarrow_worker:
-        pyarrow_worker(args)
+    elif args.single:
+        single_worker(args)
     elif args.dask_worker:
         dask_worker(args)
     else:

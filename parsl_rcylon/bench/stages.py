@@ -91,12 +91,12 @@ class StageResult:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def make_rows(table_id: int, n_total: int, start: int, stop: int) -> Any:
+def make_rows(table_id: int, n_total: int, start: int, stop: int, key_high: Optional[int] = None) -> Any:
     """Rows ``[start, stop)`` of generated table ``table_id`` of ``n_total`` rows.
 
-    ``key`` is uniform in ``[0, n_total)`` (so a join of two such tables
-    yields about ``n_total`` rows, as in the paper's benchmark) and ``v`` is
-    uniform in ``[0, 1)``.
+    ``key`` is uniform in ``[0, key_high)``, by default ``[0, n_total)`` (so
+    a join of two such tables yields about ``n_total`` rows, as in the
+    paper's benchmark), and ``v`` is uniform in ``[0, 1)``.
     """
     import pyarrow as pa
 
@@ -105,7 +105,7 @@ def make_rows(table_id: int, n_total: int, start: int, stop: int) -> Any:
         for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
             lo, hi = chunk * CHUNK, min(n_total, (chunk + 1) * CHUNK)
             rng = np.random.default_rng([table_id, chunk, n_total])
-            k = rng.integers(0, n_total, hi - lo, dtype=np.int64)
+            k = rng.integers(0, n_total if key_high is None else key_high, hi - lo, dtype=np.int64)
             v = rng.random(hi - lo)
             a, b = max(start, lo) - lo, min(stop, hi) - lo
             keys.append(k[a:b])

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..options import EngineOptions
+from .aggregate import KEYS_FIRST, aggregate
 from .errors import InvalidArgumentError
 from .prepare import prepare
 from .schemas import canonical_schema, conform
@@ -140,15 +141,7 @@ def _partial_specs(aggs: List[Aggregation]) -> List[tuple]:
 
 def _rename(grouped: pa.Table, keys: List[str], names: List[str]) -> pa.Table:
     # pyarrow names partial outputs "<col>_<func>"; by position they are keys, then specs in order.
-    return grouped.rename_columns(keys + names) if _KEYS_FIRST else grouped.rename_columns(names + keys)
-
-
-def _probe_keys_first() -> bool:
-    out = pa.table({"k": [1], "v": [1]}).group_by("k").aggregate([("v", "sum")])
-    return out.column_names[0] == "k"
-
-
-_KEYS_FIRST = _probe_keys_first()
+    return grouped.rename_columns(keys + names) if KEYS_FIRST else grouped.rename_columns(names + keys)
 
 
 def _final_from_partials(partials: pa.Table, keys: List[str], aggs: List[Aggregation], use_threads: bool,
@@ -174,9 +167,7 @@ def _final_from_partials(partials: pa.Table, keys: List[str], aggs: List[Aggrega
     if need_groups:
         partials = partials.append_column(row_col, pa.array(np.arange(partials.num_rows, dtype=np.int64)))
         final_specs.append((row_col, "list"))
-    grouped = partials.group_by(keys, use_threads=use_threads and not ordered and not need_groups).aggregate(
-        final_specs
-    )
+    grouped = aggregate(partials, keys, final_specs, use_threads and not ordered and not need_groups)
     names = [f"__f{j}" for j in range(len(final_specs))]
     grouped = _rename(grouped, keys, names)
     found: Dict[Tuple[int, str], pa.ChunkedArray] = {
@@ -307,7 +298,7 @@ def groupby(
     needed = list(dict.fromkeys(key_list + [c for a in parsed for c in a.columns]))
     if kind == "partial":
         specs = _partial_specs(parsed)
-        local = table.group_by(key_list, use_threads=threads).aggregate(specs)
+        local = aggregate(table, key_list, specs, threads)
         local = _rename(local, key_list, [f"__p{j}" for j in range(len(specs))])
         local = _prepare_partials(local, parsed)
         mine = hash_partition(comm, conform(local, canonical_schema(local.schema)), key_list, limit=limit)[0]
@@ -324,7 +315,7 @@ def groupby(
 def _pyarrow_output(
     table: pa.Table, keys: List[str], aggs: List[Aggregation], use_threads: bool = False
 ) -> pa.Table:
-    grouped = table.group_by(keys, use_threads=use_threads).aggregate([a.pyarrow_spec() for a in aggs])
+    grouped = aggregate(table, keys, [a.pyarrow_spec() for a in aggs], use_threads)
     names = [a.out_name for a in aggs]
     return _rename(grouped, keys, names)
 

@@ -115,7 +115,8 @@ def duckdb_join(left_schema: pa.Schema, right_schema: pa.Schema, lk: Sequence[st
     return _DuckJoin(duckdb, query, expected, threads)
 
 
-def _fetch_arrow(relation: Any) -> pa.Table:
+def fetch_arrow(relation: Any) -> pa.Table:
+    """A DuckDB relation's result as an Arrow table."""
     # DuckDB renamed its Arrow export across releases; take what this one has.
     for name in ("to_arrow_table", "fetch_arrow_table"):
         method = getattr(relation, name, None)
@@ -184,7 +185,7 @@ class _DuckJoin:
             con.register("l", left)
             con.register("r", right)
             try:
-                out = _fetch_arrow(con.sql(self.query))
+                out = fetch_arrow(con.sql(self.query))
             finally:
                 con.unregister("l")
                 con.unregister("r")
@@ -196,4 +197,4 @@ class _DuckJoin:
         return out
 
 
-__all__ = ["acero_join", "duckdb_join"]
+__all__ = ["acero_join", "duckdb_join", "fetch_arrow"]
