@@ -119,17 +119,26 @@ def _ddof(agg: Aggregation) -> int:
     return int(getattr(agg.options, "ddof", 0)) if agg.options is not None else 0
 
 
-def _partial_specs(aggs: List[Aggregation]) -> List[tuple]:
+def _partial_specs(aggs: List[Aggregation], schema: pa.Schema) -> List[tuple]:
     """The local aggregations, naming each partial column on the Aggregation."""
     specs: List[tuple] = []
 
     def add(agg: Aggregation, role: str, spec: tuple) -> None:
+        # One partial column per distinct plain spec: a sum and a mean of one column share theirs.
+        if len(spec) == 2 and spec in specs:
+            agg.partial[role] = f"__p{specs.index(spec)}"
+            return
         specs.append(spec)
         agg.partial[role] = f"__p{len(specs) - 1}"
 
     for agg in aggs:
         target, func = agg.target, agg.func
-        if func in ("mean", "variance", "stddev"):
+        if func == "mean" and agg.options is None and all(pa.types.is_float64(schema.field(c).type)
+                                                          for c in agg.columns):
+            # Floats: ship the sum itself (integer sums could overflow where their mean does not).
+            add(agg, "n", (target, "count"))
+            add(agg, "sum", (target, "sum"))
+        elif func in ("mean", "variance", "stddev"):
             add(agg, "n", (target, "count"))
             add(agg, "mean", (target, "mean"))
             if func != "mean":
@@ -212,19 +221,26 @@ def _final_from_partials(partials: pa.Table, keys: List[str], aggs: List[Aggrega
 def _prepare_partials(partials: pa.Table, aggs: List[Aggregation]) -> pa.Table:
     """Replace each (count, mean[, var0]) triple by (count, sum, M2) so partials add up."""
     columns = {name: partials.column(name) for name in partials.column_names}
+    used = set()  # what the final merge reads: the rest does not travel
     for agg in aggs:
-        if agg.func not in ("mean", "variance", "stddev"):
-            continue
+        used |= {agg.partial[role] for role in ("value", "n", "sum") if role in agg.partial}
+        if agg.func in ("variance", "stddev"):
+            used.add(agg.partial["mean"])  # Chan's formula reads each partition's mean
+        if agg.func not in ("mean", "variance", "stddev") or "mean" not in agg.partial:
+            continue  # no mean partial: a float mean ships its sum as it is
         n = pc.cast(columns[agg.partial["n"]], pa.float64())
         mean = pc.cast(columns[agg.partial["mean"]], pa.float64())
         sum_name = agg.partial["mean"] + "_sum"
         columns[sum_name] = pc.multiply(mean, n)
         agg.partial["sum"] = sum_name
+        used.add(sum_name)
         if agg.func != "mean":
             m2_name = agg.partial["var0"] + "_m2"
             columns[m2_name] = pc.multiply(pc.cast(columns[agg.partial["var0"]], pa.float64()), n)
             agg.partial["m2"] = m2_name
-    return pa.table(columns)
+            used.add(m2_name)
+    partial_names = {name for agg in aggs for name in agg.partial.values()}
+    return pa.table({name: col for name, col in columns.items() if name not in partial_names or name in used})
 
 
 def groupby(
@@ -297,7 +313,7 @@ def groupby(
     logger.debug("groupby: %s plan for %s", kind, [a.out_name for a in parsed])
     needed = list(dict.fromkeys(key_list + [c for a in parsed for c in a.columns]))
     if kind == "partial":
-        specs = _partial_specs(parsed)
+        specs = _partial_specs(parsed, table.schema)
         local = aggregate(table, key_list, specs, threads)
         local = _rename(local, key_list, [f"__p{j}" for j in range(len(specs))])
         local = _prepare_partials(local, parsed)
