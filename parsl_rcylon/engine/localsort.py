@@ -247,11 +247,18 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
 
 
 def _tied(packed: np.ndarray, idx_bits: int) -> np.ndarray:
-    """Positions of sorted packed keys whose key bits equal a neighbour's."""
-    prefix = packed >> _U64(idx_bits)
-    same = prefix[1:] == prefix[:-1]
-    del prefix
-    tied = np.zeros(len(packed), dtype=bool)
+    """Positions of sorted packed keys whose key bits equal a neighbour's.
+
+    In blocks, so the shifted copy of the keys never exists whole.
+    """
+    n = len(packed)
+    same = np.empty(max(0, n - 1), dtype=bool)  # same[i]: rows i and i + 1 tie
+    shift = _U64(idx_bits)
+    for lo in range(0, n - 1, _ROW_BLOCK):
+        hi = min(n - 1, lo + _ROW_BLOCK)
+        prefix = packed[lo : hi + 1] >> shift
+        np.equal(prefix[1:], prefix[:-1], out=same[lo:hi])
+    tied = np.zeros(n, dtype=bool)
     tied[:-1] |= same
     tied[1:] |= same
     return np.flatnonzero(tied)
