@@ -406,6 +406,7 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ops = [op for op in OPS if any(r["op"] == op for r in records)]
     fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 4.5), squeeze=False)
@@ -418,8 +419,12 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
                       key=lambda r: (order[r["engine"]], r["ranks"]))
         ax.barh([_label(r) for r in rows], [r["median_s"] for r in rows],
                 color=[colours[r["engine"]] for r in rows])
+        for y, r in enumerate(rows):
+            ax.text(r["median_s"], y, f" {r['median_s']:.3f}", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlim(right=max(r["median_s"] for r in rows) * 3)
         ax.set_xlabel("median seconds (log)")
         ax.set_title(f"{op}, N={n / 1e6:g}M")
         ax.grid(True, axis="x", alpha=0.3)
