@@ -35,6 +35,8 @@ _ONES = _U64(0xFFFFFFFFFFFFFFFF)
 #: Row numbers are OR-ed into the packed keys in blocks of this many, so no
 #: second 8-byte-per-row temporary exists.
 _ROW_BLOCK = 1 << 20
+#: How far into strings the kernel looks past a prefix all of them share.
+_MAX_SKIP = 64
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,11 @@ def _raw_codes(arr: pa.Array) -> Optional[Tuple[np.ndarray, bool]]:
 
 
 def _prefix_codes(arr: pa.Array) -> np.ndarray:
-    """The first eight bytes of each string as a big-endian uint64 (shorter ones zero-padded)."""
+    """Eight bytes of each string as a big-endian uint64 (shorter ones zero-padded).
+
+    The first eight bytes, or the first eight after the prefix that every
+    value has (``user_000123``...): bytes all values share order nothing.
+    """
     large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if large else np.int32,
@@ -149,11 +155,31 @@ def _prefix_codes(arr: pa.Array) -> np.ndarray:
     if stop > start:
         padded[: stop - start] = np.frombuffer(data_buf, dtype=np.uint8, count=stop)[start:]
     windows = np.lib.stride_tricks.as_strided(padded, shape=(stop - start + 1, 8), strides=(1, 1))
-    codes = windows[offsets[:-1] - start].view(_U64).ravel().byteswap()
     lengths = np.diff(offsets)
-    short = np.flatnonzero(lengths < 8)
+    valid = None if not arr.null_count else arr.is_valid().to_numpy(zero_copy_only=False)
+    shortest = int((lengths if valid is None else lengths[valid]).min()) if n and (valid is None or valid.any()) else 0
+    skip = 0
+    limit = stop - start  # null slots may point anywhere up to the end: clamp
+    while True:
+        firsts = np.minimum(offsets[:-1] - start + skip, limit)
+        if skip + 8 > shortest:
+            codes = windows[firsts].view(_U64).ravel().byteswap()
+            break
+        # Every value has these 8 bytes: no masking needed.
+        codes = windows[firsts].view(_U64).ravel().byteswap()
+        plain = codes if valid is None else codes[valid]
+        if not plain.size or skip >= _MAX_SKIP:
+            return codes
+        # Bytes the smallest and the largest share, every value shares (they are all whole
+        # here): look past them.
+        shared = (64 - (int(plain.min()) ^ int(plain.max())).bit_length()) // 8
+        if not shared:
+            return codes
+        skip += shared
+    remaining = lengths - skip
+    short = np.flatnonzero(remaining < 8)
     if short.size:  # bytes past a string's end belong to the next string: mask them off
-        codes[short] &= ~(_ONES >> (lengths[short] * 8).astype(_U64))
+        codes[short] &= ~(_ONES >> (np.clip(remaining[short], 0, 8) * 8).astype(_U64))
     return codes
 
 
