@@ -16,18 +16,21 @@ import threading
 import time
 
 import radical.pilot as rp
+import radical.pilot.raptor.master as rp_master
 import zmq
 
 from parsl_rcylon.runtime import protocol
 from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.processes import end_processes, session_processes
+from parsl_rcylon.runtime.startup import settle
 
 
 class CylonMaster(rp.raptor.Master):
     """RAPTOR master that also watches the executor's liveness."""
 
     def __init__(self, cfg=None) -> None:
-        super().__init__(cfg)
+        with settle(rp_master):  # RAPTOR waits a whole second for its queues to settle
+            super().__init__(cfg)
         self._credentials = ClientCredentials.from_environment()
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))

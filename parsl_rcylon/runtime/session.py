@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..resources import PilotSpec, WorkerPool
 from . import config as rp_config
-from . import protocol
+from . import protocol, startup
 from .channel import ENV_CHANNEL
 from .dispatcher import Dispatcher
 from .layout import pilot_logs, task_logs
@@ -83,6 +83,7 @@ class PilotRuntime:
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
         rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        os.environ.update(startup.client_environment())
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -112,8 +113,11 @@ class PilotRuntime:
         t0 = time.monotonic()
         self.dispatcher = dispatcher
         dispatcher.on_replace = self.replace_worker
+        timeline = startup.PilotTimeline()
+        self._pmgr.register_callback(timeline.pilot_cb)
         self._pmgr.register_callback(self._pilot_state_cb)
         self._tmgr.register_callback(self._task_state_cb)
+        timeline.submitted = time.time()
         submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
         self._pilots = {spec.name: pilot for spec, pilot in zip(self.pilots, submitted, strict=True)}
         self._tmgr.add_pilots(submitted)
@@ -124,6 +128,7 @@ class PilotRuntime:
         self._pmgr.wait_pilots(uids=[p.uid for p in submitted], state=[rp.PMGR_ACTIVE] + list(rp.FINAL),
                                timeout=timeout)
         self.timings["pilot"] = time.monotonic() - t1
+        self.timings.update(timeline.breakdown())
         for pilot in submitted:
             if self._failure is None and pilot.state != rp.PMGR_ACTIVE:
                 self._failure = f"pilot {pilot.uid} is {pilot.state}" + _tail_files(pilot_logs(pilot))
@@ -154,7 +159,7 @@ class PilotRuntime:
         overrides: Dict[str, Any] = {}
         for spec in self.pilots:
             if spec.is_local:
-                need = local_overrides(self.pools[spec.name])
+                need = dict(local_overrides(self.pools[spec.name]), **startup.resource_keys())
                 have = overrides.get(spec.resource, {})
                 for key in ("cores_per_node", "gpus_per_node"):
                     need[key] = max(need[key], have.get(key, 0))
@@ -170,6 +175,7 @@ class PilotRuntime:
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
+            **startup.task_environment(),
         }
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
