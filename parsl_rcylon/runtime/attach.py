@@ -56,6 +56,7 @@ from parsl.serialize import deserialize, serialize
 from ..errors import ExecutorBroken, ExecutorShutdown, PilotLost
 from ..permissions import make_dir, write_private
 from ..resources import ResourceSpec, WorkerPool
+from . import config as rp_config
 from . import protocol
 from .channel import ChannelError, ClientCredentials, ServerChannel
 
@@ -250,7 +251,8 @@ class PilotServer:
         client_uid = header["uid"]
         uid = f"{self.executor.label}.attached.{next(self._ids):06d}"
         task = {"uid": uid, "name": header["name"], "cylon": header["cylon"], "options": header["options"],
-                "walltime": header.get("walltime"), "data_dir": header.get("data_dir") or self.info.data_dir}
+                "walltime": header.get("walltime"), "data_dir": header.get("data_dir") or self.info.data_dir,
+                "path": [p for p in header.get("path", []) if isinstance(p, str)]}
         try:
             fut = self.executor.submit_packed(task, header["resources"], payload)
         except Exception as exc:  # a spec no pool can hold, a stopped executor
@@ -347,6 +349,7 @@ class AttachedPilot:
         self._refusal: Optional[BaseException] = None
         self._stopping = False
         self._welcome = threading.Event()
+        self._path = rp_config.user_import_path()
         self._thread = threading.Thread(target=self._loop, name="rcylon-attached", daemon=True)
 
     @classmethod
@@ -380,8 +383,8 @@ class AttachedPilot:
                 return fut
             self._futures[uid] = fut
             fields = {k: header[k] for k in ("name", "cylon", "options", "walltime", "data_dir") if k in header}
-            self._post(protocol.pack(protocol.SUBMIT, dict(fields, uid=uid, resources=spec.as_dict()),
-                                     payload))
+            self._post(protocol.pack(protocol.SUBMIT, dict(fields, uid=uid, resources=spec.as_dict(),
+                                                           path=self._path), payload))
         return fut
 
     def stats(self) -> Dict[str, Dict[str, int]]:

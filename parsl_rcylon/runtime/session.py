@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -180,12 +179,7 @@ class PilotRuntime:
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
         path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-        for entry in [os.getcwd()] + sys.path:
-            real = os.path.realpath(entry or os.getcwd())
-            if os.path.isdir(real) and real not in path and not any(
-                    real == pre or real.startswith(pre + os.sep) for pre in prefixes):
-                path.append(real)
+        path += [p for p in rp_config.user_import_path() if p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
 
