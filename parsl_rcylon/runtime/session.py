@@ -81,7 +81,8 @@ class PilotRuntime:
 
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
-        rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        env = rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        startup.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
         os.environ.update(startup.client_environment())
 
     def open_session(self, started: float) -> None:

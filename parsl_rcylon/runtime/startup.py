@@ -24,6 +24,7 @@ session, managers, bootstrap, agent, and master/workers ready.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -80,9 +81,27 @@ def task_environment() -> Dict[str, str]:
     return {} if profiling() else {"RP_PROF_TGT": os.devnull}
 
 
+#: Name of the lean agent configuration (RP reads ``agent_<name>.json`` from the user config dir).
+AGENT_CONFIG_NAME = "rcylon"
+
+
 def resource_keys() -> Dict[str, Any]:
-    """Keys merged into a resource configuration for a lean agent."""
-    return {"agent_config": LEAN_AGENT_CONFIG}
+    """Keys merged into a resource configuration for a lean agent (see :func:`write_agent_config`)."""
+    return {"agent_config": AGENT_CONFIG_NAME}
+
+
+def write_agent_config(config_dir: Path) -> Path:
+    """Write the lean agent configuration where RP looks for named ones.
+
+    A resource configuration may name an agent configuration or hold one
+    inline; RP 1.103 drops the bridges and components of an inline one (the
+    agent then fails with ``KeyError: 'bridges'``), so it is written as a
+    named file.
+    """
+    path = Path(config_dir) / ".radical" / "pilot" / "configs" / f"agent_{AGENT_CONFIG_NAME}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(LEAN_AGENT_CONFIG, indent=2))
+    return path
 
 
 class _CappedTime:
