@@ -44,7 +44,7 @@ from parsl_rcylon import RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime.attach import start_detached, stop_detached
 from parsl_rcylon.runtime.processes import component, session_processes
 
-BREAKDOWN = ("session", "managers", "pilot", "bootstrap", "agent", "workers")
+BREAKDOWN = ("session", "managers", "pilot", "task_manager", "bootstrap", "agent", "workers")
 
 TARGETS = {"latency_ratio_max": 0.1, "throughput_min_per_s": 500.0, "shutdown_max_s": 5.0,
            "cold_start_max_s": 12.0, "attached_max_s": 1.0, "idle_cores_max": 0.1}

@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--ranks", type=int, default=4)
     args = parser.parse_args()
+    # Stock RP: profiling as shipped (on), whatever a parent process set.
+    os.environ.pop("RADICAL_PROFILE", None)
     base = Path(args.run_dir)
     base.mkdir(parents=True, exist_ok=True)
     cores = 1 + args.ranks

@@ -17,8 +17,8 @@ things this executor never uses:
 * RAPTOR's "let ZMQ settle" sleeps of one second in the master and in every
   worker rank before registration (:func:`settle`).
 
-:class:`PilotTimeline` records when each pilot state was reached, and reads
-when the agent process began from its log, so a start can be split into
+:class:`PilotTimeline` records when each pilot state was reached, and when the
+bootstrap handed over to the agent, so a start can be split into
 session, managers, bootstrap, agent, and master/workers ready.
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
+
+from .layout import sandbox_path
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,6 @@ def settle(module: Any, cap: float = SETTLE_S) -> Iterator[None]:
         module.time = real
 
 
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+)")
-
-
 class PilotTimeline:
     """When a pilot reached each state (``time.time()``), and when its agent process began.
 
@@ -146,28 +143,21 @@ class PilotTimeline:
     def __init__(self) -> None:
         self.submitted: Optional[float] = None
         self.states: Dict[str, float] = {}
-        self._sandbox: Optional[str] = None
+        self._sandbox: Optional[Path] = None
 
     def pilot_cb(self, pilot: Any, state: str) -> None:
         self.states.setdefault(state, time.time())
         if self._sandbox is None:
-            with contextlib.suppress(Exception):
-                self._sandbox = str(pilot.pilot_sandbox)
+            self._sandbox = sandbox_path(pilot)
 
     def agent_started(self) -> Optional[float]:
-        """Time of the first line of ``agent_0.log`` (the agent's own start), if it can be read."""
-        if not self._sandbox:
+        """When the bootstrap handed over to the agent: it writes ``bootstrap_2.sh`` just before."""
+        if self._sandbox is None:
             return None
-        path = Path(self._sandbox.replace("file://localhost", "").replace("file://", "")) / "agent_0.log"
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                first = f.readline()
+            return (self._sandbox / "bootstrap_2.sh").stat().st_mtime
         except OSError:
             return None
-        match = _STAMP.match(first)
-        if not match:
-            return None
-        return datetime.strptime(match.group(1).replace(",", "."), "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
     def breakdown(self) -> Dict[str, float]:
         """Seconds of ``bootstrap`` (submitted to agent start) and ``agent`` (agent start to active)."""
