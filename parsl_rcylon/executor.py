@@ -291,6 +291,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         from .runtime.attach import AttachedPilot
 
         pilot = AttachedPilot.connect(self.attach)
+        pilot.on_result = self._ledger.record
         self.pools = pilot.info.worker_pools()
         self.data_dir = self.data_dir or pilot.info.data_dir
         self._attached_session = pilot.session_id

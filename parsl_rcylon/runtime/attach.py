@@ -339,6 +339,7 @@ class AttachedPilot:
         self._credentials = credentials
         self._ctx = zmq.Context()
         self._futures: Dict[str, Future] = {}
+        self._names: Dict[str, str] = {}  # uid -> app name, for on_result
         self._lock = threading.Lock()
         self._outbox: List[List[Any]] = []
         self._wake_addr = f"inproc://rcylon-attached-{id(self)}"
@@ -382,6 +383,7 @@ class AttachedPilot:
                 fut.set_exception(self._refusal)
                 return fut
             self._futures[uid] = fut
+            self._names[uid] = header.get("name", "task")
             fields = {k: header[k] for k in ("name", "cylon", "options", "walltime", "data_dir") if k in header}
             self._post(protocol.pack(protocol.SUBMIT, dict(fields, uid=uid, resources=spec.as_dict(),
                                                            path=self._path), payload))
@@ -463,6 +465,7 @@ class AttachedPilot:
         elif kind == protocol.OUTCOME:
             with self._lock:
                 fut = self._futures.pop(header["uid"], None)
+                name = self._names.pop(header["uid"], "task")
             if fut is None:
                 return True
             try:  # the server was authenticated (CurveZMQ, pinned key) and the header checked
@@ -471,6 +474,8 @@ class AttachedPilot:
                 fut.set_exception(RuntimeError(f"task {header['uid']}: undecodable outcome ({err})"))
                 return True
             if header["ok"]:
+                if self.on_result is not None:
+                    self.on_result(name, value)  # the executor's table ledger, as for its own tasks
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
@@ -488,6 +493,7 @@ class AttachedPilot:
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             futures, self._futures = self._futures, {}
+            self._names.clear()
             if self._refusal is None:
                 self._refusal = exc
         for fut in futures.values():
