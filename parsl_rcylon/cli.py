@@ -3,6 +3,8 @@
     parsl-rcylon bench paper [--quick] [--out DIR] [--ranks 1,2,4] [--rows-per-rank N] [--iterations K]
     parsl-rcylon doctor [--run-dir DIR] [--no-pilot]
     parsl-rcylon clean [--run-dir DIR] [--data-dir DIR] [--older-than HOURS] [--yes] [--force]
+    parsl-rcylon up [--run-dir DIR] [--worker-ranks N] [--idle-timeout MINUTES]
+    parsl-rcylon down [--run-dir DIR]
 
 Also ``python -m parsl_rcylon ...``.  Every command prints a line per step as
 it goes; ``doctor`` exits non-zero when a check fails, ``clean`` only lists
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: Oldest pyarrow the table hand-off is written for (setup.cfg's floor).
 MIN_PYARROW = (15, 0)
+#: Where ``up`` starts a pilot and ``down`` looks for it unless told otherwise.
+UP_RUN_DIR = "runinfo/pilot"
 
 
 class CliError(Exception):
@@ -495,6 +499,43 @@ def _describe_process(proc: Any) -> str:
     return cmd if len(cmd) <= 160 else cmd[:157] + "..."
 
 
+# -- up / down ------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start a pilot that scripts attach to, print where it is, and return leaving it running."""
+    from .runtime.attach import AttachError, start_detached
+
+    options = {"label": args.label}
+    if args.worker_ranks:
+        options["worker_ranks"] = args.worker_ranks
+    _say(f"starting a pilot in {Path(args.run_dir).resolve()} ...")
+    t0 = time.monotonic()
+    try:
+        info = start_detached(args.run_dir, options, idle_timeout=args.idle_timeout * 60)
+    except AttachError as err:
+        raise CliError(str(err)) from err
+    ranks = ", ".join(f"{p['name']}: {p['workers']} x {p['ranks']} ranks" for p in info.pools)
+    _say(f"pilot up in {time.monotonic() - t0:.1f} s (session {info.session}, server pid {info.pid}; {ranks})\n"
+         f"  attach:  RadicalCylonExecutor(attach={info.run_dir!r})\n"
+         f"  stop:    parsl-rcylon down --run-dir {info.run_dir}\n"
+         f"  it ends by itself after {args.idle_timeout:g} min with no script attached")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """End the pilot ``up`` started, and wait until its processes are gone."""
+    from .runtime.attach import stop_detached
+
+    t0 = time.monotonic()
+    info = stop_detached(args.run_dir)
+    if info is None:
+        _say(f"no pilot is up at {Path(args.run_dir).resolve()}")
+        return 1
+    _say(f"pilot {info.session} ended in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -559,6 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--force", action="store_true",
                        help="also clean runs that another process of yours still has files open in")
     clean.set_defaults(func=cmd_clean)
+
+    up = sub.add_parser("up", help="start a pilot that scripts attach to (notebooks, edit-run loops)",
+                        description="Start a local pilot with its warm workers and return, leaving it running; "
+                                    "executors made with attach=RUN_DIR use it at once.")
+    up.add_argument("--run-dir", default=UP_RUN_DIR, help=f"where the pilot lives (default {UP_RUN_DIR})")
+    up.add_argument("--label", default="rcylon", help="executor label of the pilot")
+    up.add_argument("--worker-ranks", type=int, default=None, help="ranks of the default worker")
+    up.add_argument("--idle-timeout", type=float, default=30.0, metavar="MINUTES",
+                    help="end the pilot after this long with no script attached and no task (default 30)")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="end the pilot `up` started")
+    down.add_argument("--run-dir", default=UP_RUN_DIR, help=f"the pilot's run directory (default {UP_RUN_DIR})")
+    down.set_defaults(func=cmd_down)
     return parser
 
 

@@ -113,6 +113,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         Replacement workers each pool may start over the run (``None``: no
         limit).  A pool whose new workers fail to start three times in a row
         gets no more.
+    attach : str, optional
+        Run directory of a pilot started with ``parsl-rcylon up``: ``start()``
+        connects to it (in well under a second) instead of starting a pilot,
+        and ``shutdown()`` leaves it running.  Pools come from that pilot;
+        options about the pilot itself are ignored (see ``docs/attach.md``).
     """
 
     @typeguard.typechecked
@@ -141,6 +146,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         sharing: str = "private",
         cancel_grace: float = 3.0,
         max_worker_restarts: Optional[int] = None,
+        attach: Optional[str] = None,
     ) -> None:
         ParslExecutor.__init__(self)
         self.label = label
@@ -196,10 +202,12 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if max_worker_restarts is not None and max_worker_restarts < 0:
             raise ValueError(f"max_worker_restarts must be >= 0 or None, got {max_worker_restarts}")
         self.max_worker_restarts = max_worker_restarts
+        self.attach = attach
 
         self._ids = itertools.count()
         self._dispatcher: Optional[Dispatcher] = None
         self._runtime: Optional[PilotRuntime] = None
+        self._attached_session: Optional[str] = None
         self._hygiene: Optional[ClientHygiene] = None
         self._ledger = TableLedger(label)
         self._shutdown_lock = threading.Lock()
@@ -215,7 +223,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     @property
     def session_id(self) -> Optional[str]:
-        return self._runtime.session_id if self._runtime is not None else None
+        if self._runtime is None:
+            return self._attached_session
+        return self._runtime.session_id
 
     @property
     def is_local(self) -> bool:
@@ -235,6 +245,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
         t0 = time.monotonic()
+        if self.attach:
+            self._attach(t0)
+            return
         rp_config.check_radical_version()
         shortfall = missing_local_gpus(p for spec in self.pilots if spec.is_local for p in self.pools_of(spec))
         if shortfall:
@@ -273,6 +286,33 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.timings["start"] = time.monotonic() - t0
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+
+    def _attach(self, t0: float) -> None:
+        from .runtime.attach import AttachedPilot
+
+        pilot = AttachedPilot.connect(self.attach)
+        pilot.on_result = self._ledger.record
+        self.pools = pilot.info.worker_pools()
+        self.data_dir = self.data_dir or pilot.info.data_dir
+        self._attached_session = pilot.session_id
+        self._dispatcher = pilot  # type: ignore[assignment]  # the same submit/stats/stop
+        self.timings["start"] = time.monotonic() - t0
+        logger.info("%s: attached to the pilot at %s in %.2f s", self.label, self.attach, self.timings["start"])
+
+    def submit_packed(self, task: Dict[str, Any], resource_specification: Dict[str, Any],
+                      payload: bytes) -> Future:
+        """Run an already packed call (``parsl-rcylon up``'s server, for attached clients).
+
+        ``task`` holds ``uid``, ``name``, ``cylon``, ``options``, ``walltime``
+        and ``data_dir``; the resource spec is validated as in ``submit()``.
+        """
+        if self._dispatcher is None or self._is_shutdown:
+            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+        spec = self.validate_resource_specification(resource_specification, cylon=task["cylon"],
+                                                    name=task["name"])
+        header = dict(task, scratch_dir=str(self.base_dir / "scratch"),
+                      walltime=spec.walltime or task.get("walltime"))
+        return self._dispatcher.submit(task["uid"], spec, header, payload)
 
     def _remove_leftovers(self) -> None:
         # Writers killed in an earlier run (a rank SIGKILLed mid-write, a node

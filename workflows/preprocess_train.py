@@ -13,6 +13,8 @@ time-based split).  ``--scale K`` replicates the flights K times with jitter;
 ``--sample N`` keeps every N-th day (the quick size of the test).  Run from
 the repository root with ``make demo`` or ``python workflows/preprocess_train.py``;
 the metrics (JSON) and a plot (PNG: loss curve and ROC curve) go to ``--out``.
+``--attach DIR`` runs on a pilot started with ``parsl-rcylon up --run-dir DIR``
+(``make demo ATTACH=DIR``): no start-up wait on repeated runs.
 """
 from __future__ import annotations
 
@@ -99,12 +101,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", default="runinfo/preprocess_train")
     parser.add_argument("--run-dir", default="runinfo")
+    parser.add_argument("--attach", default=None, metavar="DIR",
+                        help="use the pilot `parsl-rcylon up --run-dir DIR` started instead of starting one")
     args = parser.parse_args()
     t0 = time.time()
-    config = parsl.Config(executors=[RadicalCylonExecutor(label="rcylon", worker_ranks=4)], run_dir=args.run_dir,
-                          strategy="none", initialize_logging=True)
+    executor = RadicalCylonExecutor(label="rcylon", worker_ranks=4, attach=args.attach)
+    config = parsl.Config(executors=[executor], run_dir=args.run_dir, strategy="none", initialize_logging=True)
     with parsl.load(config):
-        print(f"pilot ready in {time.time() - t0:.1f} s", flush=True)
+        if args.attach:
+            print(f"attached to the pilot at {args.attach} in {time.time() - t0:.2f} s", flush=True)
+        else:
+            steps = ", ".join(f"{k} {executor.timings[k]:.1f} s" for k in
+                              ("session", "managers", "pilot", "workers") if k in executor.timings)
+            print(f"start-up: pilot ready in {time.time() - t0:.1f} s ({steps})\n"
+                  f"  for repeated runs start the pilot once: parsl-rcylon up --run-dir runinfo/pilot, "
+                  f"then make demo ATTACH=runinfo/pilot (under a second to start)", flush=True)
         metrics = run_pipeline(args.out, scale=args.scale, sample=args.sample, epochs=args.epochs)
     m, b = metrics["model"], metrics["baseline"]
     print(f"{metrics['rows_prepared']:,} flights prepared, {metrics['train_rows']:,} trained on, "

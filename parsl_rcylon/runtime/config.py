@@ -49,6 +49,19 @@ def python_environment() -> Dict[str, str]:
     return env
 
 
+def user_import_path() -> List[str]:
+    """Where this process imports the user's modules from: its working directory and every
+    ``sys.path`` entry outside the interpreter (workers add them so that apps import there too)."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out: List[str] = []
+    for entry in [os.getcwd()] + sys.path:
+        real = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(real) and real not in out and not any(
+                real == pre or real.startswith(pre + os.sep) for pre in prefixes):
+            out.append(real)
+    return out
+
+
 def mpi_bin_dir() -> Optional[str]:
     """Directory of the ``mpiexec`` this interpreter should use."""
     venv_bin = Path(sys.prefix) / "bin"

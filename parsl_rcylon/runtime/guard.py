@@ -12,7 +12,8 @@ its own (a Ctrl-C on the client's terminal does not reach it), and passes it
 the session id, the run's base directory (which holds the session's
 directories, see :func:`.processes.session_processes`), and the PIDs of the
 client and of those forks, each with its start time so that a reused PID is
-never taken for one of ours.  The guard polls the client; when the client is
+never taken for one of ours.  The guard waits for the client to exit
+(on a pidfd: no polling); when the client is
 gone it ends the forks and every local process of the session, then exits.
 On a clean shutdown the executor ends the guard with SIGTERM, which it obeys
 at once.
@@ -22,6 +23,8 @@ at once.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import sys
 import time
@@ -61,14 +64,38 @@ def watch(sid: str, base_dir: Path, client: str, forks: Sequence[str], poll: flo
     The session's processes are those of :func:`.processes.session_processes`
     for ``sid`` under ``base_dir``.
     """
-    while _process(client) is not None:
-        time.sleep(poll)
+    _wait_for_exit(client, poll)
     procs = [p for p in (_process(spec) for spec in forks) if p is not None]
     known = {p.pid for p in procs}
     procs += [p for p in session_processes(sid, base_dir) if p.pid not in known]
     ended = end_processes(procs)
     logger.warning("client %s of session %s ended without shutting down: ended %s", client, sid, ended)
     return ended
+
+
+def _wait_for_exit(spec: str, poll: float) -> None:
+    """Return once the process ``spec`` names has ended.
+
+    Blocks on a pidfd where Linux offers one (no CPU while the client
+    lives); polls every ``poll`` seconds elsewhere.
+    """
+    pid = int(spec.split(":")[0])
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        # Checked after the pidfd is open, so the PID cannot be reused in between.
+        if _process(spec) is None:
+            return
+        if fd is not None:
+            select.select([fd], [], [])
+            return
+        while _process(spec) is not None:
+            time.sleep(poll)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def main(argv: Sequence[str]) -> int:

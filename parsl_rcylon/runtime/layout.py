@@ -22,7 +22,8 @@ def run_sessions(run: Path) -> List[str]:
 def sandbox_path(thing: Any) -> Optional[Path]:
     """The local sandbox directory of an RP pilot or task, or None when it has none (yet)."""
     try:
-        url = thing.sandbox if hasattr(thing, "sandbox") else None
+        # a task has `sandbox`, a pilot `pilot_sandbox`
+        url = getattr(thing, "sandbox", None) or getattr(thing, "pilot_sandbox", None)
     except Exception:
         return None
     if not url:

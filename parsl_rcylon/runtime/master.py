@@ -16,24 +16,41 @@ import threading
 import time
 
 import radical.pilot as rp
+import radical.pilot.raptor.master as rp_master
 import zmq
 
 from parsl_rcylon.runtime import protocol
 from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.processes import end_processes, session_processes
+from parsl_rcylon.runtime.startup import settle
 
 
 class CylonMaster(rp.raptor.Master):
     """RAPTOR master that also watches the executor's liveness."""
 
     def __init__(self, cfg=None) -> None:
-        super().__init__(cfg)
+        with settle(rp_master):  # RAPTOR waits a whole second for its queues to settle
+            super().__init__(cfg)
+        self._quiet_unused()
         self._credentials = ClientCredentials.from_environment()
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
         self._threshold = float(os.environ.get(protocol.ENV_THRESHOLD, "30"))
         self._watch = threading.Thread(target=self._watchdog, name="rcylon-watchdog", daemon=True)
         self._watch.start()
+
+    def _quiet_unused(self) -> None:
+        """Stop RAPTOR's request and result queues and its task service.
+
+        Tasks go from the executor straight to the ranks (``docs/design.md``),
+        so nothing ever uses them, and each queue's bridge thread wakes every
+        10 ms while idle.  Worker registration and heartbeats run on the
+        pilot's control channel and are untouched.
+        """
+        for name in ("_req_queue", "_res_queue", "_task_service"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.stop()
 
     def _watchdog(self) -> None:
         ctx = zmq.Context.instance()

@@ -31,6 +31,13 @@ ERROR = b"E"       # header: as RESULT, ok false; blob: the exception; sent the 
 BYE = b"B"         # rank or master is leaving
 ALIVE = b"A"       # a rank's answer to each heartbeat
 
+# attached client <-> pilot server (runtime/attach.py); HEARTBEAT, ALIVE and STOP serve there too
+ATTACH = b"a"      # header: the run's token, who attaches
+WELCOME = b"w"     # header: the session; the client may submit
+SUBMIT = b"s"      # header: the task's fields and resource spec; blob: Parsl's packed call
+OUTCOME = b"o"     # header: uid, ok; blob: the serialized value or exception
+DETACH = b"d"      # the client leaves; the pilot stays up
+
 #: Environment variables that carry the executor's address and liveness rules.
 ENV_ADDRESS = "RCYLON_CLIENT_ADDRESS"
 ENV_HEARTBEAT = "RCYLON_HEARTBEAT_PERIOD"
@@ -53,7 +60,8 @@ _OPT_STR = (str, type(None))
 # kind -> (required fields, optional fields, whether a blob frame must follow)
 _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]] = {
     TASK: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "ranks": _LIST, "tag": _INT, "options": _DICT},
-           {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None))},
+           {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None)),
+            "path": _LIST},
            True),
     HEARTBEAT: ({}, {}, False),
     STOP: ({}, {}, False),
@@ -65,6 +73,12 @@ _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]]
              {"t_start": _NUM, "t_end": _NUM, "setup_error": _STR, "error": _BOOL, "cancelled": _BOOL}, None),
     BYE: ({}, {}, False),
     ALIVE: ({}, {}, False),
+    ATTACH: ({"token": _STR, "pid": _INT, "host": _STR}, {}, False),
+    WELCOME: ({"session": _STR, "pid": _INT}, {}, False),
+    SUBMIT: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "options": _DICT, "resources": _DICT},
+             {"data_dir": _OPT_STR, "walltime": (int, float, type(None)), "path": _LIST}, True),
+    OUTCOME: ({"uid": _STR, "ok": _BOOL}, {}, True),
+    DETACH: ({}, {}, False),
 }
 _SCHEMAS[ERROR] = (_SCHEMAS[RESULT][0], _SCHEMAS[RESULT][1], True)
 
@@ -147,7 +161,8 @@ def _check(kind: bytes, key: str, value: Any, types: tuple) -> None:
 
 
 _NAMES = {TASK: "TASK", HEARTBEAT: "HEARTBEAT", STOP: "STOP", CANCEL: "CANCEL", EXIT: "EXIT", READY: "READY",
-          RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE"}
+          RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE", ATTACH: "ATTACH",
+          WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", DETACH: "DETACH"}
 
 
 def name(kind: bytes) -> str:

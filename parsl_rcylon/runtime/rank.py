@@ -54,6 +54,13 @@ def _portable_error(wrapper: RemoteExceptionWrapper) -> bytes:
         return serialize(RemoteExceptionWrapper(RuntimeError, fallback, None))
 
 
+def _extend_path(entries: Any) -> None:
+    """Make the modules of an attached script importable: its import path, after the rank's own."""
+    for entry in entries:
+        if isinstance(entry, str) and entry not in sys.path:
+            sys.path.append(entry)
+
+
 @contextlib.contextmanager
 def _user_code(interrupter: Optional[Interrupter], uid: str) -> Iterator[None]:
     if interrupter is None:
@@ -80,6 +87,7 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
     ok = False
     ctx: Optional[CylonContext] = None
     try:
+        _extend_path(task.get("path", ()))
         fn, args, kwargs = unpack_apply_message(payload)
         kwargs.pop("parsl_resource_specification", None)
         if task["cylon"]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..resources import PilotSpec, WorkerPool
 from . import config as rp_config
-from . import protocol
+from . import protocol, startup
 from .channel import ENV_CHANNEL
 from .dispatcher import Dispatcher
 from .layout import pilot_logs, task_logs
@@ -82,7 +81,9 @@ class PilotRuntime:
 
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
-        rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        env = rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        startup.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
+        os.environ.update(startup.client_environment())
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -97,7 +98,6 @@ class PilotRuntime:
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
             self._pmgr = rp.PilotManager(session=self._session)
-            self._tmgr = rp.TaskManager(session=self._session)
             self.timings["managers"] = time.monotonic() - t
 
     def launch(self, dispatcher: Dispatcher, descriptions: Mapping[str, Dict[str, Any]], timeout: float) -> None:
@@ -112,18 +112,27 @@ class PilotRuntime:
         t0 = time.monotonic()
         self.dispatcher = dispatcher
         dispatcher.on_replace = self.replace_worker
+        timeline = startup.PilotTimeline()
+        self._pmgr.register_callback(timeline.pilot_cb)
         self._pmgr.register_callback(self._pilot_state_cb)
-        self._tmgr.register_callback(self._task_state_cb)
+        timeline.submitted = time.time()
+        t1 = time.monotonic()
         submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
         self._pilots = {spec.name: pilot for spec, pilot in zip(self.pilots, submitted, strict=True)}
+        # The task manager starts while the pilots boot: its components need
+        # nothing from them, and the pilots' seconds hide its own.
+        t = time.monotonic()
+        self._tmgr = rp.TaskManager(session=self._session)
+        self.timings["task_manager"] = time.monotonic() - t  # inside "pilot", not after it
+        self._tmgr.register_callback(self._task_state_cb)
         self._tmgr.add_pilots(submitted)
         self._submit_masters_and_workers(rp)
         logger.info("%s: session %s, pilot(s) %s submitted; waiting for %d worker(s)", self.label,
                     self._session.uid, [p.uid for p in submitted], len(self._workers))
-        t1 = time.monotonic()
         self._pmgr.wait_pilots(uids=[p.uid for p in submitted], state=[rp.PMGR_ACTIVE] + list(rp.FINAL),
                                timeout=timeout)
         self.timings["pilot"] = time.monotonic() - t1
+        self.timings.update(timeline.breakdown())
         for pilot in submitted:
             if self._failure is None and pilot.state != rp.PMGR_ACTIVE:
                 self._failure = f"pilot {pilot.uid} is {pilot.state}" + _tail_files(pilot_logs(pilot))
@@ -154,7 +163,7 @@ class PilotRuntime:
         overrides: Dict[str, Any] = {}
         for spec in self.pilots:
             if spec.is_local:
-                need = local_overrides(self.pools[spec.name])
+                need = dict(local_overrides(self.pools[spec.name]), **startup.resource_keys())
                 have = overrides.get(spec.resource, {})
                 for key in ("cores_per_node", "gpus_per_node"):
                     need[key] = max(need[key], have.get(key, 0))
@@ -170,16 +179,12 @@ class PilotRuntime:
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
+            **startup.task_environment(),
         }
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
         path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-        for entry in [os.getcwd()] + sys.path:
-            real = os.path.realpath(entry or os.getcwd())
-            if os.path.isdir(real) and real not in path and not any(
-                    real == pre or real.startswith(pre + os.sep) for pre in prefixes):
-                path.append(real)
+        path += [p for p in rp_config.user_import_path() if p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
 

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 import radical.pilot as rp
+import radical.pilot.raptor.worker as rp_worker
 import zmq
 from radical.pilot.raptor.worker import Worker
 
@@ -36,6 +37,7 @@ from parsl_rcylon.runtime import protocol
 from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.interrupt import Interrupter
 from parsl_rcylon.runtime.rank import run_task
+from parsl_rcylon.runtime.startup import settle
 
 _INPROC = "inproc://rcylon-results"
 #: Exit status of a rank told to leave (EXIT); non-zero, so the launcher ends the whole job.
@@ -57,7 +59,8 @@ class CylonWorker(rp.raptor.MPIWorker):
         self._manager = self._rank == 0
         # Registration and heartbeats with the master come from RAPTOR's
         # base worker; MPIWorker's own rank queues are not used here.
-        Worker.__init__(self, manager=self._manager, rank=self._rank, raptor_id=raptor_id)
+        with settle(rp_worker):  # RAPTOR's start-up pause of a second for ZeroMQ, capped
+            Worker.__init__(self, manager=self._manager, rank=self._rank, raptor_id=raptor_id)
         self._credentials = ClientCredentials.from_environment()
         self._tasks: queue.Queue[Optional[Tuple[Dict[str, Any], bytes]]] = queue.Queue()
         self._context = zmq.Context()
