@@ -97,12 +97,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="copies of the flights (jittered)")
     parser.add_argument("--sample", type=int, default=1, help="keep every SAMPLE-th day (quick runs)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--no-progress", action="store_true", help="no live view or summary per app")
     parser.add_argument("--out", default="runinfo/preprocess_train")
     parser.add_argument("--run-dir", default="runinfo")
     args = parser.parse_args()
     t0 = time.time()
-    config = parsl.Config(executors=[RadicalCylonExecutor(label="rcylon", worker_ranks=4)], run_dir=args.run_dir,
-                          strategy="none", initialize_logging=True)
+    executor = RadicalCylonExecutor(label="rcylon", worker_ranks=4, progress=not args.no_progress)
+    config = parsl.Config(executors=[executor], run_dir=args.run_dir, strategy="none", initialize_logging=True)
     with parsl.load(config):
         print(f"pilot ready in {time.time() - t0:.1f} s", flush=True)
         metrics = run_pipeline(args.out, scale=args.scale, sample=args.sample, epochs=args.epochs)

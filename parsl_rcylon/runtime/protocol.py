@@ -53,7 +53,8 @@ _OPT_STR = (str, type(None))
 # kind -> (required fields, optional fields, whether a blob frame must follow)
 _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]] = {
     TASK: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "ranks": _LIST, "tag": _INT, "options": _DICT},
-           {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None))},
+           {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None)),
+            "cwd": _OPT_STR},
            True),
     HEARTBEAT: ({}, {}, False),
     STOP: ({}, {}, False),
