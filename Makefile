@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv
+.PHONY: venv up down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned: it takes the CPU build on local disk; the `train`
 	# extra's range is then already satisfied and pulls nothing more.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[local,test,bench,train,examples]'
+	$(BIN)/python -m pip install -q -e '.[local,test,bench,train,examples,docs]'
 	touch $(STAMP)
 
 # The preprocessing-then-training workflow on the real 2013 NYC flights:
@@ -39,6 +39,11 @@ demo-tables: $(STAMP)
 # The training workflow on 8 jittered copies of the flights (about 2.6M rows).
 train-large: $(STAMP)
 	$(BIN)/python workflows/preprocess_train.py --scale 8 --out runinfo/preprocess_train-x8
+
+# The documentation site (mkdocs, material, mkdocstrings) into site/: every
+# warning fails the build, a broken internal link or anchor among them.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check parsl_rcylon tests workflows benchmarks

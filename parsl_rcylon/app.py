@@ -12,7 +12,7 @@ from parsl.dataflow.memoization import id_for_memo
 from parsl.executors.errors import InvalidResourceSpecification
 
 from .options import check_app_options
-from .resources import ResourceSpec
+from .resources import KNOWN_KEYS, ResourceSpec, resource_keywords
 from .table.ref import register_memo
 
 
@@ -63,7 +63,7 @@ class CylonApp(AppBase):
         override = kwargs.pop("parsl_resource_specification", None)
         spec = self.spec
         if override:
-            spec = ResourceSpec.from_mapping({**self.spec.as_dict(), **override}, where=self.__name__)
+            spec = self.spec.merged(override, where=self.__name__)
         self._check_executors(dfk, spec)
         invocation_kwargs = dict(self.kwargs)
         invocation_kwargs.update(kwargs)
@@ -111,12 +111,16 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     data_flow_kernel, cache, executors, ignore_for_cache
         As for ``parsl.python_app``.
     **options
-        Table options for this app's results and table arguments
+        Any other key of Parsl's resource vocabulary (``num_nodes``,
+        ``ranks_per_node``, ``cores``, ``gpus``, ``memory``, ``disk``,
+        ``running_time_min``, ``priority``: :mod:`parsl_rcylon.resources`);
+        table options for this app's results and table arguments
         (``format``, ``compression``, ``row_group_size``, ``keep``,
         ``verify``, ...), engine options for its table operations
         (``join_kernel``, ``join_rounds``, ...), and the reserved
-        ``walltime``: see :mod:`parsl_rcylon.options`.  They travel with
-        each task to its ranks (``ctx.options``), never to the function.
+        ``walltime``: see :mod:`parsl_rcylon.options`.  Table and engine
+        options travel with each task to its ranks (``ctx.options``), never
+        to the function.
 
     Raises
     ------
@@ -133,9 +137,12 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
     ...     return ctx.comm.allreduce(n)
     """
     where = f"cylon_app({getattr(function, '__name__', '')})" if function is not None else "cylon_app"
-    options = check_app_options(options, where, also_known=_DECORATOR_KEYS)
-    spec = ResourceSpec.from_mapping({"ranks": ranks, "cores_per_rank": cores_per_rank,
-                                      "gpus_per_rank": gpus_per_rank, "pool": pool}, where="cylon_app")
+    resources = resource_keywords(options)
+    options = check_app_options(options, where, also_known=_DECORATOR_KEYS | KNOWN_KEYS)
+    spec = ResourceSpec(ranks=ranks, cores_per_rank=cores_per_rank, gpus_per_rank=gpus_per_rank,
+                        pool=pool).merged(resources, where="cylon_app") if resources else ResourceSpec.from_mapping(
+        {"ranks": ranks, "cores_per_rank": cores_per_rank, "gpus_per_rank": gpus_per_rank, "pool": pool},
+        where="cylon_app")
 
     def decorator(func: Callable) -> CylonApp:
         return CylonApp(func, spec, data_flow_kernel=data_flow_kernel, executors=executors, cache=cache,

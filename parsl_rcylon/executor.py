@@ -22,14 +22,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import typeguard
 from parsl.executors.base import ParslExecutor
 from parsl.executors.errors import InvalidResourceSpecification
+from parsl.monitoring.radios.base import RadioConfig
 from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
+from .monitoring import PrivateFilesystemRadio, app_function
 from .options import check_table_options
 from .permissions import make_dir, modes
+from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime import config as rp_config
+from .runtime.capacity import HostCapacity, capacity_problem, host_capacity
 from .runtime.dispatcher import Dispatcher
 from .runtime.gpus import missing_local_gpus
 from .runtime.hygiene import ClientHygiene
@@ -37,6 +41,7 @@ from .runtime.pilot import pilot_description
 from .runtime.placement import host_layout, pool_accepts
 from .runtime.session import PilotRuntime
 from .table.ledger import TableLedger
+from .workdir import task_working_dir
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +123,21 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         connects to it (in well under a second) instead of starting a pilot,
         and ``shutdown()`` leaves it running.  Pools come from that pilot;
         options about the pilot itself are ignored (see ``docs/attach.md``).
+    working_dir : str, optional
+        Directory every task runs in (as HTEX's ``working_dir``); by default
+        the client's current directory when the task is submitted, so
+        relative paths, ``File`` objects and a ``bash_app``'s
+        ``stdout=``/``stderr=`` behave as with Parsl's local executors.  On a
+        cluster it must be on a filesystem the nodes share
+        (:mod:`parsl_rcylon.workdir`).
+    remote_monitoring_radio : parsl.monitoring.radios.base.RadioConfig, optional
+        How tasks report to Parsl monitoring when the ``Config`` has a
+        ``MonitoringHub``; by default Parsl's filesystem radio in a private
+        directory (:mod:`parsl_rcylon.monitoring`).
+    progress : bool
+        Show the run's progress from ``start()`` to ``shutdown()`` (a live
+        view on a terminal, periodic lines otherwise) and a summary per app
+        at the end (:mod:`parsl_rcylon.progress`).
     """
 
     @typeguard.typechecked
@@ -147,6 +167,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         cancel_grace: float = 3.0,
         max_worker_restarts: Optional[int] = None,
         attach: Optional[str] = None,
+        working_dir: Optional[str] = None,
+        remote_monitoring_radio: Optional[RadioConfig] = None,
+        progress: bool = False,
     ) -> None:
         ParslExecutor.__init__(self)
         self.label = label
@@ -203,6 +226,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             raise ValueError(f"max_worker_restarts must be >= 0 or None, got {max_worker_restarts}")
         self.max_worker_restarts = max_worker_restarts
         self.attach = attach
+        self.working_dir = os.path.abspath(working_dir) if working_dir else None
+        self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
+        self.progress = progress
+        self.task_board = TaskBoard()
+        self._progress: Optional[Progress] = None
 
         self._ids = itertools.count()
         self._dispatcher: Optional[Dispatcher] = None
@@ -210,6 +238,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._attached_session: Optional[str] = None
         self._hygiene: Optional[ClientHygiene] = None
         self._ledger = TableLedger(label)
+        self._capacities: Dict[str, HostCapacity] = {}
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self.timings: Dict[str, float] = {}
@@ -268,6 +297,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                                       max_message_bytes=self.max_message_bytes,
                                       max_worker_restarts=self.max_worker_restarts)
         self._dispatcher.on_result = self._ledger.record
+        self._dispatcher.on_start = self.task_board.started
         self._dispatcher.start()
         self._hygiene = ClientHygiene(self.label, self.base_dir, self.timings)
         self._hygiene.register_atexit(self.shutdown)
@@ -284,6 +314,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 raise
             raise StartupError(self, reason) from exc
         self.timings["start"] = time.monotonic() - t0
+        if self.progress:
+            self._progress = Progress([self]).start()
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
                     ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
 
@@ -297,6 +329,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._attached_session = pilot.session_id
         self._dispatcher = pilot  # type: ignore[assignment]  # the same submit/stats/stop
         self.timings["start"] = time.monotonic() - t0
+        if self.progress:
+            self._progress = Progress([self]).start()
         logger.info("%s: attached to the pilot at %s in %.2f s", self.label, self.attach, self.timings["start"])
 
     def submit_packed(self, task: Dict[str, Any], resource_specification: Dict[str, Any],
@@ -346,15 +380,29 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             raise InvalidResourceSpecification({"pool"}, f"{name}: no pool named {parsed.pool!r}; "
                                                          f"pools are {_describe(self.pools)}")
         cpu_pool = any(not p.gpus_per_rank for p in self.pools)
-        if not any(pool_accepts(parsed, p.name, self._host_layout(p), p.gpus_per_rank, p.cores_per_rank, cpu_pool)
-                   for p in self.pools):
+        accepting = [p for p in self.pools if pool_accepts(parsed, p.name, self._host_layout(p), p.gpus_per_rank,
+                                                           p.cores_per_rank, cpu_pool)]
+        if not accepting:
             keys = {"ranks"} | {k for k, v in (("gpus_per_rank", parsed.gpus_per_rank > 0),
-                                               ("cores_per_rank", parsed.cores_per_rank > 1)) if v}
+                                               ("cores_per_rank", parsed.cores_per_rank > 1),
+                                               ("num_nodes", parsed.num_nodes is not None)) if v}
+            nodes = (f" on {parsed.num_nodes} host(s), {parsed.ranks_per_node} on each"
+                     if parsed.num_nodes is not None else "")
             raise InvalidResourceSpecification(
-                keys, f"{name} needs {parsed.ranks} rank(s) with {parsed.gpus_per_rank} GPU(s) and "
+                keys, f"{name} needs {parsed.ranks} rank(s){nodes} with {parsed.gpus_per_rank} GPU(s) and "
                       f"{parsed.cores_per_rank} core(s) each, a rank's cores on one host; no pool of executor "
-                      f"{self.label!r} can hold it: {_describe(self.pools)}")
+                      f"{self.label!r} can hold it: {_describe(self.pools)}"
+                      + ("; a local pilot's ranks are all on one host" if nodes and self.is_local else ""))
+        problem = capacity_problem(parsed, [(p.name, self._host_layout(p), self._capacity(p)) for p in accepting])
+        if problem:
+            raise InvalidResourceSpecification(problem[0], f"{name}: {problem[1]}")
         return parsed
+
+    def _capacity(self, pool: WorkerPool) -> HostCapacity:
+        pilot = next(s for s in self.pilots if s.name == (pool.pilot or self.pilots[0].name))
+        if pilot.name not in self._capacities:
+            self._capacities[pilot.name] = host_capacity(pilot, getattr(self, "run_dir", None) or os.getcwd())
+        return self._capacities[pilot.name]
 
     def _host_layout(self, pool: WorkerPool) -> List[int]:
         pilot = pool.pilot or self.pilots[0].name
@@ -365,7 +413,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         """Send one app call to the workers; the future resolves to rank 0's value."""
         if self._dispatcher is None or self._is_shutdown:
             raise ExecutorShutdown(self, "submit() on an executor that is not running")
-        cylon = bool(getattr(func, "__rcylon_cylon__", False))
+        cylon = bool(getattr(app_function(func), "__rcylon_cylon__", False))
         name = getattr(func, "__name__", "task")
         spec = self.validate_resource_specification(resource_specification, cylon=cylon, name=name)
         uid = f"{self.label}.task.{next(self._ids):06d}"
@@ -379,9 +427,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             "scratch_dir": str(self.base_dir / "scratch"),
             "options": options,
             "walltime": spec.walltime or options.get("walltime"),
+            "cwd": task_working_dir(self.working_dir),
         }
         fut = self._dispatcher.submit(uid, spec, header, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
+        self.task_board.submitted(uid, name, fut)
         return fut
 
     def table_summary(self) -> Dict[str, Dict[str, int]]:
@@ -400,7 +450,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         return self._dispatcher.stats() if self._dispatcher else {}
 
     def monitor_resources(self) -> bool:
-        return False
+        """Parsl's resource monitoring samples each task's process (rank 0's for a cylon_app)."""
+        return True
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -415,6 +466,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 return
             self._is_shutdown = True
         t0 = time.monotonic()
+        if self._progress is not None:
+            self._progress.stop()  # the summary, before shutdown fails what is left
         if self._runtime is not None:
             self._runtime.stop_watching()
         if self._dispatcher is not None:

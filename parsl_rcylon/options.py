@@ -50,10 +50,7 @@ MAX_MPI_BYTES = 2**31 - 1
 class OptionError(ValueError):
     """An option key is unknown, or its value is not valid.
 
-    Parameters
-    ----------
-    message : str
-        Where the option was given, which key, and what is expected.
+    The message says where the option was given, which key, and what is expected.
     """
 
 

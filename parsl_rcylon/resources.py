@@ -1,13 +1,45 @@
-"""Resource specifications of tasks: how many ranks, cores and GPUs each needs."""
+"""Resource specifications of tasks: how many ranks, cores and GPUs each needs.
+
+The keys follow Parsl's common vocabulary (Work Queue, TaskVine, HTEX's MPI
+mode), each with one meaning here:
+
+=====================  ==============================================================
+key                    meaning
+=====================  ==============================================================
+``ranks``              MPI ranks of the task (``num_ranks`` is the same key)
+``num_nodes``          hosts the ranks are spread over, ``ranks_per_node`` on each
+``ranks_per_node``     ranks on each of those hosts (with ``num_ranks``, gives ``num_nodes``)
+``cores_per_rank``     cores each rank holds (``ctx.cores``)
+``cores``              cores of the whole task: ``ranks * cores_per_rank``
+``gpus_per_rank``      GPUs each rank sees
+``gpus``               GPUs of the whole task: ``ranks * gpus_per_rank``
+``memory``             MB the task needs: checked against its hosts' memory where known
+``disk``               MB of disk the task needs: checked where known
+``walltime``           seconds the task may run (``TaskTimeout`` after)
+``running_time_min``   the same limit in minutes
+``priority``           order among waiting tasks: lower runs first, none runs last (as HTEX)
+``pool``               the worker pool the task must run in
+=====================  ==============================================================
+
+A request no pool can ever satisfy is refused with
+``InvalidResourceSpecification`` when the app is called; an unknown key
+raises listing the known ones.  ``memory`` and ``disk`` are advisory: nothing
+stops a task from using more (``docs/resources.md``).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from parsl.executors.errors import InvalidResourceSpecification
 
 #: Keys a ``parsl_resource_specification`` may hold for this executor.
-KNOWN_KEYS = frozenset({"ranks", "num_ranks", "cores_per_rank", "gpus_per_rank", "pool", "walltime"})
+KNOWN_KEYS = frozenset({"ranks", "num_ranks", "num_nodes", "ranks_per_node", "cores", "cores_per_rank", "gpus",
+                        "gpus_per_rank", "memory", "disk", "walltime", "running_time_min", "priority", "pool"})
+#: Keys that say the same thing in other words; one of each group decides (an override replaces the group).
+_SAME_MEANING = ({"ranks", "num_ranks"}, {"cores", "cores_per_rank"}, {"gpus", "gpus_per_rank"},
+                 {"walltime", "running_time_min"})
+_RANK_SHAPE = {"ranks", "num_ranks", "num_nodes", "ranks_per_node"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +59,14 @@ class ResourceSpec:
     walltime : float, optional
         Seconds the task may run before it is stopped and fails with
         ``TaskTimeout`` (its ranks are freed, or their worker replaced).
+    num_nodes, ranks_per_node : int, optional
+        Spread the ranks over exactly ``num_nodes`` hosts, ``ranks_per_node``
+        on each (both set or neither; ``ranks = num_nodes * ranks_per_node``).
+    memory, disk : int, optional
+        MB of memory and of disk the whole task needs (advisory).
+    priority : float, optional
+        Lower values start first among waiting tasks; tasks without one
+        wait behind every task with one.
     """
 
     ranks: int = 1
@@ -34,6 +74,11 @@ class ResourceSpec:
     gpus_per_rank: int = 0
     pool: Optional[str] = None
     walltime: Optional[float] = None
+    num_nodes: Optional[int] = None
+    ranks_per_node: Optional[int] = None
+    memory: Optional[int] = None
+    disk: Optional[int] = None
+    priority: Optional[float] = None
 
     @classmethod
     def from_mapping(cls, spec: Optional[Mapping[str, Any]], where: str = "task") -> ResourceSpec:
@@ -42,36 +87,113 @@ class ResourceSpec:
         unknown = set(spec) - KNOWN_KEYS
         if unknown:
             raise InvalidResourceSpecification(
-                unknown, f"{where}: unknown key(s); known keys are {sorted(KNOWN_KEYS)}"
+                unknown, f"{where}: unknown key(s) {sorted(unknown)}; known keys are {sorted(KNOWN_KEYS)}"
             )
-        if "num_ranks" in spec:
-            if "ranks" in spec and spec["ranks"] != spec["num_ranks"]:
-                raise InvalidResourceSpecification(
-                    {"ranks", "num_ranks"}, f"{where}: ranks and num_ranks disagree"
-                )
-            spec["ranks"] = spec.pop("num_ranks")
-        values = {}
-        for key, minimum in (("ranks", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):
-            if key not in spec:
-                continue
-            value = spec[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InvalidResourceSpecification(
-                    {key}, f"{where}: {key} must be an integer >= {minimum}, got {value!r}"
-                )
-            values[key] = value
+        for key, minimum in (("ranks", 1), ("num_ranks", 1), ("num_nodes", 1), ("ranks_per_node", 1),
+                             ("cores", 1), ("cores_per_rank", 1), ("gpus", 0), ("gpus_per_rank", 0),
+                             ("memory", 0), ("disk", 0)):
+            if key in spec and spec[key] is not None:
+                _check_int(spec[key], key, minimum, where)
+        ranks = _same(spec, "ranks", "num_ranks", where)
+        nodes, per_node = spec.get("num_nodes"), spec.get("ranks_per_node")
+        ranks, nodes, per_node = _rank_shape(ranks, nodes, per_node, where)
+        values: Dict[str, Any] = {"ranks": ranks, "num_nodes": nodes, "ranks_per_node": per_node}
+        for total, each in (("cores", "cores_per_rank"), ("gpus", "gpus_per_rank")):
+            per_rank = spec.get(each)
+            if spec.get(total) is not None:
+                if spec[total] % ranks:
+                    raise InvalidResourceSpecification(
+                        {total}, f"{where}: {total}={spec[total]} cannot be shared evenly by {ranks} rank(s); "
+                                 f"{total} counts the whole task ({total} = ranks * {each})")
+                if per_rank is not None and per_rank * ranks != spec[total]:
+                    raise InvalidResourceSpecification(
+                        {total, each}, f"{where}: {total}={spec[total]} and {each}={per_rank} disagree for "
+                                       f"{ranks} rank(s)")
+                per_rank = spec[total] // ranks
+            if per_rank is not None:
+                values[each] = per_rank
         pool = spec.get("pool")
         if pool is not None and not isinstance(pool, str):
             raise InvalidResourceSpecification({"pool"}, f"{where}: pool must be a name, got {pool!r}")
+        for key in ("walltime", "running_time_min", "priority"):
+            value = spec.get(key)
+            positive = key != "priority"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or (positive and not value > 0)):
+                what = "a positive number of " + ("seconds" if key == "walltime" else "minutes") if positive \
+                    else "a number (lower runs first)"
+                raise InvalidResourceSpecification({key}, f"{where}: {key} must be {what}, got {value!r}")
         walltime = spec.get("walltime")
-        if walltime is not None and (isinstance(walltime, bool) or not isinstance(walltime, (int, float))
-                                     or not walltime > 0):
-            raise InvalidResourceSpecification(
-                {"walltime"}, f"{where}: walltime must be a positive number of seconds, got {walltime!r}")
-        return cls(pool=pool, walltime=walltime, **values)
+        if spec.get("running_time_min") is not None:
+            minutes = spec["running_time_min"] * 60
+            if walltime is not None and walltime != minutes:
+                raise InvalidResourceSpecification(
+                    {"walltime", "running_time_min"},
+                    f"{where}: walltime={walltime} s and running_time_min={spec['running_time_min']} disagree")
+            walltime = minutes
+        return cls(pool=pool, walltime=walltime, memory=spec.get("memory"), disk=spec.get("disk"),
+                   priority=spec.get("priority"), **{k: v for k, v in values.items() if v is not None})
+
+    def merged(self, override: Mapping[str, Any], where: str = "task") -> ResourceSpec:
+        """This spec with ``override``'s keys in force (a call's ``parsl_resource_specification``).
+
+        A key replaces every key of the same meaning (``num_ranks`` replaces
+        ``ranks``, ``cores`` replaces ``cores_per_rank``, ...); a new rank
+        count or node shape replaces the old shape.
+        """
+        base = self.as_dict()
+        given = set(override)
+        for group in _SAME_MEANING:
+            if given & group:
+                for key in group:
+                    base.pop(key, None)
+        if given & _RANK_SHAPE:
+            base.pop("num_nodes", None)
+            base.pop("ranks_per_node", None)
+            if {"num_nodes", "ranks_per_node"} <= given:
+                base.pop("ranks", None)
+        return ResourceSpec.from_mapping({**base, **override}, where=where)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _check_int(value: Any, key: str, minimum: int, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidResourceSpecification({key}, f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _same(spec: Mapping[str, Any], key: str, alias: str, where: str) -> Optional[int]:
+    if spec.get(key) is not None and spec.get(alias) is not None and spec[key] != spec[alias]:
+        raise InvalidResourceSpecification({key, alias}, f"{where}: {key} and {alias} disagree")
+    return spec.get(key) if spec.get(key) is not None else spec.get(alias)
+
+
+def _rank_shape(ranks: Optional[int], nodes: Optional[int], per_node: Optional[int],
+                where: str) -> tuple:
+    """Ranks, hosts and ranks per host, from any of them (as Parsl's MPI mode derives the third)."""
+    if nodes is None and per_node is None:
+        return ranks or 1, None, None
+    if nodes is not None and per_node is not None:
+        if ranks is not None and ranks != nodes * per_node:
+            raise InvalidResourceSpecification(
+                {"num_ranks", "num_nodes", "ranks_per_node"},
+                f"{where}: num_ranks={ranks} is not num_nodes * ranks_per_node = {nodes} * {per_node}")
+        return nodes * per_node, nodes, per_node
+    ranks = ranks or (nodes if nodes is not None else per_node)
+    key, given = ("num_nodes", nodes) if nodes is not None else ("ranks_per_node", per_node)
+    if ranks % given:
+        raise InvalidResourceSpecification(
+            {"num_ranks", key}, f"{where}: {ranks} rank(s) cannot be spread evenly with {key}={given}")
+    return (ranks, nodes, ranks // nodes) if nodes is not None else (ranks, ranks // per_node, per_node)
+
+
+def resource_keywords(options: Dict[str, Any]) -> Dict[str, Any]:
+    """Take the resource keys out of a decorator's keyword ``options`` (they are not table options).
+
+    ``walltime`` stays: it is also a task option (``ctx.options.walltime``).
+    """
+    return {k: options.pop(k) for k in list(options) if k in KNOWN_KEYS and k != "walltime"}
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="orders to generate")
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--run-dir", default="runinfo")
+    parser.add_argument("--no-progress", action="store_true", help="no live view or summary per app")
     args = parser.parse_args()
 
     t0 = time.time()
-    config = parsl.Config(executors=[RadicalCylonExecutor(label="rcylon")], run_dir=args.run_dir,
-                          strategy="none", initialize_logging=True)
+    executor = RadicalCylonExecutor(label="rcylon", progress=not args.no_progress)
+    config = parsl.Config(executors=[executor], run_dir=args.run_dir, strategy="none", initialize_logging=True)
     with parsl.load(config) as dfk:
         executor = dfk.executors["rcylon"]
         print(f"pilot ready in {time.time() - t0:.1f} s: {executor.status()}", flush=True)

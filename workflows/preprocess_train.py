@@ -99,13 +99,15 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="copies of the flights (jittered)")
     parser.add_argument("--sample", type=int, default=1, help="keep every SAMPLE-th day (quick runs)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--no-progress", action="store_true", help="no live view or summary per app")
     parser.add_argument("--out", default="runinfo/preprocess_train")
     parser.add_argument("--run-dir", default="runinfo")
     parser.add_argument("--attach", default=None, metavar="DIR",
                         help="use the pilot `parsl-rcylon up --run-dir DIR` started instead of starting one")
     args = parser.parse_args()
     t0 = time.time()
-    executor = RadicalCylonExecutor(label="rcylon", worker_ranks=4, attach=args.attach)
+    executor = RadicalCylonExecutor(label="rcylon", worker_ranks=4, attach=args.attach,
+                                    progress=not args.no_progress)
     config = parsl.Config(executors=[executor], run_dir=args.run_dir, strategy="none", initialize_logging=True)
     with parsl.load(config):
         if args.attach:

@@ -252,7 +252,7 @@ class PilotServer:
         uid = f"{self.executor.label}.attached.{next(self._ids):06d}"
         task = {"uid": uid, "name": header["name"], "cylon": header["cylon"], "options": header["options"],
                 "walltime": header.get("walltime"), "data_dir": header.get("data_dir") or self.info.data_dir,
-                "path": [p for p in header.get("path", []) if isinstance(p, str)]}
+                "path": [p for p in header.get("path", []) if isinstance(p, str)], "cwd": header.get("cwd")}
         try:
             fut = self.executor.submit_packed(task, header["resources"], payload)
         except Exception as exc:  # a spec no pool can hold, a stopped executor
@@ -384,7 +384,8 @@ class AttachedPilot:
                 return fut
             self._futures[uid] = fut
             self._names[uid] = header.get("name", "task")
-            fields = {k: header[k] for k in ("name", "cylon", "options", "walltime", "data_dir") if k in header}
+            fields = {k: header[k] for k in ("name", "cylon", "options", "walltime", "data_dir", "cwd")
+                      if k in header}
             self._post(protocol.pack(protocol.SUBMIT, dict(fields, uid=uid, resources=spec.as_dict(),
                                                            path=self._path), payload))
         return fut

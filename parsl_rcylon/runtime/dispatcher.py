@@ -180,6 +180,8 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._loop, name="rcylon-dispatcher", daemon=True)
         #: called as on_result(app name, value) for every successful task, before its future resolves
         self.on_result: Optional[Callable[[str, Any], None]] = None
+        #: called as on_start(task uid) in the loop thread when a task has been sent to its ranks (keep it quick)
+        self.on_start: Optional[Callable[[str], None]] = None
         #: called as on_replace(old uid, new uid), in a thread of its own, to start a worker like the old one
         self.on_replace: Optional[Callable[[str, str], None]] = None
         self.report_period = 30.0  # seconds between "pools: ..." log lines while work is queued
@@ -647,6 +649,8 @@ class Dispatcher:
             if not self._send(ranks[world_rank].identity, protocol.TASK, header, task.payload):
                 self._on_worker_failed((placed.worker, f"rank {world_rank} is unreachable", True))
                 return
+        if self.on_start is not None:
+            self.on_start(task.uid)
 
 
 def _report_error(header: Dict[str, Any], blob: Optional[Any], task: _Task) -> BaseException:

@@ -7,7 +7,9 @@ finishes, a worker is lost) and asks it what to start.
 
 Rules
 -----
-- Tasks wait in one FIFO.  On every pass each waiting task starts on a live,
+- Tasks wait in one queue, in order of their ``priority`` (lower first, none
+  last, as HTEX orders its queue), first come first served among equals.
+  On every pass each waiting task starts on a live,
   ready worker that can hold it, choosing the worker with the fewest free
   ranks that still fits (best fit), and ranks on one host when one host has
   enough.
@@ -27,6 +29,9 @@ Rules
   all are freed with the task.  The task rank is told the cores it holds,
   ``ceil(k / c) * c`` (``CylonContext.cores``); nothing sets a thread count
   for it.  A task that asks for ``k <= c`` runs on one worker rank per rank.
+- Nodes: a task asking for ``num_nodes`` hosts with ``ranks_per_node`` ranks
+  on each gets exactly that, on hosts of one worker (task ranks in host
+  order: the first ``ranks_per_node`` on the first host, ...).
 """
 from __future__ import annotations
 
@@ -105,6 +110,13 @@ class WorkerSlots:
             return len(self.free)
         return sum(len(ranks) // per for ranks in self.free_by_host().values())
 
+    def can_start(self, spec: ResourceSpec, per: int) -> bool:
+        """Whether ``spec`` fits the free ranks now, ``per`` worker ranks for each task rank."""
+        if spec.num_nodes is None:
+            return self.count_free_groups(per) >= spec.ranks
+        roomy = sum(1 for ranks in self.free_by_host().values() if len(ranks) // per >= spec.ranks_per_node)
+        return roomy >= spec.num_nodes
+
 
 @dataclass(frozen=True)
 class Placed:
@@ -172,6 +184,8 @@ def pool_accepts(spec: ResourceSpec, pool: str, host_sizes: Sequence[int], gpus_
     if gpus_per_rank < spec.gpus_per_rank:
         return False
     per = ranks_per_task_rank(spec, cores_per_rank)
+    if spec.num_nodes is not None:
+        return sum(1 for n in host_sizes if n // per >= spec.ranks_per_node) >= spec.num_nodes
     return sum(n // per for n in host_sizes) >= spec.ranks
 
 
@@ -189,6 +203,9 @@ class Placement:
         self.starvation_limit = starvation_limit
         self._workers: Dict[str, WorkerSlots] = {}
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
+        # The same tasks by priority level, each level first come first served; sorted levels are
+        # few (usually one), so a pass stays linear in the queue.
+        self._levels: Dict[float, OrderedDict[str, _Waiting]] = {}
         self._running: Dict[str, Placed] = {}
 
     # -- workers -----------------------------------------------------------------
@@ -248,14 +265,29 @@ class Placement:
         return any(_fits(w, spec, cpu_pool) for w in workers)
 
     def enqueue(self, uid: str, spec: ResourceSpec) -> None:
-        """Put task ``uid`` at the end of the FIFO."""
-        self._waiting[uid] = _Waiting(uid, spec)
+        """Put task ``uid`` in the queue: behind the tasks of its priority and of every lower one."""
+        task = self._waiting[uid] = _Waiting(uid, spec)
+        self._levels.setdefault(_level(spec), OrderedDict())[uid] = task
+
+    def waiting(self) -> List[str]:
+        """Waiting tasks in the order a pass considers them."""
+        return [t.uid for t in self._queue()]
+
+    def _queue(self) -> List[_Waiting]:
+        return [t for level in sorted(self._levels) for t in self._levels[level].values()]
+
+    def _drop(self, uid: str) -> None:
+        task = self._waiting.pop(uid)
+        level = self._levels[_level(task.spec)]
+        del level[uid]
+        if not level:
+            del self._levels[_level(task.spec)]
 
     def unplaceable(self) -> List[str]:
         """Drop and return the waiting tasks that no live worker can ever run."""
         dropped = [t.uid for t in self._waiting.values() if not self.accepts(t.spec)]
         for uid in dropped:
-            del self._waiting[uid]
+            self._drop(uid)
         return dropped
 
     def finish(self, uid: str) -> Optional[Placed]:
@@ -271,6 +303,7 @@ class Placement:
         """Forget every waiting and running task; return their ids."""
         uids = list(self._waiting) + list(self._running)
         self._waiting.clear()
+        self._levels.clear()
         self._running.clear()
         return uids
 
@@ -279,20 +312,20 @@ class Placement:
         return bool(self._waiting or self._running)
 
     def place(self) -> List[Placed]:
-        """Start what fits now, in FIFO order with best fit and bounded backfill."""
+        """Start what fits now, in queue order with best fit and bounded backfill."""
         started: List[Placed] = []
         blocked: Set[str] = set()
         passed: List[Tuple[_Waiting, Set[str]]] = []  # tasks this pass could not place, in FIFO order
         live = [w for w in self._workers.values() if w.alive]
         cpu_pool = any(not w.gpus_per_rank for w in live)
-        for task in list(self._waiting.values()):
+        for task in self._queue():
             if not any(w.free for w in live):
                 break
             candidates = [w for w in live if w.ready and _fits(w, task.spec, cpu_pool)]
             pools = {w.pool for w in candidates}
             per = [ranks_per_task_rank(task.spec, w.cores_per_rank) for w in candidates]
             usable = [(w, n) for w, n in zip(candidates, per, strict=True)
-                      if w.pool not in blocked and w.count_free_groups(n) >= task.spec.ranks]
+                      if w.pool not in blocked and w.can_start(task.spec, n)]
             if not usable:
                 passed.append((task, pools))
                 if task.passed_over >= self.starvation_limit:
@@ -327,10 +360,13 @@ class Placement:
     # -- internals ---------------------------------------------------------------
 
     def _start(self, task: _Waiting, w: WorkerSlots, per: int) -> Placed:
-        groups = _pick_groups(w, task.spec.ranks, per)
+        if task.spec.num_nodes is None:
+            groups = _pick_groups(w, task.spec.ranks, per)
+        else:
+            groups = _pick_on_nodes(w, task.spec.num_nodes, task.spec.ranks_per_node, per)
         placed = Placed(uid=task.uid, worker=w.uid, groups=tuple(tuple(g) for g in groups),
                         cores=per * w.cores_per_rank)
-        del self._waiting[task.uid]
+        self._drop(task.uid)
         w.free.difference_update(r for g in placed.groups for r in g)
         self._running[task.uid] = placed
         return placed
@@ -351,6 +387,20 @@ def _pick_groups(w: WorkerSlots, n: int, per: int) -> List[List[int]]:
             return _chunks(ranks, per)[:n]
     every = sorted((g for ranks in by_host.values() for g in _chunks(ranks, per)), key=lambda g: g[0])
     return every[:n]
+
+
+def _pick_on_nodes(w: WorkerSlots, nodes: int, per_node: int, per: int) -> List[List[int]]:
+    """``per_node`` groups of ``per`` free ranks on each of ``nodes`` hosts.
+
+    Hosts with the fewest free ranks that suffice come first (best fit).
+    """
+    hosts = sorted((ranks for ranks in w.free_by_host().values() if len(ranks) // per >= per_node),
+                   key=lambda ranks: (len(ranks), ranks[0]))[:nodes]
+    return [g for ranks in sorted(hosts, key=lambda ranks: ranks[0]) for g in _chunks(ranks, per)[:per_node]]
+
+
+def _level(spec: ResourceSpec) -> float:
+    return float("inf") if spec.priority is None else float(spec.priority)
 
 
 def _chunks(ranks: List[int], per: int) -> List[List[int]]:

@@ -61,7 +61,7 @@ _OPT_STR = (str, type(None))
 _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]] = {
     TASK: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "ranks": _LIST, "tag": _INT, "options": _DICT},
            {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None)),
-            "path": _LIST},
+            "path": _LIST, "cwd": _OPT_STR},
            True),
     HEARTBEAT: ({}, {}, False),
     STOP: ({}, {}, False),
@@ -76,7 +76,7 @@ _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]]
     ATTACH: ({"token": _STR, "pid": _INT, "host": _STR}, {}, False),
     WELCOME: ({"session": _STR, "pid": _INT}, {}, False),
     SUBMIT: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "options": _DICT, "resources": _DICT},
-             {"data_dir": _OPT_STR, "walltime": (int, float, type(None)), "path": _LIST}, True),
+             {"data_dir": _OPT_STR, "walltime": (int, float, type(None)), "path": _LIST, "cwd": _OPT_STR}, True),
     OUTCOME: ({"uid": _STR, "ok": _BOOL}, {}, True),
     DETACH: ({}, {}, False),
 }

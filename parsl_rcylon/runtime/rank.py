@@ -18,6 +18,7 @@ Two rules keep a failure on one rank from hanging the others:
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -25,6 +26,8 @@ from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
 from ..context import CylonContext
+from ..monitoring import split_monitoring
+from ..workdir import WorkingDirectoryError, working_directory
 from .interrupt import Interrupter
 
 #: A rank's report: the message header and its binary frame (value or exception).
@@ -78,7 +81,22 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
     Rank 0 of the task carries the return value; other ranks only say whether
     they succeeded, so a task's result crosses the network once.
     ``runtime_comm`` defaults to ``comm`` (right for one-rank tasks only).
+    The task runs in its working directory (``task["cwd"]``, :mod:`..workdir`).
     """
+    try:
+        with working_directory(task.get("cwd"), f"{task['uid']} ({task.get('name', '?')})"):
+            return _run(task, payload, comm, runtime_comm, gpu_ids, interrupter, report_early)
+    except WorkingDirectoryError as exc:
+        rank, size = comm.Get_rank(), comm.Get_size()
+        blob = _portable_error(_wrap_exception(exc, rank, size, task))
+        if size > 1 and report_early is not None:
+            report_early({"uid": task["uid"], "rank": rank, "ok": False}, blob)
+        return {"uid": task["uid"], "rank": rank, "ok": False}, blob
+
+
+def _run(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any, gpu_ids,
+         interrupter: Optional[Interrupter],
+         report_early: Optional[Callable[[Dict[str, Any], bytes], None]]) -> Report:
     rank, size = comm.Get_rank(), comm.Get_size()
     uid = task["uid"]
     header: Dict[str, Any] = {"uid": uid, "rank": rank, "ok": False}
@@ -90,6 +108,9 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
         _extend_path(task.get("path", ()))
         fn, args, kwargs = unpack_apply_message(payload)
         kwargs.pop("parsl_resource_specification", None)
+        reporting, fn, monitoring = split_monitoring(fn, kwargs)
+        # One report per Parsl task: rank 0's (monitoring.py).
+        call = functools.partial(reporting, **monitoring) if rank == 0 and monitoring else fn
         if task["cylon"]:
             from ..table import publish_result, resolve_arguments
 
@@ -108,7 +129,7 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
             error: Optional[BaseException] = None
             try:
                 with _user_code(interrupter, uid):
-                    value = fn(ctx, *args, **kwargs)
+                    value = call(ctx, *args, **kwargs)
             except BaseException as exc:
                 error = exc
                 raise
@@ -116,7 +137,7 @@ def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any 
                 ctx.end_task(error)  # before publishing: a failed rank frees peers blocked on it (training)
         else:
             with _user_code(interrupter, uid):
-                value = fn(*args, **kwargs)
+                value = call(*args, **kwargs)
         ok = True
     except BaseException as exc:  # SystemExit, KeyboardInterrupt and TaskInterrupted from user code too
         blob = _portable_error(_wrap_exception(exc, rank, size, task))
