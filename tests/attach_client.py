@@ -3,14 +3,18 @@
     python attach_client.py PILOT_RUN_DIR PARSL_RUN_DIR
 
 Prints ``ATTACHED <seconds>`` (parsl.load to ready), ``FIRST <seconds>``
-(parsl.load to the first result) and ``OK <session id>``.
+(parsl.load to the first result) and ``OK <session id>``.  It works in
+PARSL_RUN_DIR, where a bash app's relative ``outputs=`` and ``stdout=`` must
+land, as with Parsl's own executors.
 """
+import os
 import sys
 import time
 
 import parsl
 import pyarrow as pa
-from parsl import python_app
+from parsl import bash_app, python_app
+from parsl.data_provider.files import File
 
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
 
@@ -27,8 +31,15 @@ def square(x):
     return x * x
 
 
+@bash_app
+def write(outputs=(), stdout=None):
+    return f"echo attached > {outputs[0]} && pwd"
+
+
 if __name__ == "__main__":
     t0 = time.perf_counter()
+    os.makedirs(sys.argv[2], exist_ok=True)
+    os.chdir(sys.argv[2])
     ex = RadicalCylonExecutor(label="rcylon", attach=sys.argv[1])
     with parsl.load(parsl.Config(executors=[ex], run_dir=sys.argv[2], strategy="none",
                                  initialize_logging=False)):
@@ -38,5 +49,7 @@ if __name__ == "__main__":
         ref = table(5).result()
         assert ref.read().equals(pa.table({"key": list(range(10))})), ref.read()
         assert [f.result() for f in [square(i) for i in range(50)]] == [i * i for i in range(50)]
+        assert write(outputs=[File("out.txt")], stdout="std.out").result() == 0
+        assert open("out.txt").read() == "attached\n" and open("std.out").read() == os.getcwd() + "\n"
         print(f"OK {ex.session_id}", flush=True)
     parsl.clear()
