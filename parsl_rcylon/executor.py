@@ -340,10 +340,18 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         ``task`` holds ``uid``, ``name``, ``cylon``, ``options``, ``walltime``
         and ``data_dir``; the resource spec is validated as in ``submit()``.
         """
-        if self._dispatcher is None or self._is_shutdown:
-            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+        self._check_running()
         spec = self.validate_resource_specification(resource_specification, cylon=task["cylon"],
                                                     name=task["name"])
+        return self._dispatch(task, spec, payload)
+
+    def _check_running(self) -> None:
+        if self._dispatcher is None or self._is_shutdown:
+            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+
+    def _dispatch(self, task: Dict[str, Any], spec: ResourceSpec, payload: bytes) -> Future:
+        # One header for calls packed here and for attached clients' calls:
+        # a walltime in the resource spec wins over the app's option.
         header = dict(task, scratch_dir=str(self.base_dir / "scratch"),
                       walltime=spec.walltime or task.get("walltime"))
         return self._dispatcher.submit(task["uid"], spec, header, payload)
@@ -411,25 +419,23 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
         """Send one app call to the workers; the future resolves to rank 0's value."""
-        if self._dispatcher is None or self._is_shutdown:
-            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+        self._check_running()
         cylon = bool(getattr(app_function(func), "__rcylon_cylon__", False))
         name = getattr(func, "__name__", "task")
         spec = self.validate_resource_specification(resource_specification, cylon=cylon, name=name)
         uid = f"{self.label}.task.{next(self._ids):06d}"
         kwargs.pop("parsl_resource_specification", None)
         options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
-        header = {
+        task = {
             "uid": uid,
             "name": name,
             "cylon": cylon,
             "data_dir": self.data_dir,
-            "scratch_dir": str(self.base_dir / "scratch"),
             "options": options,
-            "walltime": spec.walltime or options.get("walltime"),
+            "walltime": options.get("walltime"),
             "cwd": task_working_dir(self.working_dir),
         }
-        fut = self._dispatcher.submit(uid, spec, header, pack_apply_message(func, args, kwargs))
+        fut = self._dispatch(task, spec, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         self.task_board.submitted(uid, name, fut)
         return fut
