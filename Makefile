@@ -71,7 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
 	$(BIN)/python benchmarks/fsync.py --out $(RESULTS)
 	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 8M --repeats 5
-	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
+	$(BIN)/python benchmarks/paper.py --out $(RESULTS)/paper
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 
 # The training benchmark alone (about 5 minutes): loader, DDP vs torchrun, pipeline vs batch jobs.
@@ -79,7 +79,7 @@ bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 
 bench-paper-quick: $(STAMP)
-	$(BIN)/parsl-rcylon bench paper --quick --out $(RESULTS)/paper-quick
+	$(BIN)/python benchmarks/paper.py --quick --out $(RESULTS)/paper-quick
 
 clean-venv:
 	rm -rf $(VENV)

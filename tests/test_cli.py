@@ -1,4 +1,4 @@
-"""The parsl-rcylon command: doctor, clean, bench paper; and the benchmark's bare-metal stages."""
+"""The parsl-rcylon command: doctor, clean; and the paper benchmark (benchmarks/paper.py) with its bare-metal stages."""
 from __future__ import annotations
 
 import json
@@ -200,7 +200,7 @@ def test_doctor_healthy_venv_with_pilot(tmp_path):
 @pytest.mark.mpi
 def test_bare_metal_stages_match_pyarrow(tmp_path):
     """The benchmark's mpiexec path: generate, join and sort give pyarrow's answers."""
-    script = ROOT / "parsl_rcylon" / "bench" / "ops_script.py"
+    script = ROOT / "benchmarks" / "paper_job.py"
     rows = 30_000
 
     def launch(*args: str) -> list:
@@ -234,18 +234,24 @@ def test_bare_metal_stages_match_pyarrow(tmp_path):
     assert isinstance(joined.ref.read(), pa.Table)
 
 
-def test_bench_options_reject_bad_values(capsys):
-    assert cli.main(["bench", "paper", "--ops", "groupby", "--out", "/tmp/unused"]) == 2
-    assert "unknown operation" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "paper", "--ranks", "0,2"])
+def _paper(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_bench_options_reject_bad_values(tmp_path):
+    proc = _paper("--ops", "groupby", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 2 and "unknown operation or scaling: ['groupby']" in proc.stderr
+    proc = _paper("--ranks", "0,2", timeout=120)
+    assert proc.returncode == 2 and "expected positive integers, got '0,2'" in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
 @pytest.mark.integration
 def test_bench_paper_quick_writes_results(tmp_path):
     out, run_dir = tmp_path / "out", tmp_path / "runinfo"
-    proc = _cli("bench", "paper", "--quick", "--rows-per-rank", "20000", "--iterations", "1", "--ranks", "1,2",
-                "--out", str(out), "--run-dir", str(run_dir))
+    proc = _paper("--quick", "--rows-per-rank", "20000", "--iterations", "1", "--ranks", "1,2",
+                  "--out", str(out), "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[paper] pilot ready in" in proc.stdout and "speedup vs batch:" in proc.stdout
     result = json.loads((out / "results.json").read_text())
@@ -266,7 +272,7 @@ def test_bench_paper_quick_writes_results(tmp_path):
 
 def test_python_m_entry_point():
     proc = _cli("--help", timeout=120)
-    assert proc.returncode == 0 and "bench" in proc.stdout and "doctor" in proc.stdout
+    assert proc.returncode == 0 and "clean" in proc.stdout and "doctor" in proc.stdout
     env_bin = Path(sys.executable).parent / "parsl-rcylon"
     if env_bin.exists():
         proc = subprocess.run([str(env_bin), "clean", "--help"], capture_output=True, text=True, timeout=120,

@@ -1,8 +1,10 @@
 """``import parsl_rcylon`` is light: bare MPI jobs import the engine without Parsl or Radical Pilot."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,11 @@ print(TableRef in id_for_memo.registry)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True"]
+
+
+def test_the_package_imports_no_plotting_library():
+    """Figures belong to benchmarks/ and workflows/: the installed package never imports matplotlib."""
+    package = Path(parsl_rcylon.__file__).parent
+    pattern = re.compile(r"^\s*(import|from)\s+matplotlib\b", re.MULTILINE)
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if pattern.search(p.read_text())]
+    assert not offenders, offenders

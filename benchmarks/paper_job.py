@@ -1,9 +1,9 @@
-"""Bare-metal and batch stages: one pipeline stage as its own ``mpiexec`` job.
+"""Bare-metal and batch stages of benchmarks/paper.py: one pipeline stage as its own ``mpiexec`` job.
 
-    mpiexec -n R python ops_script.py [--warm-up] --data-dir D --result F generate --rows N --tables 0,1
-    mpiexec -n R python ops_script.py [--warm-up] [--repeat K] --data-dir D --result F join --left L.pkl --right R.pkl
-    mpiexec -n R python ops_script.py [--warm-up] [--repeat K] --data-dir D --result F sort --input T.pkl
-    mpiexec -n R python ops_script.py noop
+    mpiexec -n R python paper_job.py [--warm-up] --data-dir D --result F generate --rows N --tables 0,1
+    mpiexec -n R python paper_job.py [--warm-up] [--repeat K] --data-dir D --result F join --left L.pkl --right R.pkl
+    mpiexec -n R python paper_job.py [--warm-up] [--repeat K] --data-dir D --result F sort --input T.pkl
+    mpiexec -n R python paper_job.py noop
 
 It runs the very functions of :mod:`parsl_rcylon.bench.stages` that the
 pilot's tasks run, with a context on ``MPI.COMM_WORLD``: same reads, same
@@ -12,9 +12,9 @@ files (what Parsl would ship to a task); rank 0 pickles the list of
 ``StageResult`` it produced to ``--result``.  ``noop`` only starts up (imports
 and ``MPI_Init``) and exits: the fixed cost every batch stage pays.
 
-Run it by path (``python .../ops_script.py``) or with ``-m``: either way it
-uses the checkout it lives in, and ``import parsl_rcylon`` is light (no Parsl,
-no Radical Pilot), so a batch stage pays only for what a bare MPI job needs.
+Run it by path: it uses the checkout it lives in, and ``import parsl_rcylon``
+is light (no Parsl, no Radical Pilot), so a batch stage pays only for what a
+bare MPI job needs.
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from typing import Any, List, Optional, Sequence
 
 
 def _use_this_checkout() -> None:
-    """Put the checkout this script lives in first on ``sys.path`` (run by path, ``sys.path[0]`` is bench/)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """Put the checkout this script lives in first on ``sys.path`` (run by path, ``sys.path[0]`` is benchmarks/)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
 
 
-if __name__ == "__main__" and not __package__:
+if __name__ == "__main__":
     _use_this_checkout()
 
 
