@@ -48,11 +48,13 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check parsl_rcylon tests workflows benchmarks
 
+# Every test has a timeout (pyproject.toml: 300 s unless marked); the 25
+# slowest are listed at the end.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -v tests
+	$(BIN)/python -m pytest -v --durations=25 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -v -m "not integration" tests
+	$(BIN)/python -m pytest -v --durations=25 -m "not integration" tests
 
 # The full soak (CI runs 100 tasks of it inside `make test`): 1,000 mixed tasks
 # with about 5% injected faults and retries=2; figures to benchmarks/results/soak.json.

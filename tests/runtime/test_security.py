@@ -21,8 +21,7 @@ import pytest
 
 from parsl_rcylon import cylon_app
 from parsl_rcylon.runtime.channel import ClientCredentials
-
-from .conftest import wait_for_no_processes
+from tests.conftest import wait_for_no_processes
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +108,7 @@ def test_the_run_directory_and_keys_are_private(rcylon):
 def test_an_impostor_on_the_port_of_a_killed_client_runs_nothing_and_the_pilot_ends(tmp_path):
     """Kill the guard and then the client; bind the client's port; send TASKs: no rank runs them, and the
     pilot's own watchdogs (master and ranks, without the client-side guard) end every pilot process."""
-    script = Path(__file__).with_name("lifecycle_client.py")
+    script = Path(__file__).parents[1] / "lifecycle_client.py"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
     threshold = 15
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runinfo"), str(threshold)],

@@ -12,8 +12,7 @@ import pytest
 
 from parsl_rcylon import ExecutorBroken, RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime.attach import ATTACH_DIR, AttachError, PilotInfo
-
-from .conftest import wait_for_no_processes
+from tests.conftest import wait_for_no_processes
 
 pytestmark = pytest.mark.integration
 

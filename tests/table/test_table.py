@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "table_mpi"))
+sys.path.insert(0, str(Path(__file__).parent / "mpi"))
 
 import tablecheck  # noqa: E402
 from tablecheck import SelfComm, run_ranks  # noqa: E402
@@ -43,7 +43,7 @@ from parsl_rcylon.table import (  # noqa: E402
 )
 from parsl_rcylon.tableio.manifest import MANIFEST_NAME  # noqa: E402
 
-MPI_DIR = Path(__file__).parent / "table_mpi"
+MPI_DIR = Path(__file__).parent / "mpi"
 
 
 def ctx1(data_dir, task="t1", name="f", **options) -> CylonContext:
@@ -632,7 +632,7 @@ def mpirun(n: int, script: str, *args: str, timeout: float = 90) -> None:
     if not MPIEXEC.exists():
         pytest.skip(f"no mpiexec next to {sys.executable}")
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, str(MPI_DIR / script), *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

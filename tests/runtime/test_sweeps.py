@@ -24,8 +24,7 @@ import pytest
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime.guard import process_spec
 from parsl_rcylon.runtime.processes import end_session, session_processes
-
-from .conftest import wait_for_no_processes
+from tests.conftest import wait_for_no_processes
 
 #: A Python that renames itself as RP's components do, then sleeps (and optionally starts a child).
 TITLED = ("import setproctitle, subprocess, sys, time\n"
@@ -200,7 +199,7 @@ def test_guard_ends_the_session_and_spares_the_rest_when_the_client_dies(procs, 
     client = procs.start([sys.executable, "-c", SLEEP], tmp_path)
     foreign = _foreign(procs, sid, base, session, pilot, tmp_path)
     ours = _rp_like(procs, sid, session, pilot, task, launch)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     guard = subprocess.Popen([sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(base),
                               process_spec(client)], cwd=str(base), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
@@ -306,7 +305,7 @@ def test_a_users_processes_in_the_session_directories_survive_the_pilots_watchdo
     (With the guard alive, the guard ends the session at once; the unit test
     above covers it with real processes.)
     """
-    script = Path(__file__).with_name("lifecycle_client.py")
+    script = Path(__file__).parents[1] / "lifecycle_client.py"
     run_dir = tmp_path / "runinfo"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
     client = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE,

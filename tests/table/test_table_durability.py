@@ -29,7 +29,7 @@ from parsl_rcylon.tableio.names import MARKER_RE, TEMP_RE
 
 from .test_table import MPI_DIR, MPIEXEC, ctx1, mpirun, tablecheck, write, write_ranks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DAY = 24 * 3600.0
 
 

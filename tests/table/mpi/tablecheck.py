@@ -1,4 +1,4 @@
-"""Shared by tests/test_table.py and the mpiexec scripts: test data, digests, fake communicators.
+"""Shared by tests/table/test_table.py and the mpiexec scripts: test data, digests, fake communicators.
 
 Imported as a plain module (its directory goes on ``sys.path``), so it must not
 depend on pytest.
