@@ -5,7 +5,7 @@ collaborators in ``start()`` and hands them the work.  The dispatcher
 (:mod:`.runtime.dispatcher`) places tasks on worker ranks and routes their
 results; :class:`~.runtime.session.PilotRuntime` owns the Radical Pilot
 session, pilots, masters and workers; :class:`~.runtime.hygiene.ClientHygiene`
-ends what RP leaves behind; :class:`~.ledger.TableLedger` counts the tables
+ends what RP leaves behind; :class:`~.table.ledger.TableLedger` counts the tables
 tasks write.
 """
 from __future__ import annotations
