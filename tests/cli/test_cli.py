@@ -1,4 +1,4 @@
-"""The parsl-rcylon command itself: its entry points and its subcommands."""
+"""The parsl-rcylon command itself: its entry points (python -m parsl_rcylon, the console script)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,6 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     # Parsl DataFlowKernel (conftest keeps one loaded), and this is how users run it.
     return subprocess.run([sys.executable, "-m", "parsl_rcylon", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
-
 
 
 def test_python_m_entry_point():

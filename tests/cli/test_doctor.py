@@ -19,13 +19,25 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=ROOT)
 
 
-
 def test_doctor_without_pilot_passes_in_this_venv(tmp_path, capsys):
     assert cli.main(["doctor", "--no-pilot", "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("mpiexec", "mpi4py", "mpi launch", "radical", "pyarrow", "run dir"):
         assert f"OK   {name}:" in out, out
     assert "SKIP pilot" in out
+
+
+def test_doctor_as_a_library_hands_each_verdict_to_its_callback(tmp_path):
+    from parsl_rcylon.doctor import Doctor
+
+    said = []
+    doctor = Doctor(run_dir=tmp_path / "run", pilot=False, say=said.append)
+    assert doctor.run()
+    names = [c.name for c in doctor.checks]
+    assert names == ["python", "mpiexec", "mpi4py", "mpi launch", "radical", "parsl", "pyarrow", "run dir", "pilot"]
+    assert said[:-1] == [c.line() for c in doctor.checks]
+    assert said[-1] == "8 of 9 checks passed, 1 skipped"
+    assert (tmp_path / "run").is_dir()  # the run dir check made it to write into
 
 
 def test_doctor_says_how_to_fix_a_missing_mpiexec(tmp_path, capsys, monkeypatch):

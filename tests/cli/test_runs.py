@@ -29,7 +29,6 @@ def _wait_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
     return False
 
 
-
 @pytest.fixture
 def fake_runs(tmp_path):
     """runinfo/000 with an RP session of a (fake) earlier run, runinfo/001 without one."""
@@ -110,7 +109,6 @@ def test_clean_missing_dir_is_not_an_error(tmp_path, capsys):
     assert "nothing to clean" in capsys.readouterr().out
 
 
-
 def test_clean_removes_only_what_dead_table_writers_left(tmp_path, capsys):
     from parsl_rcylon.table import TableRef
     from parsl_rcylon.table.handoff import publish_result
@@ -133,7 +131,6 @@ def test_clean_removes_only_what_dead_table_writers_left(tmp_path, capsys):
     assert "removed 3 leftover(s) of dead writers" in capsys.readouterr().out  # marker, partition, directory
     assert not stale.exists()
     assert TableRef.from_parquet(committed.path).read()["v"].to_pylist() == [1, 2, 3]
-
 
 
 def test_clean_as_a_library_reports_the_runs_it_would_clean(fake_runs):
