@@ -7,10 +7,11 @@ descending), floats through their order-preserving bits, strings and binaries
 through eight bytes read big-endian (the first eight after the prefix all
 values share).  The codes of the keys are
 concatenated, most significant key first, above the row number, into one
-uint64 per row, and one ``np.sort`` of those (numpy's vectorised sort here:
-about 15 ns per key on this machine's AVX-512, against 470 ns per key for an
-argsort) orders the rows; the row number in the low bits makes the order
-stable.  When the codes do not fit in the bits above the row number (wide
+uint64 per row, and one sort of those orders the rows; the row number in the
+low bits makes the order stable.  That sort is ``np.sort`` where numpy's SIMD
+sort is fast (about 11-15 ns per key with AVX2 or Intel's AVX-512, against
+470 ns per key for an argsort), ``radixsort.radix_sort`` where it is not
+(AMD Zen 4's AVX-512, no SIMD sort); ``kernels.sort_kernel`` chooses.  When the codes do not fit in the bits above the row number (wide
 integer ranges, several wide keys, strings longer than 8 bytes) their top
 bits are kept; rows whose kept bits tie are then re-sorted exactly, by
 pyarrow's stable ``sort_indices`` on just those rows.  Because the kept bits
@@ -29,6 +30,8 @@ import pyarrow.compute as pc
 
 from .errors import InvalidArgumentError
 from .hashing import fixed_width_values
+from .kernels import sort_kernel
+from .radixsort import radix_sort
 
 _PA_MAJOR = int(pa.__version__.split(".")[0])
 _U64 = np.uint64
@@ -259,7 +262,7 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
     for lo_row in range(0, n, _ROW_BLOCK):
         hi_row = min(n, lo_row + _ROW_BLOCK)
         packed[lo_row:hi_row] |= np.arange(lo_row, hi_row, dtype=_U64)
-    packed.sort()
+    packed = sort_codes(packed, used + idx_bits)
     ties = None if exact else _tied(packed, idx_bits)
     packed &= _U64((1 << idx_bits) - 1)
     rows = packed.view(np.int64)
@@ -271,6 +274,17 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
         subset = table.select(list(dict.fromkeys(k.name for k in keys))).take(pa.array(tied_rows))
         rows[ties] = tied_rows[arrow_sort_indices(subset, keys)]
     return rows
+
+
+def sort_codes(packed: np.ndarray, bits: int, kernel: Optional[str] = None) -> np.ndarray:
+    """``packed`` (uint64 codes below ``2**bits``) sorted, by ``kernel`` or the one in force here.
+
+    May sort ``packed`` in place or return a new array.
+    """
+    if (kernel or sort_kernel()[0]) == "radix":
+        return radix_sort(packed, bits)
+    packed.sort()
+    return packed
 
 
 def _tied(packed: np.ndarray, idx_bits: int) -> np.ndarray:
@@ -291,4 +305,4 @@ def _tied(packed: np.ndarray, idx_bits: int) -> np.ndarray:
     return np.flatnonzero(tied)
 
 
-__all__: List[str] = ["SortKey", "local_sort_indices", "key_codes", "arrow_sort_indices"]
+__all__: List[str] = ["SortKey", "local_sort_indices", "key_codes", "arrow_sort_indices", "sort_codes"]

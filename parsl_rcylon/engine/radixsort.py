@@ -1,0 +1,149 @@
+"""A radix sort of uint64 codes built from numpy calls that avoid its partitioning sort.
+
+For CPUs where ``np.sort`` of 64-bit integers is slow (see ``kernels.sort_kernel``):
+numpy's AVX-512 sort on AMD Zen 4, where the memory-destination
+``VPCOMPRESSQ`` its partition step runs on every vector is microcoded, and
+CPUs with no SIMD sort at all.  One most-significant-digit pass buckets the
+codes by their top 16 (or fewer) bits: numpy's stable ``argsort`` of a uint16
+digit is a counting sort, no comparisons.  The buckets, about
+:data:`TARGET` codes each, are then laid out as the rows of a padded grid and
+sorted with one ``np.sort(axis=1)``: rows of at most :data:`ROW_MAX` codes are
+sorted by numpy's sorting networks, which use no compress instruction.  The
+grid is built and sorted a cache-sized chunk of buckets at a time.
+
+Skewed codes (more than a quarter of them in buckets too big for a row) are
+sorted by ``np.sort`` instead: never much slower than it, whatever the
+distribution.  More than ``2 * TARGET * 2**16`` codes are first split into
+buckets of about ``TARGET * 2**16`` by their top bits, each sorted as above.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_U64 = np.uint64
+_PAD = _U64(0xFFFFFFFFFFFFFFFF)
+#: Mean bucket size aimed at: rows this long sort in numpy's sorting networks.
+TARGET = 64
+#: Buckets of at most this many codes are sorted as grid rows, larger ones alone.
+ROW_MAX = 256
+#: At most this many codes: one ``np.sort`` (the passes cost more than they save).
+SMALL = 1 << 14
+#: Sorted positions per grid chunk (the chunk's codes and grid stay in the caches).
+CHUNK = 1 << 16
+
+
+def radix_sort(codes: np.ndarray, bits: int, small: int = SMALL, row_max: int = ROW_MAX) -> np.ndarray:
+    """``codes`` sorted: the array itself sorted in place, or a new array.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        uint64 codes below ``2**bits`` (bits above ``bits`` may hold anything
+        that all codes share); the function may overwrite it.
+    bits : int
+        How many low bits of the codes can differ.
+    small, row_max : int
+        :data:`SMALL` and :data:`ROW_MAX` (tests lower them to reach every path on few rows).
+    """
+    n = len(codes)
+    if n <= max(small, 1) or bits <= 0:
+        codes.sort()
+        return codes
+    if n > 2 * (TARGET << 16):
+        return _split(codes, bits, small, row_max)
+    return _grid_pass(codes, bits, small, row_max)
+
+
+def _digits(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
+    digit = (codes >> _U64(bits - digit_bits)).astype(np.uint16)
+    if digit_bits < 16:
+        digit &= np.uint16((1 << digit_bits) - 1)
+    return digit
+
+
+def _split(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray:
+    """Many codes: bucket by the top bits into buckets of about ``TARGET * 2**16``, sort each."""
+    n = len(codes)
+    digit_bits = max(1, min(16, bits, (n // (TARGET << 16) - 1).bit_length()))
+    digit = _digits(codes, bits, digit_bits)
+    counts = np.bincount(digit, minlength=1 << digit_bits)
+    if counts.max() > n * 3 // 4:  # the top bits hardly split them
+        codes.sort()
+        return codes
+    perm = np.argsort(digit, kind="stable")
+    del digit
+    out = perm.view(_U64)  # each bucket's slice of perm is read before it is overwritten
+    start = 0
+    for count in counts.tolist():
+        if count:
+            stop = start + count
+            bucket = codes[perm[start:stop]]
+            out[start:stop] = radix_sort(bucket, bits - digit_bits, small, row_max)
+            start = stop
+    return out
+
+
+def _grid_pass(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray:
+    """One pass by the top bits, then each chunk of buckets as the rows of a grid."""
+    n = len(codes)
+    digit_bits = max(1, min(16, bits, (max(1, n // TARGET) - 1).bit_length()))
+    shift = bits - digit_bits
+    digit = _digits(codes, bits, digit_bits)
+    counts = np.bincount(digit, minlength=1 << digit_bits)
+    if counts[counts > row_max].sum() > n // 4:  # skewed: bucketing would not pay
+        codes.sort()
+        return codes
+    perm = np.argsort(digit, kind="stable")
+    del digit
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    out = perm.view(_U64)  # each chunk's slice of perm is read before it is overwritten
+    buckets = len(counts)
+    first = 0
+    while first < buckets:
+        lo = int(starts[first])
+        last = min(buckets, max(first + 1, int(np.searchsorted(ends, lo + CHUNK, side="right"))))
+        hi = int(ends[last - 1])
+        if hi > lo:
+            values = codes[perm[lo:hi]]
+            _sort_chunk(values, counts[first:last], starts[first:last] - lo, shift, out[lo:hi], small, row_max)
+        first = last
+    return out
+
+
+def _sort_chunk(values: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits: int, out: np.ndarray,
+                small: int, row_max: int) -> None:
+    """Sort each bucket of ``values`` (bucket ``j`` at ``starts[j]``, ``counts[j]`` long) into ``out``."""
+    big = counts > row_max
+    any_big = bool(big.any())
+    row_counts = np.where(big, 0, counts) if any_big else counts
+    width = int(row_counts.max())
+    keep = np.repeat(~big, counts) if any_big else None
+    if width > 1:
+        rows = len(counts)
+        grid = np.full(rows * width, _PAD, dtype=_U64)
+        dest = np.repeat(np.arange(rows, dtype=np.int64) * width - starts, counts)
+        dest += np.arange(len(values), dtype=np.int64)
+        if keep is None:
+            grid[dest] = values
+        else:
+            grid[dest[keep]] = values[keep]
+        del dest
+        grid.reshape(rows, width).sort(axis=1)
+        # The padding sorts last; the mask keeps each row's first ``count`` codes.
+        filled = (np.arange(width) < row_counts[:, None]).ravel()
+        if keep is None:
+            out[:] = grid[filled]
+        else:
+            out[keep] = grid[filled]
+    elif keep is None:
+        out[:] = values
+    else:
+        out[keep] = values[keep]
+    if any_big:
+        for j in np.flatnonzero(big).tolist():
+            lo, hi = int(starts[j]), int(starts[j] + counts[j])
+            out[lo:hi] = radix_sort(values[lo:hi].copy(), bits, small, row_max)
+
+
+__all__ = ["radix_sort", "TARGET", "ROW_MAX", "SMALL", "CHUNK"]
