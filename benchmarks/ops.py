@@ -219,8 +219,12 @@ def engine_worker(args: argparse.Namespace) -> None:
                 times.append(comm.allreduce(seconds, op=MPI.MAX))
             per_rank = comm.gather({"input_bytes": inputs, "extra_peak_bytes": extra})
             if rank == 0:
+                from parsl_rcylon.engine.kernels import active_kernels
+
+                active = active_kernels()
                 records.append({"engine": "parsl_rcylon", "op": op, "n": n, "ranks": size, "times": times,
                                 "load_average": load,
+                                "kernels": {k: active[k]["kernel"] for k in ("sort", "join", "groupby")},
                                 "out_rows": out_rows, "out_rows_per_rank": part_rows, "memory": per_rank})
             del left, right
     if rank == 0:
@@ -364,6 +368,12 @@ def machine() -> Dict[str, Any]:
         info["dask"] = dask.__version__
     except ImportError:
         info["dask"] = None
+    # What decides the local kernels' speed: numpy's SIMD sort, the CPU, DuckDB or Acero.
+    from parsl_rcylon.engine.kernels import active_kernels
+
+    info["kernels"] = active_kernels()
+    info["cpu_model"] = info["kernels"]["cpu"]
+    info["numpy_simd"] = info["kernels"]["numpy_simd"]
     return info
 
 
@@ -455,6 +465,9 @@ def driver(args: argparse.Namespace) -> None:
         (out_dir / "ops.md").write_text(table_text(done) + "\n")
 
     print(f"machine: {info.get('cpu')} x{info['cpus']}, load {info['load_average_before']}", flush=True)
+    kern = info["kernels"]
+    print(f"kernels: sort {kern['sort']['kernel']} ({kern['sort']['why']}), join {kern['join']['kernel']}; "
+          f"numpy {np.__version__} SIMD {', '.join(info['numpy_simd']['found'][-4:])}", flush=True)
     # One process (or mpiexec run) per operation and size: memory is then measured
     # from a clean start, and one configuration cannot inflate the next.
     for n in args.sizes:

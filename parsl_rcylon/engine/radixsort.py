@@ -30,6 +30,8 @@ ROW_MAX = 256
 SMALL = 1 << 14
 #: Sorted positions per grid chunk (the chunk's codes and grid stay in the caches).
 CHUNK = 1 << 16
+#: Codes bucketed at a time: the partition's index and scratch arrays are this long.
+BLOCK = 1 << 20
 
 
 def radix_sort(codes: np.ndarray, bits: int, small: int = SMALL, row_max: int = ROW_MAX) -> np.ndarray:
@@ -61,24 +63,51 @@ def _digits(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
     return digit
 
 
+def _counts(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
+    """How many codes fall in each bucket of their top ``digit_bits`` bits (a block at a time)."""
+    counts = np.zeros(1 << digit_bits, dtype=np.int64)
+    for lo in range(0, len(codes), BLOCK):
+        counts += np.bincount(_digits(codes[lo : lo + BLOCK], bits, digit_bits), minlength=1 << digit_bits)
+    return counts
+
+
+def _partition(codes: np.ndarray, bits: int, digit_bits: int, counts: np.ndarray) -> np.ndarray:
+    """A new array of ``codes`` grouped by bucket, buckets in order (any order within one).
+
+    A block of :data:`BLOCK` codes at a time: a stable ``argsort`` of its
+    digits, then its codes go to the next free places of their buckets.  So
+    the temporaries are a block's, not ``n`` indices and numpy's radix
+    scratch beside the codes.
+    """
+    out = np.empty(len(codes), dtype=_U64)
+    free = np.cumsum(counts) - counts  # next free position of each bucket
+    for lo in range(0, len(codes), BLOCK):
+        block = codes[lo : lo + BLOCK]
+        digit = _digits(block, bits, digit_bits)
+        mine = np.bincount(digit, minlength=1 << digit_bits)
+        order = np.argsort(digit, kind="stable")
+        del digit
+        dest = np.repeat(free - (np.cumsum(mine) - mine), mine)
+        dest += np.arange(len(block), dtype=np.int64)
+        out[dest] = block[order]
+        free += mine
+    return out
+
+
 def _split(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray:
     """Many codes: bucket by the top bits into buckets of about ``TARGET * 2**16``, sort each."""
     n = len(codes)
     digit_bits = max(1, min(16, bits, (n // (TARGET << 16) - 1).bit_length()))
-    digit = _digits(codes, bits, digit_bits)
-    counts = np.bincount(digit, minlength=1 << digit_bits)
+    counts = _counts(codes, bits, digit_bits)
     if counts.max() > n * 3 // 4:  # the top bits hardly split them
         codes.sort()
         return codes
-    perm = np.argsort(digit, kind="stable")
-    del digit
-    out = perm.view(_U64)  # each bucket's slice of perm is read before it is overwritten
+    out = _partition(codes, bits, digit_bits, counts)
     start = 0
     for count in counts.tolist():
         if count:
             stop = start + count
-            bucket = codes[perm[start:stop]]
-            out[start:stop] = radix_sort(bucket, bits - digit_bits, small, row_max)
+            out[start:stop] = radix_sort(out[start:stop], bits - digit_bits, small, row_max)
             start = stop
     return out
 
@@ -87,33 +116,33 @@ def _grid_pass(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.nda
     """One pass by the top bits, then each chunk of buckets as the rows of a grid."""
     n = len(codes)
     digit_bits = max(1, min(16, bits, (max(1, n // TARGET) - 1).bit_length()))
-    shift = bits - digit_bits
-    digit = _digits(codes, bits, digit_bits)
-    counts = np.bincount(digit, minlength=1 << digit_bits)
+    counts = _counts(codes, bits, digit_bits)
     if counts[counts > row_max].sum() > n // 4:  # skewed: bucketing would not pay
         codes.sort()
         return codes
-    perm = np.argsort(digit, kind="stable")
-    del digit
+    out = _partition(codes, bits, digit_bits, counts)
     ends = np.cumsum(counts)
     starts = ends - counts
-    out = perm.view(_U64)  # each chunk's slice of perm is read before it is overwritten
     buckets = len(counts)
     first = 0
-    while first < buckets:
+    while first < buckets:  # chunk by chunk, in place
         lo = int(starts[first])
         last = min(buckets, max(first + 1, int(np.searchsorted(ends, lo + CHUNK, side="right"))))
         hi = int(ends[last - 1])
         if hi > lo:
-            values = codes[perm[lo:hi]]
-            _sort_chunk(values, counts[first:last], starts[first:last] - lo, shift, out[lo:hi], small, row_max)
+            _sort_chunk(out[lo:hi], counts[first:last], starts[first:last] - lo, bits - digit_bits, out[lo:hi],
+                        small, row_max)
         first = last
     return out
 
 
 def _sort_chunk(values: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits: int, out: np.ndarray,
                 small: int, row_max: int) -> None:
-    """Sort each bucket of ``values`` (bucket ``j`` at ``starts[j]``, ``counts[j]`` long) into ``out``."""
+    """Sort each bucket of ``values`` (bucket ``j`` at ``starts[j]``, ``counts[j]`` long) into ``out``.
+
+    ``out`` may be ``values``: the codes are copied into the grid (or, in a
+    bucket too big for a row, sorted from a copy) before their places are written.
+    """
     big = counts > row_max
     any_big = bool(big.any())
     row_counts = np.where(big, 0, counts) if any_big else counts
@@ -143,7 +172,7 @@ def _sort_chunk(values: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits
     if any_big:
         for j in np.flatnonzero(big).tolist():
             lo, hi = int(starts[j]), int(starts[j] + counts[j])
-            out[lo:hi] = radix_sort(values[lo:hi].copy(), bits, small, row_max)
+            out[lo:hi] = radix_sort(values[lo:hi].copy(), bits, small, row_max)  # copy: may alias out
 
 
-__all__ = ["radix_sort", "TARGET", "ROW_MAX", "SMALL", "CHUNK"]
+__all__ = ["radix_sort", "TARGET", "ROW_MAX", "SMALL", "CHUNK", "BLOCK"]
