@@ -18,6 +18,8 @@ buckets of about ``TARGET * 2**16`` by their top bits, each sorted as above.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 _U64 = np.uint64
@@ -34,7 +36,7 @@ CHUNK = 1 << 16
 BLOCK = 1 << 16
 
 
-def radix_sort(codes: np.ndarray, bits: int, small: int = SMALL, row_max: int = ROW_MAX) -> np.ndarray:
+def radix_sort(codes: np.ndarray, bits: int, small: Optional[int] = None, row_max: Optional[int] = None) -> np.ndarray:
     """``codes`` sorted: the array itself sorted in place, or a new array.
 
     Parameters
@@ -44,9 +46,11 @@ def radix_sort(codes: np.ndarray, bits: int, small: int = SMALL, row_max: int = 
         that all codes share); the function may overwrite it.
     bits : int
         How many low bits of the codes can differ.
-    small, row_max : int
-        :data:`SMALL` and :data:`ROW_MAX` (tests lower them to reach every path on few rows).
+    small, row_max : int, optional
+        :data:`SMALL` and :data:`ROW_MAX` by default (tests lower them to reach every path on few rows).
     """
+    small = SMALL if small is None else small
+    row_max = ROW_MAX if row_max is None else row_max
     n = len(codes)
     if n <= max(small, 1) or bits <= 0:
         codes.sort()
