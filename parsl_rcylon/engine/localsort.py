@@ -13,11 +13,12 @@ sort is fast (about 11-15 ns per key with AVX2 or Intel's AVX-512, against
 470 ns per key for an argsort), ``radixsort.radix_sort`` where it is not
 (AMD Zen 4's AVX-512, no SIMD sort); ``kernels.sort_kernel`` chooses.
 When the codes do not fit in the bits above the row number (wide integer
-ranges, several wide keys, strings longer than 8 bytes) their top bits are kept; rows whose kept bits tie are then re-sorted exactly, by
-pyarrow's stable ``sort_indices`` on just those rows.  Because the kept bits
-never order two rows against the full keys, those re-sorted runs only move
-within their own positions.  Key types without a code (decimals,
-dictionaries, fixed-size binaries, ...) take pyarrow's ``sort_indices`` whole.
+ranges, several wide keys, strings longer than 8 bytes) their top bits are
+kept; rows whose kept bits tie are then re-sorted exactly, by pyarrow's stable
+``sort_indices`` on just those rows. Because the kept bits never order two
+rows against the full keys, those re-sorted runs only move within their own
+positions. Key types without a code (decimals, dictionaries, fixed-size
+binaries, ...) take pyarrow's ``sort_indices`` whole.
 """
 from __future__ import annotations
 
