@@ -462,7 +462,13 @@ def driver(args: argparse.Namespace) -> None:
                   "uniform in [0, 1000) and [0, 10**6), sum and mean of the float64 value",
                   "repeats": args.repeats, "records": done}
         (out_dir / "ops.json").write_text(json.dumps(result, indent=1))
-        (out_dir / "ops.md").write_text(table_text(done) + "\n")
+        kern = info["kernels"]
+        head = (f"Machine: {info.get('cpu')} x{info['cpus']} (vendor {kern['cpu']['vendor']}, family "
+                f"{kern['cpu']['family']}); numpy {np.__version__} SIMD found: "
+                f"{' '.join(info['numpy_simd']['found'])}; numpy's 64-bit sort: {kern['sort']['numpy_sort']}. "
+                f"Engine kernels: sort {kern['sort']['kernel']}, join {kern['join']['kernel']}. "
+                f"Load average before/after: {info['load_average_before'][0]:.1f}/{os.getloadavg()[0]:.1f}.\n\n")
+        (out_dir / "ops.md").write_text(head + table_text(done) + "\n")
 
     print(f"machine: {info.get('cpu')} x{info['cpus']}, load {info['load_average_before']}", flush=True)
     kern = info["kernels"]
