@@ -307,10 +307,12 @@ def dask_worker(args: argparse.Namespace) -> None:
 # -- driver ------------------------------------------------------------------------------------
 
 
-def _launch(cmd: List[str], timeout: float) -> Optional[List[Dict[str, Any]]]:
+def _launch(cmd: List[str], timeout: float, extra_env: Optional[Dict[str, str]] = None
+            ) -> Optional[List[Dict[str, Any]]]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(extra_env or {}))
     try:
         proc = subprocess.run(cmd + ["--json", out], cwd=ROOT, env=env, timeout=timeout, capture_output=True,
                               text=True)
@@ -390,7 +392,8 @@ def table_text(records: List[Dict[str, Any]]) -> str:
              "| vs best of DuckDB/Polars | vs Dask (same count) | peak/input per rank |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"parsl_rcylon": 0, "duckdb": 1, "polars": 2, "pyarrow": 3, "dask": 4}
-    for r in sorted(records, key=lambda r: (r["op"], r["n"], order[r["engine"]], r["ranks"])):
+    for r in sorted(records, key=lambda r: (r["op"], r["n"], order[r["engine"]], r["ranks"],
+                                            r.get("forced_sort_kernel") or "")):
         speed = base.get((r["op"], r["n"]))
         vs_pa = f"{speed / r['median_s']:.2f}x" if speed else "-"
         fastest = best.get((r["op"], r["n"]))
@@ -398,7 +401,10 @@ def table_text(records: List[Dict[str, Any]]) -> str:
         d = dask_t.get((r["op"], r["n"], r["ranks"]))
         vs_dask = f"{d / r['median_s']:.1f}x" if d and r["engine"] != "dask" else "-"
         mem = f"{r['peak_over_input']:.2f} ({r['peak_mib_per_rank']:.0f} MiB)" if "peak_over_input" in r else "-"
-        lines.append(f"| {r['op']} | {r['n'] / 1e6:g}M | {r['engine']} | {r['ranks']} | {r['median_s']:.3f} "
+        name = r["engine"]
+        if r["engine"] == "parsl_rcylon" and r["op"] == "sort" and "kernels" in r:
+            name += f" ({r['kernels']['sort']} sort{', forced' if r.get('forced_sort_kernel') else ''})"
+        lines.append(f"| {r['op']} | {r['n'] / 1e6:g}M | {name} | {r['ranks']} | {r['median_s']:.3f} "
                      f"| {r['best_s']:.3f} "
                      f"| {r['rows_per_s'] / 1e6:.1f} | {vs_pa} | {vs_best} | {vs_dask} | {mem} |")
     return "\n".join(lines)
@@ -407,7 +413,8 @@ def table_text(records: List[Dict[str, Any]]) -> str:
 def _label(r: Dict[str, Any]) -> str:
     if r["engine"] in SINGLE:
         return f"{r['engine']} (1 process)"
-    return f"{r['engine']} x{r['ranks']}"
+    forced = r.get("forced_sort_kernel")
+    return f"{r['engine']} x{r['ranks']}" + (f" ({forced} sort, forced)" if forced else "")
 
 
 def plot(records: List[Dict[str, Any]], path: Path) -> None:
@@ -488,10 +495,17 @@ def driver(args: argparse.Namespace) -> None:
                 print(f"{op} N={n}: {name} (one process) ...", flush=True)
                 records += _launch(me + ["--single", name] + one, args.timeout) or []
                 save()
+            # The sort also with each kernel in --sort-kernels forced (side by side with auto's choice).
+            kernels = args.sort_kernels if op == "sort" else ["auto"]
             for ranks in args.ranks:
-                print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
-                records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout) or []
-                save()
+                for kernel in kernels:
+                    print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s), sort kernel {kernel} ...", flush=True)
+                    env = {} if kernel == "auto" else {"PARSL_RCYLON_SORT_KERNEL": kernel}
+                    got = _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout, env) or []
+                    for record in got:
+                        record["forced_sort_kernel"] = None if kernel == "auto" else kernel
+                    records += got
+                    save()
     try:
         import dask  # noqa: F401
         import distributed  # noqa: F401
@@ -522,6 +536,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--sort-kernels", default="auto",
+                        help="engine sort kernels to run, comma-separated: auto (this CPU's choice), numpy, radix")
     parser.add_argument("--dask-sizes", default="", help="sizes for Dask (default: --sizes)")
     parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--single", choices=sorted(SINGLE), help=argparse.SUPPRESS)
@@ -535,6 +551,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.dask_sizes = [parse_size(s) if not s.isdigit() else int(s) for s in args.dask_sizes.split(",") if s]
     args.ranks = [int(r) for r in str(args.ranks).split(",")]
     args.ops = args.ops.split(",")
+    args.sort_kernels = args.sort_kernels.split(",")
     unknown = set(args.ops) - set(OPS)
     if unknown:
         parser.error(f"unknown ops {sorted(unknown)}; use some of {', '.join(OPS)}")

@@ -33,7 +33,7 @@ SMALL = 1 << 14
 #: Sorted positions per grid chunk (the chunk's codes and grid stay in the caches).
 CHUNK = 1 << 16
 #: Codes bucketed at a time: the partition's index and scratch arrays are this long.
-BLOCK = 1 << 16
+BLOCK = 1 << 18
 
 
 def radix_sort(codes: np.ndarray, bits: int, small: Optional[int] = None, row_max: Optional[int] = None) -> np.ndarray:
@@ -90,8 +90,10 @@ def _partition(codes: np.ndarray, bits: int, digit_bits: int, counts: np.ndarray
         digit = _digits(block, bits, digit_bits)
         mine = np.bincount(digit, minlength=1 << digit_bits)
         order = np.argsort(digit, kind="stable")
+        # The i-th code in digit order goes to its bucket's next free place plus its rank among this
+        # block's codes of that bucket (np.repeat over 65536 counts cost more than this lookup).
+        dest = (free - (np.cumsum(mine) - mine))[digit[order]]
         del digit
-        dest = np.repeat(free - (np.cumsum(mine) - mine), mine)
         dest += np.arange(len(block), dtype=np.int64)
         out[dest] = block[order]
         free += mine
@@ -134,28 +136,31 @@ def _grid_pass(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.nda
         last = min(buckets, max(first + 1, int(np.searchsorted(ends, lo + CHUNK, side="right"))))
         hi = int(ends[last - 1])
         if hi > lo:
-            _sort_chunk(out[lo:hi], counts[first:last], starts[first:last] - lo, bits - digit_bits, out[lo:hi],
-                        small, row_max)
+            chunk = out[lo:hi]
+            ids = _digits(chunk, bits, digit_bits).astype(np.intp)
+            ids -= first
+            _sort_chunk(chunk, ids, counts[first:last], starts[first:last] - lo, bits - digit_bits, small, row_max)
         first = last
     return out
 
 
-def _sort_chunk(values: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits: int, out: np.ndarray,
+def _sort_chunk(values: np.ndarray, ids: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits: int,
                 small: int, row_max: int) -> None:
-    """Sort each bucket of ``values`` (bucket ``j`` at ``starts[j]``, ``counts[j]`` long) into ``out``.
+    """Sort each bucket of ``values`` in place (bucket ``j`` at ``starts[j]``, ``counts[j]`` long).
 
-    ``out`` may be ``values``: the codes are copied into the grid (or, in a
-    bucket too big for a row, sorted from a copy) before their places are written.
+    ``ids``: each code's bucket.  The codes are copied into the grid (or, in
+    a bucket too big for a row, sorted as a copy) before their places are written.
     """
+    out = values
     big = counts > row_max
     any_big = bool(big.any())
     row_counts = np.where(big, 0, counts) if any_big else counts
     width = int(row_counts.max())
-    keep = np.repeat(~big, counts) if any_big else None
+    keep = ~big[ids] if any_big else None
     if width > 1:
         rows = len(counts)
         grid = np.full(rows * width, _PAD, dtype=_U64)
-        dest = np.repeat(np.arange(rows, dtype=np.int64) * width - starts, counts)
+        dest = ids * width - starts[ids]
         dest += np.arange(len(values), dtype=np.int64)
         if keep is None:
             grid[dest] = values
@@ -169,10 +174,6 @@ def _sort_chunk(values: np.ndarray, counts: np.ndarray, starts: np.ndarray, bits
             out[:] = grid[filled]
         else:
             out[keep] = grid[filled]
-    elif keep is None:
-        out[:] = values
-    else:
-        out[keep] = values[keep]
     if any_big:
         for j in np.flatnonzero(big).tolist():
             lo, hi = int(starts[j]), int(starts[j] + counts[j])
