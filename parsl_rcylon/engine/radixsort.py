@@ -33,7 +33,7 @@ SMALL = 1 << 14
 #: Sorted positions per grid chunk (the chunk's codes and grid stay in the caches).
 CHUNK = 1 << 16
 #: Codes bucketed at a time: the partition's index and scratch arrays are this long.
-BLOCK = 1 << 18
+BLOCK = 1 << 16
 
 
 def radix_sort(codes: np.ndarray, bits: int, small: Optional[int] = None, row_max: Optional[int] = None) -> np.ndarray:
