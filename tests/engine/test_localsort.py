@@ -219,3 +219,23 @@ def test_a_bad_sort_kernel_in_the_environment_is_named(monkeypatch: pytest.Monke
     monkeypatch.setenv("PARSL_RCYLON_SORT_KERNEL", "quick")
     with pytest.raises(InvalidArgumentError, match="PARSL_RCYLON_SORT_KERNEL='quick': use one of auto, numpy, radix"):
         sort_kernel()
+
+
+def test_numpys_avx2_sort_keeps_the_numpy_kernel() -> None:
+    # NPY_DISABLE_CPU_FEATURES turns numpy's AVX-512 dispatch off (as on a Zen 3): the rule must then
+    # keep np.sort, which is fast there, on any x86 CPU with AVX2.
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 feature names")
+    code = ("from parsl_rcylon.engine.kernels import *; f = numpy_simd_features()['found']; "
+            "print(numpy_sort_target(f), sort_kernel()[0], 'AVX2' in f)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PARSL_RCYLON_SORT_KERNEL"}
+    env["NPY_DISABLE_CPU_FEATURES"] = "X86_V4 AVX512_ICL AVX512_SPR AVX512_SKX"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    target, kernel, avx2 = out.stdout.split()
+    if avx2 != "True":
+        pytest.skip("no AVX2 on this CPU")
+    assert (target, kernel) == ("avx2", "numpy"), out.stdout + out.stderr
