@@ -18,7 +18,7 @@ buckets of about ``TARGET * 2**16`` by their top bits, each sorted as above.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -36,6 +36,10 @@ CHUNK = 1 << 16
 BLOCK = 1 << 16
 
 
+#: Codes ``[lo, hi)`` of a sort, computed on demand (a fresh array the caller may keep).
+Source = Callable[[int, int], np.ndarray]
+
+
 def radix_sort(codes: np.ndarray, bits: int, small: Optional[int] = None, row_max: Optional[int] = None) -> np.ndarray:
     """``codes`` sorted: the array itself sorted in place, or a new array.
 
@@ -49,15 +53,32 @@ def radix_sort(codes: np.ndarray, bits: int, small: Optional[int] = None, row_ma
     small, row_max : int, optional
         :data:`SMALL` and :data:`ROW_MAX` by default (tests lower them to reach every path on few rows).
     """
+    return sort_source(lambda lo, hi: codes[lo:hi], len(codes), bits, small, row_max, whole=codes)
+
+
+def sort_source(source: Source, n: int, bits: int, small: Optional[int] = None, row_max: Optional[int] = None,
+                whole: Optional[np.ndarray] = None) -> np.ndarray:
+    """The ``n`` codes that ``source`` computes, sorted (as :func:`radix_sort`).
+
+    The codes are read a block at a time, twice (counting, then
+    partitioning), so they never need to exist whole beside the partitioned
+    copy: where ``source`` computes them from the table, the sort's peak is
+    one array of ``n`` codes.  ``whole``: the codes as one array where they
+    exist (sorted in place on the paths that take ``np.sort``).
+    """
     small = SMALL if small is None else small
     row_max = ROW_MAX if row_max is None else row_max
-    n = len(codes)
     if n <= max(small, 1) or bits <= 0:
-        codes.sort()
-        return codes
+        return _np_sorted(source, n, whole)
     if n > 2 * (TARGET << 16):
-        return _split(codes, bits, small, row_max)
-    return _grid_pass(codes, bits, small, row_max)
+        return _split(source, n, bits, small, row_max, whole)
+    return _grid_pass(source, n, bits, small, row_max, whole)
+
+
+def _np_sorted(source: Source, n: int, whole: Optional[np.ndarray]) -> np.ndarray:
+    codes = whole if whole is not None else source(0, n)
+    codes.sort()
+    return codes
 
 
 def _digits(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
@@ -67,15 +88,15 @@ def _digits(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
     return digit
 
 
-def _counts(codes: np.ndarray, bits: int, digit_bits: int) -> np.ndarray:
+def _counts(source: Source, n: int, bits: int, digit_bits: int) -> np.ndarray:
     """How many codes fall in each bucket of their top ``digit_bits`` bits (a block at a time)."""
     counts = np.zeros(1 << digit_bits, dtype=np.int64)
-    for lo in range(0, len(codes), BLOCK):
-        counts += np.bincount(_digits(codes[lo : lo + BLOCK], bits, digit_bits), minlength=1 << digit_bits)
+    for lo in range(0, n, BLOCK):
+        counts += np.bincount(_digits(source(lo, min(n, lo + BLOCK)), bits, digit_bits), minlength=1 << digit_bits)
     return counts
 
 
-def _partition(codes: np.ndarray, bits: int, digit_bits: int, counts: np.ndarray) -> np.ndarray:
+def _partition(source: Source, n: int, bits: int, digit_bits: int, counts: np.ndarray) -> np.ndarray:
     """A new array of ``codes`` grouped by bucket, buckets in order (any order within one).
 
     A block of :data:`BLOCK` codes at a time: a stable ``argsort`` of its
@@ -83,10 +104,10 @@ def _partition(codes: np.ndarray, bits: int, digit_bits: int, counts: np.ndarray
     the temporaries are a block's, not ``n`` indices and numpy's radix
     scratch beside the codes.
     """
-    out = np.empty(len(codes), dtype=_U64)
+    out = np.empty(n, dtype=_U64)
     free = np.cumsum(counts) - counts  # next free position of each bucket
-    for lo in range(0, len(codes), BLOCK):
-        block = codes[lo : lo + BLOCK]
+    for lo in range(0, n, BLOCK):
+        block = source(lo, min(n, lo + BLOCK))
         digit = _digits(block, bits, digit_bits)
         mine = np.bincount(digit, minlength=1 << digit_bits)
         order = np.argsort(digit, kind="stable")
@@ -100,15 +121,14 @@ def _partition(codes: np.ndarray, bits: int, digit_bits: int, counts: np.ndarray
     return out
 
 
-def _split(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray:
+def _split(source: Source, n: int, bits: int, small: int, row_max: int, whole: Optional[np.ndarray]
+           ) -> np.ndarray:
     """Many codes: bucket by the top bits into buckets of about ``TARGET * 2**16``, sort each."""
-    n = len(codes)
     digit_bits = max(1, min(16, bits, (n // (TARGET << 16) - 1).bit_length()))
-    counts = _counts(codes, bits, digit_bits)
+    counts = _counts(source, n, bits, digit_bits)
     if counts.max() > n * 3 // 4:  # the top bits hardly split them
-        codes.sort()
-        return codes
-    out = _partition(codes, bits, digit_bits, counts)
+        return _np_sorted(source, n, whole)
+    out = _partition(source, n, bits, digit_bits, counts)
     start = 0
     for count in counts.tolist():
         if count:
@@ -118,15 +138,14 @@ def _split(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray
     return out
 
 
-def _grid_pass(codes: np.ndarray, bits: int, small: int, row_max: int) -> np.ndarray:
+def _grid_pass(source: Source, n: int, bits: int, small: int, row_max: int, whole: Optional[np.ndarray]
+               ) -> np.ndarray:
     """One pass by the top bits, then each chunk of buckets as the rows of a grid."""
-    n = len(codes)
     digit_bits = max(1, min(16, bits, (max(1, n // TARGET) - 1).bit_length()))
-    counts = _counts(codes, bits, digit_bits)
+    counts = _counts(source, n, bits, digit_bits)
     if counts[counts > row_max].sum() > n // 4:  # skewed: bucketing would not pay
-        codes.sort()
-        return codes
-    out = _partition(codes, bits, digit_bits, counts)
+        return _np_sorted(source, n, whole)
+    out = _partition(source, n, bits, digit_bits, counts)
     ends = np.cumsum(counts)
     starts = ends - counts
     buckets = len(counts)
@@ -180,4 +199,4 @@ def _sort_chunk(values: np.ndarray, ids: np.ndarray, counts: np.ndarray, starts:
             out[lo:hi] = radix_sort(values[lo:hi].copy(), bits, small, row_max)  # copy: may alias out
 
 
-__all__ = ["radix_sort", "TARGET", "ROW_MAX", "SMALL", "CHUNK", "BLOCK"]
+__all__ = ["radix_sort", "sort_source", "Source", "TARGET", "ROW_MAX", "SMALL", "CHUNK", "BLOCK"]
