@@ -15,6 +15,10 @@ Skewed codes (more than a quarter of them in buckets too big for a row) are
 sorted by ``np.sort`` instead: never much slower than it, whatever the
 distribution.  More than ``2 * TARGET * 2**16`` codes are first split into
 buckets of about ``TARGET * 2**16`` by their top bits, each sorted as above.
+
+The codes are read a block of :data:`BLOCK` at a time (:func:`sort_source`),
+so a caller that can compute them by block (``localsort`` for one integer
+key) never holds them whole beside their partitioned copy.
 """
 from __future__ import annotations
 
