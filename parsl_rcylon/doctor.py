@@ -68,7 +68,8 @@ class Doctor:
     def run(self) -> bool:
         """Run every check; return whether all passed."""
         steps = [self.check_python, self.check_mpiexec, self.check_mpi4py, self.check_mpi_launch,
-                 self.check_radical, self.check_parsl, self.check_pyarrow, self.check_run_dir, self.check_pilot]
+                 self.check_radical, self.check_parsl, self.check_pyarrow, self.check_kernels, self.check_run_dir,
+                 self.check_pilot]
         for step in steps:
             check = Check(step.__name__[len("check_"):].replace("_", " "))
             try:
@@ -178,6 +179,15 @@ class Doctor:
         version = tuple(int(p) for p in pyarrow.__version__.split(".")[:2])
         check.ok = version >= MIN_PYARROW
         check.detail = f"pyarrow {pyarrow.__version__} with Parquet"
+
+    def check_kernels(self, check: Check) -> None:
+        from .engine.kernels import active_kernels, kernel_lines
+
+        # Informational, except that a missing DuckDB (a requirement) fails: the join would be slower.
+        check.fix = "pip install duckdb (the join kernel; Acero is about 1.8x slower)"
+        join = active_kernels()["join"]
+        check.ok = join["kernel"] == "duckdb" or "join_kernel=" in join["why"]
+        check.detail = "\n     ".join(kernel_lines())
 
     def check_run_dir(self, check: Check) -> None:
         target = self.run_dir.resolve()

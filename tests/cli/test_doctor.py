@@ -22,9 +22,24 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_doctor_without_pilot_passes_in_this_venv(tmp_path, capsys):
     assert cli.main(["doctor", "--no-pilot", "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("mpiexec", "mpi4py", "mpi launch", "radical", "pyarrow", "run dir"):
+    for name in ("mpiexec", "mpi4py", "mpi launch", "radical", "pyarrow", "kernels", "run dir"):
         assert f"OK   {name}:" in out, out
     assert "SKIP pilot" in out
+    # The engine's kernels as this process would run them.
+    from parsl_rcylon.engine.kernels import active_kernels
+
+    active = active_kernels()
+    assert f"OK   kernels: sort: {active['sort']['kernel']} (" in out, out
+    assert "join: duckdb (duckdb " in out, out  # DuckDB is a requirement: a plain install joins with it
+
+
+def test_doctor_names_the_join_kernel_an_environment_forces(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PARSL_RCYLON_JOIN_KERNEL", "acero")
+    monkeypatch.setenv("PARSL_RCYLON_SORT_KERNEL", "numpy")
+    assert cli.main(["doctor", "--no-pilot", "--run-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sort: numpy (PARSL_RCYLON_SORT_KERNEL=numpy" in out, out
+    assert "join: acero (join_kernel='acero')" in out, out
 
 
 def test_doctor_as_a_library_hands_each_verdict_to_its_callback(tmp_path):
@@ -34,9 +49,10 @@ def test_doctor_as_a_library_hands_each_verdict_to_its_callback(tmp_path):
     doctor = Doctor(run_dir=tmp_path / "run", pilot=False, say=said.append)
     assert doctor.run()
     names = [c.name for c in doctor.checks]
-    assert names == ["python", "mpiexec", "mpi4py", "mpi launch", "radical", "parsl", "pyarrow", "run dir", "pilot"]
+    assert names == ["python", "mpiexec", "mpi4py", "mpi launch", "radical", "parsl", "pyarrow", "kernels", "run dir",
+                     "pilot"]
     assert said[:-1] == [c.line() for c in doctor.checks]
-    assert said[-1] == "8 of 9 checks passed, 1 skipped"
+    assert said[-1] == "9 of 10 checks passed, 1 skipped"
     assert (tmp_path / "run").is_dir()  # the run dir check made it to write into
 
 
@@ -71,6 +87,6 @@ def test_doctor_healthy_venv_with_pilot(tmp_path):
     proc = _cli("doctor", "--run-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK   pilot: local pilot started" in proc.stdout
-    assert "9 of 9 checks passed" in proc.stdout
+    assert "10 of 10 checks passed" in proc.stdout
 
 
