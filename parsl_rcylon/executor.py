@@ -2,9 +2,9 @@
 
 The executor is the Parsl adapter: it checks its options, builds its
 collaborators in ``start()`` and hands them the work.  The dispatcher
-(:mod:`.runtime.dispatcher`) places tasks on worker ranks and routes their
-results; :class:`~.runtime.session.PilotRuntime` owns the Radical Pilot
-session, pilots, masters and workers; :class:`~.runtime.hygiene.ClientHygiene`
+(:mod:`.runtime.client.dispatcher`) places tasks on worker ranks and routes their
+results; :class:`~.runtime.client.session.PilotRuntime` owns the Radical Pilot
+session, pilots, masters and workers; :class:`~.runtime.client.hygiene.ClientHygiene`
 ends what RP leaves behind; :class:`~.ledger.TableLedger` counts the tables
 tasks write.
 """
@@ -32,14 +32,14 @@ from .options import check_table_options
 from .permissions import make_dir, modes
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
-from .runtime import config as rp_config
-from .runtime.capacity import HostCapacity, capacity_problem, host_capacity
-from .runtime.dispatcher import Dispatcher
-from .runtime.gpus import missing_local_gpus
-from .runtime.hygiene import ClientHygiene
-from .runtime.pilot import pilot_description
-from .runtime.placement import host_layout, pool_accepts
-from .runtime.session import PilotRuntime
+from .runtime.client import config as rp_config
+from .runtime.client.capacity import HostCapacity, capacity_problem, host_capacity
+from .runtime.client.dispatcher import Dispatcher
+from .runtime.client.gpus import missing_local_gpus
+from .runtime.client.hygiene import ClientHygiene
+from .runtime.client.pilot import pilot_description
+from .runtime.client.placement import host_layout, pool_accepts
+from .runtime.client.session import PilotRuntime
 from .table.ledger import TableLedger
 from .workdir import task_working_dir
 

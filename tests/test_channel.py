@@ -13,9 +13,9 @@ import pytest
 import zmq
 
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ChannelError, ClientCredentials, ServerChannel
-from parsl_rcylon.runtime.dispatcher import Dispatcher
+from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ChannelError, ClientCredentials, ServerChannel
 
 from .test_dispatcher import expect_line, header, start_rank
 

@@ -162,7 +162,7 @@ def test_doctor_without_pilot_passes_in_this_venv(tmp_path, capsys):
 
 
 def test_doctor_says_how_to_fix_a_missing_mpiexec(tmp_path, capsys, monkeypatch):
-    from parsl_rcylon.runtime import config
+    from parsl_rcylon.runtime.client import config
 
     monkeypatch.setattr(config, "mpi_bin_dir", lambda: None)
     assert cli.main(["doctor", "--run-dir", str(tmp_path)]) == 1
@@ -174,7 +174,7 @@ def test_doctor_says_how_to_fix_a_missing_mpiexec(tmp_path, capsys, monkeypatch)
 
 
 def test_doctor_reports_an_unsupported_radical_pilot(tmp_path, capsys, monkeypatch):
-    from parsl_rcylon.runtime import config
+    from parsl_rcylon.runtime.client import config
 
     def too_new():
         raise config.RadicalVersionError("parsl_rcylon needs radical.pilot >=1.103,<1.104 (found 1.110.0); ...")

@@ -14,8 +14,8 @@ import pytest
 
 from parsl_rcylon.errors import ExecutorBroken, ExecutorShutdown, TaskTimeout, WorkerLost
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime.channel import ENV_CHANNEL
-from parsl_rcylon.runtime.dispatcher import Dispatcher
+from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+from parsl_rcylon.runtime.wire.channel import ENV_CHANNEL
 
 FAKE_RANK = str(Path(__file__).with_name("fake_rank.py"))
 

@@ -25,7 +25,7 @@ from parsl_rcylon.options import (
     TableOptions,
     check_table_options,
 )
-from parsl_rcylon.runtime.rank import run_task
+from parsl_rcylon.runtime.agent.rank import run_task
 from parsl_rcylon.tableio.errors import TableError
 
 COMM = MPI.COMM_SELF

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from parsl_rcylon import cylon_app
-from parsl_rcylon.runtime.channel import ClientCredentials
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
 
 from .conftest import wait_for_no_processes
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 # keys). Argv: ADDRESS MARKER TASK_UIDS [CHANNEL_FILE]
 STRANGER = textwrap.dedent("""
     import json, os, pickle, sys, time, zmq
-    from parsl_rcylon.runtime import protocol
+    from parsl_rcylon.runtime.wire import protocol
     address, marker, uids = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     channel = sys.argv[4] if len(sys.argv) > 4 else None
 
@@ -43,7 +43,7 @@ STRANGER = textwrap.dedent("""
     sock.setsockopt(zmq.LINGER, 0)
     token = "0" * 64
     if channel:
-        from parsl_rcylon.runtime.channel import ClientCredentials
+        from parsl_rcylon.runtime.wire.channel import ClientCredentials
         creds = ClientCredentials.load(channel)
         creds.apply(sock)
         token = creds.token
@@ -169,7 +169,7 @@ def _impostor_runs_nothing(tmp_path, address, sid, threshold, killed_at):
 IMPOSTOR = textwrap.dedent("""
     import pickle, sys, time, zmq
     from parsl.serialize import pack_apply_message
-    from parsl_rcylon.runtime import protocol
+    from parsl_rcylon.runtime.wire import protocol
     address, marker, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     port = int(address.rsplit(":", 1)[1])
     ctx = zmq.Context()

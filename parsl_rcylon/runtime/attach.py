@@ -56,9 +56,9 @@ from parsl.serialize import deserialize, serialize
 from ..errors import ExecutorBroken, ExecutorShutdown, PilotLost
 from ..permissions import make_dir, write_private
 from ..resources import ResourceSpec, WorkerPool
-from . import config as rp_config
-from . import protocol
-from .channel import ChannelError, ClientCredentials, ServerChannel
+from .client import config as rp_config
+from .wire import protocol
+from .wire.channel import ChannelError, ClientCredentials, ServerChannel
 
 logger = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ import zmq
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.serialize import deserialize
 
-from ..errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout, WorkerLost
-from ..resources import ResourceSpec
-from . import protocol
-from .channel import ServerChannel
+from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout, WorkerLost
+from ...resources import ResourceSpec
+from ..wire import protocol
+from ..wire.channel import ServerChannel
 from .placement import Placed, Placement
 
 logger = logging.getLogger(__name__)

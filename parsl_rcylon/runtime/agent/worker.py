@@ -33,11 +33,11 @@ import radical.pilot.raptor.worker as rp_worker
 import zmq
 from radical.pilot.raptor.worker import Worker
 
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ClientCredentials
-from parsl_rcylon.runtime.interrupt import Interrupter
-from parsl_rcylon.runtime.rank import run_task
+from parsl_rcylon.runtime.agent.interrupt import Interrupter
+from parsl_rcylon.runtime.agent.rank import run_task
 from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
 
 _INPROC = "inproc://rcylon-results"
 #: Exit status of a rank told to leave (EXIT); non-zero, so the launcher ends the whole job.

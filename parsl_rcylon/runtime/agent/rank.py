@@ -25,9 +25,9 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
-from ..context import CylonContext
-from ..monitoring import split_monitoring
-from ..workdir import WorkingDirectoryError, working_directory
+from ...context import CylonContext
+from ...monitoring import split_monitoring
+from ...workdir import WorkingDirectoryError, working_directory
 from .interrupt import Interrupter
 
 #: A rank's report: the message header and its binary frame (value or exception).
@@ -112,7 +112,7 @@ def _run(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any, gpu
         # One report per Parsl task: rank 0's (monitoring.py).
         call = functools.partial(reporting, **monitoring) if rank == 0 and monitoring else fn
         if task["cylon"]:
-            from ..table import publish_result, resolve_arguments
+            from ...table import publish_result, resolve_arguments
 
             ctx = CylonContext(
                 comm,

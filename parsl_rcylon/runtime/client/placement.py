@@ -39,7 +39,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from ..resources import ResourceSpec
+from ...resources import ResourceSpec
 
 
 @dataclass

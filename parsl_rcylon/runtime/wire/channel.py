@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import zmq
 
-from ..permissions import private_dir, write_private
+from ...permissions import private_dir, write_private
 
 logger = logging.getLogger(__name__)
 
