@@ -10,6 +10,7 @@ tasks write.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -40,6 +41,7 @@ from .runtime.client.hygiene import ClientHygiene
 from .runtime.client.pilot import pilot_description
 from .runtime.client.placement import host_layout, pool_accepts
 from .runtime.client.session import PilotRuntime
+from .runtime.wire.task import Task
 from .table.ledger import TableLedger
 from .workdir import task_working_dir
 
@@ -333,28 +335,22 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             self._progress = Progress([self]).start()
         logger.info("%s: attached to the pilot at %s in %.2f s", self.label, self.attach, self.timings["start"])
 
-    def submit_packed(self, task: Dict[str, Any], resource_specification: Dict[str, Any],
-                      payload: bytes) -> Future:
+    def submit_packed(self, task: Task, resources: Dict[str, Any], payload: bytes) -> Future:
         """Run an already packed call (``parsl-rcylon up``'s server, for attached clients).
 
-        ``task`` holds ``uid``, ``name``, ``cylon``, ``options``, ``walltime``
-        and ``data_dir``; the resource spec is validated as in ``submit()``.
+        ``resources`` is validated as in ``submit()`` and resolved into ``task``.
         """
         self._check_running()
-        spec = self.validate_resource_specification(resource_specification, cylon=task["cylon"],
-                                                    name=task["name"])
-        return self._dispatch(task, spec, payload)
+        spec = self.validate_resource_specification(resources, cylon=task.cylon, name=task.name)
+        return self._dispatch(task.resolve(spec), payload)
 
     def _check_running(self) -> None:
         if self._dispatcher is None or self._is_shutdown:
             raise ExecutorShutdown(self, "submit() on an executor that is not running")
 
-    def _dispatch(self, task: Dict[str, Any], spec: ResourceSpec, payload: bytes) -> Future:
-        # One header for calls packed here and for attached clients' calls:
-        # a walltime in the resource spec wins over the app's option.
-        header = dict(task, scratch_dir=str(self.base_dir / "scratch"),
-                      walltime=spec.walltime or task.get("walltime"))
-        return self._dispatcher.submit(task["uid"], spec, header, payload)
+    def _dispatch(self, task: Task, payload: bytes) -> Future:
+        # Calls packed here and attached clients' calls: one scratch root, this executor's.
+        return self._dispatcher.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
 
     def _remove_leftovers(self) -> None:
         # Writers killed in an earlier run (a rank SIGKILLed mid-write, a node
@@ -426,16 +422,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         uid = f"{self.label}.task.{next(self._ids):06d}"
         kwargs.pop("parsl_resource_specification", None)
         options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
-        task = {
-            "uid": uid,
-            "name": name,
-            "cylon": cylon,
-            "data_dir": self.data_dir,
-            "options": options,
-            "walltime": options.get("walltime"),
-            "cwd": task_working_dir(self.working_dir),
-        }
-        fut = self._dispatch(task, spec, pack_apply_message(func, args, kwargs))
+        task = Task.build(uid, name, cylon, options, spec, data_dir=self.data_dir,
+                          cwd=task_working_dir(self.working_dir))
+        fut = self._dispatch(task, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         self.task_board.submitted(uid, name, fut)
         return fut

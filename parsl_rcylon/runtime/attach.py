@@ -35,6 +35,7 @@ gets its own task ids on the server.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,10 +56,11 @@ from parsl.serialize import deserialize, serialize
 
 from ..errors import ExecutorBroken, ExecutorShutdown, PilotLost
 from ..permissions import make_dir, write_private
-from ..resources import ResourceSpec, WorkerPool
+from ..resources import WorkerPool
 from .client import config as rp_config
 from .wire import protocol
 from .wire.channel import ChannelError, ClientCredentials, ServerChannel
+from .wire.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -250,9 +252,8 @@ class PilotServer:
     def _submit(self, identity: bytes, header: Dict[str, Any], payload: bytes) -> None:
         client_uid = header["uid"]
         uid = f"{self.executor.label}.attached.{next(self._ids):06d}"
-        task = {"uid": uid, "name": header["name"], "cylon": header["cylon"], "options": header["options"],
-                "walltime": header.get("walltime"), "data_dir": header.get("data_dir") or self.info.data_dir,
-                "path": [p for p in header.get("path", []) if isinstance(p, str)], "cwd": header.get("cwd")}
+        received = Task.from_wire(header)
+        task = dataclasses.replace(received, uid=uid, data_dir=received.data_dir or self.info.data_dir)
         try:
             fut = self.executor.submit_packed(task, header["resources"], payload)
         except Exception as exc:  # a spec no pool can hold, a stopped executor
@@ -375,19 +376,16 @@ class AttachedPilot:
     def session_id(self) -> str:
         return self.info.session
 
-    def submit(self, uid: str, spec: ResourceSpec, header: Dict[str, Any], payload: bytes) -> Future:
+    def submit(self, task: Task, payload: bytes) -> Future:
         """Send one task to the server; the future resolves with its value or exception."""
         fut: Future = Future()
         with self._lock:
             if self._refusal is not None:
                 fut.set_exception(self._refusal)
                 return fut
-            self._futures[uid] = fut
-            self._names[uid] = header.get("name", "task")
-            fields = {k: header[k] for k in ("name", "cylon", "options", "walltime", "data_dir", "cwd")
-                      if k in header}
-            self._post(protocol.pack(protocol.SUBMIT, dict(fields, uid=uid, resources=spec.as_dict(),
-                                                           path=self._path), payload))
+            self._futures[task.uid] = fut
+            self._names[task.uid] = task.name
+            self._post(protocol.pack(protocol.SUBMIT, dict(task.submit_header(), path=self._path), payload))
         return fut
 
     def stats(self) -> Dict[str, Dict[str, int]]:

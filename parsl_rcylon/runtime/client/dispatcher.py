@@ -55,6 +55,7 @@ from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout
 from ...resources import ResourceSpec
 from ..wire import protocol
 from ..wire.channel import ServerChannel
+from ..wire.task import Assignment, Task
 from .placement import Placed, Placement
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ class _Rank:
 
 @dataclass
 class _Task:
-    uid: str
-    spec: ResourceSpec
-    header: Dict[str, Any]
+    call: Task
     payload: bytes
     future: Future
     placed: Optional[Placed] = None
@@ -90,8 +89,16 @@ class _Task:
     settle_by: Optional[float] = None  # its other ranks must report by then, or their worker is replaced
 
     @property
+    def uid(self) -> str:
+        return self.call.uid
+
+    @property
     def name(self) -> str:
-        return self.header.get("name", "task")
+        return self.call.name
+
+    @property
+    def spec(self) -> ResourceSpec:
+        return self.call.spec
 
 
 @dataclass
@@ -225,12 +232,12 @@ class Dispatcher:
                     raise TimeoutError(f"workers did not start within {timeout:.0f} s (ranks missing: {missing})")
                 self._ready_cond.wait(timeout=min(left, 0.5))
 
-    def submit(self, uid: str, spec: ResourceSpec, header: Dict[str, Any], payload: bytes) -> Future:
+    def submit(self, task: Task, payload: bytes) -> Future:
         """Queue a task; its future fails at once if the dispatcher is broken or stopped."""
         fut: Future = Future()
         with self._refusal_lock:
             if self._refusal is None:
-                self._post("submit", _Task(uid=uid, spec=spec, header=header, payload=payload, future=fut))
+                self._post("submit", _Task(call=task, payload=payload, future=fut))
                 return fut
         fut.set_exception(self._refusal)
         return fut
@@ -531,7 +538,7 @@ class Dispatcher:
         for task in list(self._active.values()):
             if task.deadline is not None and now >= task.deadline:
                 task.deadline = None
-                walltime = task.header.get("walltime")
+                walltime = task.call.walltime
                 self._task_failed(task, TaskTimeout(None, f"task {task.uid} ({task.name}) ran longer than its "
                                                           f"walltime of {walltime:g} s and was stopped"))
             if task.settle_by is not None and now >= task.settle_by and task.uid in self._active:
@@ -639,11 +646,10 @@ class Dispatcher:
         task.placed = placed
         self._active[task.uid] = task
         task.pending_ranks = set(range(len(placed.ranks)))
-        walltime = task.header.get("walltime")
-        if walltime:
-            task.deadline = time.monotonic() + walltime
-        header = dict(task.header, uid=task.uid, ranks=list(placed.ranks), cores=placed.cores,
-                      tag=next(self._tags) % 32000)
+        if task.call.walltime:
+            task.deadline = time.monotonic() + task.call.walltime
+        header = dict(task.call.to_wire(), **Assignment(placed.ranks, next(self._tags) % 32000,
+                                                        placed.cores).to_wire())
         ranks = self._ranks[placed.worker]
         for world_rank in placed.ranks:
             if not self._send(ranks[world_rank].identity, protocol.TASK, header, task.payload):
