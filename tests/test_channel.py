@@ -15,7 +15,7 @@ import zmq
 from parsl_rcylon.resources import ResourceSpec
 from parsl_rcylon.runtime.client.dispatcher import Dispatcher
 from parsl_rcylon.runtime.wire import protocol
-from parsl_rcylon.runtime.wire.channel import ChannelError, ClientCredentials, ServerChannel
+from parsl_rcylon.runtime.wire.channel import ChannelError, ChannelOptions, ClientCredentials, ServerChannel
 
 from .test_dispatcher import expect_line, start_rank, task
 
@@ -32,7 +32,8 @@ class Bomb:
 
 @pytest.fixture(params=[True, False], ids=["encrypted", "unencrypted"])
 def served(request, tmp_path):
-    d = Dispatcher(tmp_path / "run", heartbeat_period=0.5, encrypted=request.param, cancel_grace=1.0)
+    d = Dispatcher(tmp_path / "run", heartbeat_period=0.5, channel=ChannelOptions(encrypted=request.param),
+                   cancel_grace=1.0)
     d.start()
     d.expect_worker("w", size=2)
     ranks = [start_rank(d, "w", r, 2, mode="answer") for r in range(2)]
@@ -157,7 +158,7 @@ def test_a_result_from_a_rank_of_the_worker_that_does_not_run_the_task_is_refuse
 
 
 def test_an_oversized_message_is_refused_unread(tmp_path):
-    d = Dispatcher(tmp_path, heartbeat_period=0.5, max_message_bytes=1 << 16)
+    d = Dispatcher(tmp_path, heartbeat_period=0.5, channel=ChannelOptions(max_frame_bytes=1 << 16))
     d.start()
     d.expect_worker("w", size=1)
     rank = start_rank(d, "w", mode="answer")

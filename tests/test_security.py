@@ -89,8 +89,8 @@ def test_a_stranger_cannot_run_code_forge_results_or_steal_ranks(rcylon, tmp_pat
     futs = [genuine(i, 3.0) for i in range(3)]
     time.sleep(1.0)  # running now
     uids = [f.task_record["exec_fu"].parsl_executor_task_id for f in futs]  # the running tasks' own ids
-    channel = rcylon._dispatcher.channel_file if insider else None
-    assert _stranger(rcylon._dispatcher.address, marker, uids, channel).startswith("SENT")
+    channel = rcylon._own.dispatcher.channel_file if insider else None
+    assert _stranger(rcylon._own.dispatcher.address, marker, uids, channel).startswith("SENT")
     assert [f.result(timeout=120) for f in futs] == [f"genuine {i} from 2 ranks" for i in range(3)]
     assert not marker.exists(), "a stranger's pickle was unpickled"
     assert sum(v["ranks"] for v in rcylon.status().values()) == 6, "a stranger took over a rank"
@@ -99,7 +99,7 @@ def test_a_stranger_cannot_run_code_forge_results_or_steal_ranks(rcylon, tmp_pat
 
 def test_the_run_directory_and_keys_are_private(rcylon):
     base = Path(rcylon.base_dir)
-    keys = Path(rcylon._dispatcher.channel_file)
+    keys = Path(rcylon._own.dispatcher.channel_file)
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
     assert stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600

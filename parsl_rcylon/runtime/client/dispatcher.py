@@ -54,7 +54,7 @@ from parsl.serialize import deserialize
 from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout, WorkerLost
 from ...resources import ResourceSpec
 from ..wire import protocol
-from ..wire.channel import ServerChannel
+from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
 from .placement import Placed, Placement
 
@@ -133,8 +133,8 @@ class Dispatcher:
     cancel_grace : float
         Seconds the other ranks of a failed, timed-out or cancelled task get
         to finish and report before their worker is ended and replaced.
-    encrypted, port_range, max_message_bytes
-        The channel's settings (:class:`.channel.ServerChannel`).
+    channel : ChannelOptions
+        The channel's settings (:class:`..wire.channel.ChannelOptions`).
     max_worker_restarts : int, optional
         Replacements each pool may start over the run (``None``: no limit;
         ``0``: none).  A pool whose new workers fail to start three times in a
@@ -144,12 +144,11 @@ class Dispatcher:
     def __init__(self, run_dir: os.PathLike, bind_address: str = "127.0.0.1",
                  advertised_address: Optional[str] = None, *, heartbeat_period: float = 2.0,
                  starvation_limit: int = 16, rank_timeout: float = 120.0, cancel_grace: float = 3.0,
-                 encrypted: bool = True, port_range: Optional[Tuple[int, int]] = None,
-                 max_message_bytes: int = 1 << 30, max_worker_restarts: Optional[int] = None) -> None:
+                 channel: ChannelOptions = ChannelOptions(), max_worker_restarts: Optional[int] = None) -> None:
         self._ctx = zmq.Context()
         self._channel = ServerChannel(self._ctx, Path(run_dir), bind_address, advertised_address,
-                                      port_range=port_range, encrypted=encrypted,
-                                      max_message_bytes=max_message_bytes)
+                                      port_range=channel.port_range, encrypted=channel.encrypted,
+                                      max_frame_bytes=channel.max_frame_bytes)
         self._router = self._channel.socket
         self.address = self._channel.address
         self.channel_file = self._channel.channel_file

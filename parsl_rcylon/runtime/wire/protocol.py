@@ -33,11 +33,13 @@ ERROR = b"E"       # header: as RESULT, ok false; blob: the exception; sent the 
 BYE = b"B"         # rank or master is leaving
 ALIVE = b"A"       # a rank's answer to each heartbeat
 
-# attached client <-> pilot server (runtime/attach/); HEARTBEAT, ALIVE and STOP serve there too
+# attached client <-> pilot server (runtime/attach/); HEARTBEAT, ALIVE (with the pools' figures) and
+# STOP serve there too
 ATTACH = b"a"      # header: the run's token, who attaches
 WELCOME = b"w"     # header: the session; the client may submit
 SUBMIT = b"s"      # header: the Task and its resource spec; blob: Parsl's packed call
 OUTCOME = b"o"     # header: uid, ok; blob: the serialized value or exception
+STARTED = b"r"     # header: uid; the client's task was sent to its ranks
 DETACH = b"d"      # the client leaves; the pilot stays up
 
 #: Environment variables that carry the executor's address and liveness rules.
@@ -75,11 +77,12 @@ _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]]
     RESULT: ({"uid": _STR, "rank": _INT, "ok": _BOOL},
              {"t_start": _NUM, "t_end": _NUM, "setup_error": _STR, "error": _BOOL, "cancelled": _BOOL}, None),
     BYE: ({}, {}, False),
-    ALIVE: ({}, {}, False),
+    ALIVE: ({}, {"pools": _DICT}, False),
     ATTACH: ({"token": _STR, "pid": _INT, "host": _STR}, {}, False),
-    WELCOME: ({"session": _STR, "pid": _INT}, {}, False),
+    WELCOME: ({"session": _STR, "pid": _INT}, {"pools": _DICT}, False),
     SUBMIT: (dict(_TASK[0], resources=_DICT), _TASK[1], True),
     OUTCOME: ({"uid": _STR, "ok": _BOOL}, {}, True),
+    STARTED: ({"uid": _STR}, {}, False),
     DETACH: ({}, {}, False),
 }
 _SCHEMAS[ERROR] = (_SCHEMAS[RESULT][0], _SCHEMAS[RESULT][1], True)
@@ -164,7 +167,7 @@ def _check(kind: bytes, key: str, value: Any, types: tuple) -> None:
 
 _NAMES = {TASK: "TASK", HEARTBEAT: "HEARTBEAT", STOP: "STOP", CANCEL: "CANCEL", EXIT: "EXIT", READY: "READY",
           RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE", ATTACH: "ATTACH",
-          WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", DETACH: "DETACH"}
+          WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", STARTED: "STARTED", DETACH: "DETACH"}
 
 
 def name(kind: bytes) -> str:
