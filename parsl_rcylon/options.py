@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from .permissions import SHARING
-from .tableio.errors import TableError
+from .table_error import TableError
 
 FORMATS = ("parquet", "ipc")
 PARQUET_CODECS = ("none", "snappy", "lz4", "zstd", "gzip", "brotli")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from .executor import RadicalCylonExecutor
+from .resources import PilotSpec, WorkerPool
 from .runtime.attach.detached import start_detached, stop_detached
 from .runtime.attach.info import IDLE_TIMEOUT, PilotInfo
 from .runtime.attach.server import PilotServer
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 def serve(run_dir: os.PathLike, options: Dict[str, Any], idle_timeout: float = IDLE_TIMEOUT) -> int:
     """The body of ``parsl-rcylon up``'s detached process: start an executor, publish, serve, shut down."""
     run_dir = Path(run_dir)
-    executor = RadicalCylonExecutor(**options)
+    executor = RadicalCylonExecutor(**executor_options(options))
     executor.run_dir = str(run_dir)
     executor.start()  # raises StartupError with the reason; `up` shows the log
     server = PilotServer(executor, run_dir, idle_timeout)
@@ -44,9 +45,22 @@ def serve(run_dir: os.PathLike, options: Dict[str, Any], idle_timeout: float = I
     return 0
 
 
+def executor_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The executor's keywords from ``up``'s JSON options: ``pools`` and ``pilots`` as mappings become objects."""
+    out = dict(options)
+    if out.get("pools") is not None:
+        out["pools"] = [p if isinstance(p, WorkerPool) else WorkerPool(**p) for p in out["pools"]]
+    if out.get("pilots") is not None:
+        out["pilots"] = [p if isinstance(p, PilotSpec) else PilotSpec(**p) for p in out["pilots"]]
+    return out
+
+
 def up(run_dir: os.PathLike, options: Dict[str, Any], idle_timeout: float = IDLE_TIMEOUT,
        timeout: float = 300.0) -> PilotInfo:
     """Start a pilot server for ``run_dir`` (an executor made with ``options``) in a process of its own.
+
+    ``options`` are the executor's keywords as JSON: ``pools`` and ``pilots``
+    as lists of ``WorkerPool`` and ``PilotSpec`` keyword mappings.
 
     Returns once it serves; raises :class:`~.runtime.attach.AttachError` if it does not start.
     """
