@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import psutil
 
 from ...resources import WorkerPool
-from ..client.admission import PoolShape
+from ..client.admission import PoolShape, host_layout
 
 #: Directory under the run directory with the front door's key file and ``pilot.json``.
 ATTACH_DIR = "attach"
@@ -75,6 +75,8 @@ class PilotInfo:
     def pool_shapes(self) -> List[PoolShape]:
         """The server's pools as its admission sees them."""
         pools = {p.name: p for p in self.worker_pools()}
+        if not self.shapes:  # a server that published none: its pools on one host each, as a local pilot's
+            return [PoolShape(p, host_layout(p.ranks, None), True) for p in pools.values()]
         return [PoolShape.from_dict(s, pools) for s in self.shapes]
 
 
