@@ -9,6 +9,7 @@ client of an attached pilot server (:mod:`.runtime.attach`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -76,8 +77,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         Shared directory for tables (default ``<run_dir>/<label>/data``); table
         defaults (``format``, ...); the run's modes, ``private`` or ``group``.
     address : str, optional
-        Address worker ranks use to reach this process; ``127.0.0.1`` for
-        local pilots, this host's name otherwise.
+        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name).
     heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace, max_worker_restarts
         Liveness (:class:`~parsl_rcylon.runtime.client.pilots.Liveness`): seconds
         between heartbeats; silence after which the pilot's processes end
@@ -92,8 +92,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         traffic: ``docs/security.md``); the ports the client may listen on; the
         largest ZeroMQ frame a peer may send.
     max_message_bytes : int, optional
-        Deprecated name of ``max_frame_bytes`` (the engine's option of that
-        name is the bytes of one MPI call, a different thing).
+        Deprecated name of ``max_frame_bytes`` (the engine's is the bytes of one MPI call).
     attach : str, optional
         Run directory of a pilot started with ``parsl-rcylon up``: ``start()``
         connects to it (in well under a second) instead of starting a pilot,
@@ -153,7 +152,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                                  max_worker_restarts)
         self.channel = ChannelOptions(encrypted, port_range, max_frame_bytes)
         self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing)
-        vars(self).update({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        keywords = inspect.signature(RadicalCylonExecutor.__init__).parameters
+        vars(self).update({k: v for k, v in locals().items() if k in keywords and k != "self"})
         self.pools: List[WorkerPool] = list(self.allocation.pools)
         self.pilots: List[PilotSpec] = list(self.allocation.pilots)
         self.pilot_options, self.table_options = dict(pilot_options or {}), self.data.table_options
