@@ -148,6 +148,7 @@ def test_down_ends_the_pilot_and_fails_attached_futures(tmp_path):
         credentials = json.loads((pilot_dir / ATTACH_DIR / "keys" / "channel.json").read_text())
         assert _knock(pilot_dir, "0" * len(credentials["token"])) == []
         assert _knock(pilot_dir, "jeton-\u00e9\u00e9") == []
+        assert _knock(pilot_dir, "\ud800") == []  # a lone surrogate, as JSON may carry
         from parsl_rcylon.runtime.wire import protocol
 
         assert _knock(pilot_dir, credentials["token"]) == [protocol.WELCOME]

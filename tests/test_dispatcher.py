@@ -192,3 +192,12 @@ def test_a_failed_loop_breaks_the_dispatcher_with_its_cause(dispatcher):
     assert later.done(), "a broken dispatcher fails new tasks at once"
     with pytest.raises(ExecutorBroken, match="dispatcher loop failed"):
         later.result()
+
+
+def test_the_dispatcher_keeps_the_task_backend_contract(dispatcher):
+    from parsl_rcylon.runtime.attach.client import AttachedPilot
+    from parsl_rcylon.runtime.client.backend import TaskBackend
+
+    assert isinstance(dispatcher, TaskBackend)
+    for name in ("submit", "stats", "stop"):
+        assert callable(getattr(AttachedPilot, name)), name

@@ -156,7 +156,8 @@ class PilotServer:
             return
         kind, header = message.kind, message.header
         if kind == protocol.ATTACH:
-            if not hmac.compare_digest(header["token"].encode(), self._channel.token.encode()):
+            # Constant time, as the dispatcher compares READY tokens; any str a JSON header can hold encodes.
+            if not hmac.compare_digest(header["token"].encode("utf-8", "surrogatepass"), self._channel.token.encode()):
                 logger.warning("refused an attach with a wrong token (pid %s)", header["pid"])
                 return
             self._clients[identity] = time.monotonic()
