@@ -215,7 +215,7 @@ class BareMetal:
     """
 
     def __init__(self, data_dir: Path, timeout: float, launcher: Optional[str] = None) -> None:
-        from parsl_rcylon.runtime.config import mpi_bin_dir
+        from parsl_rcylon.runtime.client.config import mpi_bin_dir
 
         if launcher is None:
             bindir = mpi_bin_dir()

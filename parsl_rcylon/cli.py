@@ -66,7 +66,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a pilot that scripts attach to, print where it is, and return leaving it running."""
-    from .runtime.attach import AttachError, start_detached
+    from .runtime.attach import AttachError
+    from .serving import up
 
     options = {"label": args.label}
     if args.worker_ranks:
@@ -74,7 +75,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say(f"starting a pilot in {Path(args.run_dir).resolve()} ...")
     t0 = time.monotonic()
     try:
-        info = start_detached(args.run_dir, options, idle_timeout=args.idle_timeout * 60)
+        info = up(args.run_dir, options, idle_timeout=args.idle_timeout * 60)
     except AttachError as err:
         raise CliError(str(err)) from err
     ranks = ", ".join(f"{p['name']}: {p['workers']} x {p['ranks']} ranks" for p in info.pools)
@@ -87,10 +88,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     """End the pilot ``up`` started, and wait until its processes are gone."""
-    from .runtime.attach import stop_detached
+    from .serving import down
 
     t0 = time.monotonic()
-    info = stop_detached(args.run_dir)
+    info = down(args.run_dir)
     if info is None:
         _say(f"no pilot is up at {Path(args.run_dir).resolve()}")
         return 1

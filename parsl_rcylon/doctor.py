@@ -96,7 +96,7 @@ class Doctor:
         check.fix = "use Python 3.10 or newer"
 
     def check_mpiexec(self, check: Check) -> None:
-        from .runtime.config import mpi_bin_dir
+        from .runtime.client.config import mpi_bin_dir
 
         bindir = mpi_bin_dir()
         check.fix = ("install an MPI: `pip install mpich` (puts mpiexec next to this interpreter), or load "
@@ -148,7 +148,7 @@ class Doctor:
                         f"exit {proc.returncode}, output {proc.stdout.strip()!r} {proc.stderr.strip()[-300:]!r}")
 
     def check_radical(self, check: Check) -> None:
-        from .runtime.config import SUPPORTED_RP, check_radical_version
+        from .runtime.client.config import SUPPORTED_RP, check_radical_version
 
         low, high = SUPPORTED_RP
         check.fix = (f"pip install 'radical.pilot>={low[0]}.{low[1]},<{high[0]}.{high[1]}' "

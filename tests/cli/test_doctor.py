@@ -57,7 +57,7 @@ def test_doctor_as_a_library_hands_each_verdict_to_its_callback(tmp_path):
 
 
 def test_doctor_says_how_to_fix_a_missing_mpiexec(tmp_path, capsys, monkeypatch):
-    from parsl_rcylon.runtime import config
+    from parsl_rcylon.runtime.client import config
 
     monkeypatch.setattr(config, "mpi_bin_dir", lambda: None)
     assert cli.main(["doctor", "--run-dir", str(tmp_path)]) == 1
@@ -69,7 +69,7 @@ def test_doctor_says_how_to_fix_a_missing_mpiexec(tmp_path, capsys, monkeypatch)
 
 
 def test_doctor_reports_an_unsupported_radical_pilot(tmp_path, capsys, monkeypatch):
-    from parsl_rcylon.runtime import config
+    from parsl_rcylon.runtime.client import config
 
     def too_new():
         raise config.RadicalVersionError("parsl_rcylon needs radical.pilot >=1.103,<1.104 (found 1.110.0); ...")

@@ -12,8 +12,8 @@ import sys
 import zmq
 from parsl.serialize import serialize
 
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ClientCredentials
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
 
 
 def main(address: str, worker: str, rank: str, size: str, mode: str) -> None:

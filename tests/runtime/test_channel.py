@@ -13,11 +13,11 @@ import pytest
 import zmq
 
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ChannelError, ClientCredentials, ServerChannel
-from parsl_rcylon.runtime.dispatcher import Dispatcher
+from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ChannelError, ChannelOptions, ClientCredentials, ServerChannel
 
-from .test_dispatcher import expect_line, header, start_rank
+from .test_dispatcher import expect_line, start_rank, task
 
 
 class Bomb:
@@ -32,7 +32,8 @@ class Bomb:
 
 @pytest.fixture(params=[True, False], ids=["encrypted", "unencrypted"])
 def served(request, tmp_path):
-    d = Dispatcher(tmp_path / "run", heartbeat_period=0.5, encrypted=request.param, cancel_grace=1.0)
+    d = Dispatcher(tmp_path / "run", heartbeat_period=0.5, channel=ChannelOptions(encrypted=request.param),
+                   cancel_grace=1.0)
     d.start()
     d.expect_worker("w", size=2)
     ranks = [start_rank(d, "w", r, 2, mode="answer") for r in range(2)]
@@ -60,7 +61,7 @@ def outsider(ctx, d, credentials=None, identity=None):
 
 
 def still_serves(d, n=4):
-    futs = [d.submit(f"ok{i}-{time.monotonic_ns()}", ResourceSpec(ranks=2), header(f"app{i}"), b"")
+    futs = [d.submit(task(f"ok{i}-{time.monotonic_ns()}", ResourceSpec(ranks=2), f"app{i}"), b"")
             for i in range(n)]
     return [f.result(timeout=15) for f in futs] == [f"app{i}" for i in range(n)]
 
@@ -120,7 +121,7 @@ def test_forged_results_and_stolen_rank_numbers_are_refused(served):
         "token": credentials.token, "worker": "ghost", "rank": 0, "size": 1, "pid": 1, "host": "x"}))
     time.sleep(0.5)
     # Forged results for the tasks below, from the thief and from a rank-1 identity of the real worker.
-    futs = [d.submit(f"t{i}", ResourceSpec(ranks=2), header(f"real{i}"), b"") for i in range(5)]
+    futs = [d.submit(task(f"t{i}", ResourceSpec(ranks=2), f"real{i}"), b"") for i in range(5)]
     forged = pickle.dumps("forged")
     for i in range(5):
         for sock in (thief, wrong, ghost):
@@ -143,7 +144,7 @@ def test_a_result_from_a_rank_of_the_worker_that_does_not_run_the_task_is_refuse
         other.send_multipart(protocol.pack(protocol.READY, {
             "token": credentials.token, "worker": "w", "rank": 1, "size": 2, "pid": os.getpid(), "host": "h"}))
         d.wait_ready(30, lambda: None)
-        fut = d.submit("t", ResourceSpec(ranks=1), header("real"), b"")
+        fut = d.submit(task("t", ResourceSpec(ranks=1), "real"), b"")
         assert expect_line(sitter, "TASK") == "TASK t"
         other.send_multipart(protocol.pack(protocol.RESULT, {"uid": "t", "rank": 0, "ok": True},
                                            pickle.dumps("forged")))
@@ -157,7 +158,7 @@ def test_a_result_from_a_rank_of_the_worker_that_does_not_run_the_task_is_refuse
 
 
 def test_an_oversized_message_is_refused_unread(tmp_path):
-    d = Dispatcher(tmp_path, heartbeat_period=0.5, max_message_bytes=1 << 16)
+    d = Dispatcher(tmp_path, heartbeat_period=0.5, channel=ChannelOptions(max_frame_bytes=1 << 16))
     d.start()
     d.expect_worker("w", size=1)
     rank = start_rank(d, "w", mode="answer")
@@ -167,7 +168,7 @@ def test_an_oversized_message_is_refused_unread(tmp_path):
         big = outsider(ctx, d, ClientCredentials.load(d.channel_file))
         big.send_multipart([protocol.ALIVE, b"{}", b"x" * (1 << 17)])
         time.sleep(0.3)
-        assert d.submit("t", ResourceSpec(ranks=1), header("fine"), b"").result(timeout=10) == "fine"
+        assert d.submit(task("t", ResourceSpec(ranks=1), "fine"), b"").result(timeout=10) == "fine"
     finally:
         rank.kill()
         rank.wait()

@@ -14,8 +14,9 @@ import pytest
 
 from parsl_rcylon.errors import ExecutorBroken, ExecutorShutdown, TaskTimeout, WorkerLost
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime.channel import ENV_CHANNEL
-from parsl_rcylon.runtime.dispatcher import Dispatcher
+from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+from parsl_rcylon.runtime.wire.channel import ENV_CHANNEL
+from parsl_rcylon.runtime.wire.task import Task
 
 FAKE_RANK = str(Path(__file__).with_name("fake_rank.py"))
 
@@ -33,8 +34,9 @@ def expect_line(proc: subprocess.Popen, prefix: str) -> str:
     return line
 
 
-def header(name: str, **extra) -> dict:
-    return {"name": name, "cylon": False, "options": {}, **extra}
+def task(uid: str, spec: ResourceSpec, name: str, **options) -> Task:
+    """A plain app's call as the executor builds it (a ``walltime`` option is resolved into its spec)."""
+    return Task.build(uid, name, False, options, spec)
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def one_rank(dispatcher, mode="sit", worker="w"):
 
 
 def _submit_and_wait_running(proc, dispatcher, uid="t1", **extra):
-    fut = dispatcher.submit(uid, ResourceSpec(ranks=1), header("stuck", **extra), b"payload")
+    fut = dispatcher.submit(task(uid, ResourceSpec(ranks=1), "stuck", **extra), b"payload")
     assert expect_line(proc, "TASK") == f"TASK {uid}"
     return fut
 
@@ -75,7 +77,7 @@ def test_a_rank_whose_process_exits_fails_its_task(dispatcher):
     with pytest.raises(WorkerLost, match=rf"lost its worker w: rank 0 \(pid {proc.pid} on .*\) exited"):
         fut.result(timeout=10)
     with pytest.raises(ExecutorBroken, match="no MPI worker is left") as info:
-        dispatcher.submit("t2", ResourceSpec(ranks=1), header("later"), b"").result(timeout=10)
+        dispatcher.submit(task("t2", ResourceSpec(ranks=1), "later"), b"").result(timeout=10)
     assert isinstance(info.value.__cause__, WorkerLost)
 
 
@@ -101,7 +103,7 @@ def test_a_busy_rank_that_answers_is_left_alone(dispatcher):
 
 def test_results_come_back(dispatcher):
     one_rank(dispatcher, mode="answer")
-    futs = [dispatcher.submit(f"t{i}", ResourceSpec(ranks=1), header(f"app{i}"), b"") for i in range(20)]
+    futs = [dispatcher.submit(task(f"t{i}", ResourceSpec(ranks=1), f"app{i}"), b"") for i in range(20)]
     assert [f.result(timeout=10) for f in futs] == [f"app{i}" for i in range(20)]
 
 
@@ -123,7 +125,7 @@ def test_a_task_past_its_walltime_fails_and_its_stuck_worker_is_replaced(dispatc
         time.sleep(0.05)
     assert replaced == [("w", "w~1")]
     # Work queued meanwhile waits for the replacement instead of failing.
-    queued = dispatcher.submit("t2", ResourceSpec(ranks=1), header("after"), b"")
+    queued = dispatcher.submit(task("t2", ResourceSpec(ranks=1), "after"), b"")
     time.sleep(1.5)
     assert not queued.done()
     new = start_rank(dispatcher, "w~1", mode="answer")
@@ -145,7 +147,7 @@ def test_max_worker_restarts_bounds_replacements(tmp_path):
         while d.stats() and time.monotonic() < deadline:  # until the heartbeat's PID check has seen it
             time.sleep(0.1)
         with pytest.raises(ExecutorBroken, match="no MPI worker is left"):
-            d.submit("t", ResourceSpec(ranks=1), header("x"), b"").result(timeout=10)
+            d.submit(task("t", ResourceSpec(ranks=1), "x"), b"").result(timeout=10)
     finally:
         d.stop()
 
@@ -161,12 +163,12 @@ def test_rank_timeout_is_an_executor_option_and_is_checked():
 def test_shutdown_fails_running_and_later_tasks_with_executor_shutdown(dispatcher):
     proc = one_rank(dispatcher)
     running = _submit_and_wait_running(proc, dispatcher)
-    queued = dispatcher.submit("t2", ResourceSpec(ranks=1), header("queued"), b"")
+    queued = dispatcher.submit(task("t2", ResourceSpec(ranks=1), "queued"), b"")
     dispatcher.stop()
     for fut in (running, queued):
         with pytest.raises(ExecutorShutdown, match="shut down before the task finished"):
             fut.result(timeout=10)
-    later = dispatcher.submit("t3", ResourceSpec(ranks=1), header("later"), b"")
+    later = dispatcher.submit(task("t3", ResourceSpec(ranks=1), "later"), b"")
     assert later.done(), "a stopped dispatcher refuses at once"
     with pytest.raises(ExecutorShutdown):
         later.result()
@@ -180,13 +182,22 @@ def test_a_failed_loop_breaks_the_dispatcher_with_its_cause(dispatcher):
         raise ZeroDivisionError("placement bug")
 
     dispatcher._placement.place = bug
-    queued = dispatcher.submit("t2", ResourceSpec(ranks=1), header("queued"), b"")
+    queued = dispatcher.submit(task("t2", ResourceSpec(ranks=1), "queued"), b"")
     for fut in (running, queued):
         with pytest.raises(ExecutorBroken, match="dispatcher loop failed") as info:
             fut.result(timeout=10)
         assert isinstance(info.value.__cause__, ZeroDivisionError)
         assert not isinstance(info.value, ExecutorShutdown)
-    later = dispatcher.submit("t3", ResourceSpec(ranks=1), header("later"), b"")
+    later = dispatcher.submit(task("t3", ResourceSpec(ranks=1), "later"), b"")
     assert later.done(), "a broken dispatcher fails new tasks at once"
     with pytest.raises(ExecutorBroken, match="dispatcher loop failed"):
         later.result()
+
+
+def test_the_dispatcher_keeps_the_task_backend_contract(dispatcher):
+    from parsl_rcylon.runtime.attach.client import AttachedPilot
+    from parsl_rcylon.runtime.client.backend import TaskBackend
+
+    assert isinstance(dispatcher, TaskBackend)
+    for name in ("submit", "stats", "stop"):
+        assert callable(getattr(AttachedPilot, name)), name

@@ -2,8 +2,8 @@
 import pytest
 
 from parsl_rcylon import PilotSpec, RadicalCylonExecutor, StartupError, WorkerPool
-from parsl_rcylon.runtime.gpus import count_local_gpus
-from parsl_rcylon.runtime.pilot import ResourceConfigError, known_resources, usable_per_node
+from parsl_rcylon.runtime.client.gpus import count_local_gpus
+from parsl_rcylon.runtime.client.pilot import ResourceConfigError, known_resources, usable_per_node
 
 
 def _descriptions(pilot: PilotSpec, *pools: WorkerPool) -> dict:

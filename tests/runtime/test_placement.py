@@ -13,7 +13,8 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime.placement import Placed, Placement, host_layout, pool_accepts, ranks_per_task_rank
+from parsl_rcylon.runtime.client.admission import host_layout, pool_accepts, ranks_per_task_rank
+from parsl_rcylon.runtime.client.placement import Placed, Placement
 
 
 def _placement(*workers: Tuple[str, Sequence[str]], limit: int = 16, **kwargs) -> Placement:

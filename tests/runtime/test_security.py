@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from parsl_rcylon import cylon_app
-from parsl_rcylon.runtime.channel import ClientCredentials
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
 from tests.conftest import wait_for_no_processes
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 # keys). Argv: ADDRESS MARKER TASK_UIDS [CHANNEL_FILE]
 STRANGER = textwrap.dedent("""
     import json, os, pickle, sys, time, zmq
-    from parsl_rcylon.runtime import protocol
+    from parsl_rcylon.runtime.wire import protocol
     address, marker, uids = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     channel = sys.argv[4] if len(sys.argv) > 4 else None
 
@@ -42,7 +42,7 @@ STRANGER = textwrap.dedent("""
     sock.setsockopt(zmq.LINGER, 0)
     token = "0" * 64
     if channel:
-        from parsl_rcylon.runtime.channel import ClientCredentials
+        from parsl_rcylon.runtime.wire.channel import ClientCredentials
         creds = ClientCredentials.load(channel)
         creds.apply(sock)
         token = creds.token
@@ -88,8 +88,8 @@ def test_a_stranger_cannot_run_code_forge_results_or_steal_ranks(rcylon, tmp_pat
     futs = [genuine(i, 3.0) for i in range(3)]
     time.sleep(1.0)  # running now
     uids = [f.task_record["exec_fu"].parsl_executor_task_id for f in futs]  # the running tasks' own ids
-    channel = rcylon._dispatcher.channel_file if insider else None
-    assert _stranger(rcylon._dispatcher.address, marker, uids, channel).startswith("SENT")
+    channel = rcylon._own.dispatcher.channel_file if insider else None
+    assert _stranger(rcylon._own.dispatcher.address, marker, uids, channel).startswith("SENT")
     assert [f.result(timeout=120) for f in futs] == [f"genuine {i} from 2 ranks" for i in range(3)]
     assert not marker.exists(), "a stranger's pickle was unpickled"
     assert sum(v["ranks"] for v in rcylon.status().values()) == 6, "a stranger took over a rank"
@@ -98,7 +98,7 @@ def test_a_stranger_cannot_run_code_forge_results_or_steal_ranks(rcylon, tmp_pat
 
 def test_the_run_directory_and_keys_are_private(rcylon):
     base = Path(rcylon.base_dir)
-    keys = Path(rcylon._dispatcher.channel_file)
+    keys = Path(rcylon._own.dispatcher.channel_file)
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
     assert stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
@@ -168,7 +168,7 @@ def _impostor_runs_nothing(tmp_path, address, sid, threshold, killed_at):
 IMPOSTOR = textwrap.dedent("""
     import pickle, sys, time, zmq
     from parsl.serialize import pack_apply_message
-    from parsl_rcylon.runtime import protocol
+    from parsl_rcylon.runtime.wire import protocol
     address, marker, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     port = int(address.rsplit(":", 1)[1])
     ctx = zmq.Context()

@@ -6,7 +6,8 @@ import types
 
 import pytest
 
-from parsl_rcylon.runtime import protocol, startup
+from parsl_rcylon.runtime import startup
+from parsl_rcylon.runtime.wire import protocol
 
 
 def test_rp_reads_the_lean_agent_config_with_its_bridges(tmp_path, monkeypatch):

@@ -33,11 +33,12 @@ import radical.pilot.raptor.worker as rp_worker
 import zmq
 from radical.pilot.raptor.worker import Worker
 
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ClientCredentials
-from parsl_rcylon.runtime.interrupt import Interrupter
-from parsl_rcylon.runtime.rank import run_task
+from parsl_rcylon.runtime.agent.interrupt import Interrupter
+from parsl_rcylon.runtime.agent.rank import run_task
 from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
+from parsl_rcylon.runtime.wire.task import Assignment, Task
 
 _INPROC = "inproc://rcylon-results"
 #: Exit status of a rank told to leave (EXIT); non-zero, so the launcher ends the whole job.
@@ -62,7 +63,7 @@ class CylonWorker(rp.raptor.MPIWorker):
         with settle(rp_worker):  # RAPTOR's start-up pause of a second for ZeroMQ, capped
             Worker.__init__(self, manager=self._manager, rank=self._rank, raptor_id=raptor_id)
         self._credentials = ClientCredentials.from_environment()
-        self._tasks: queue.Queue[Optional[Tuple[Dict[str, Any], bytes]]] = queue.Queue()
+        self._tasks: queue.Queue[Optional[Tuple[Task, Assignment, bytes]]] = queue.Queue()
         self._context = zmq.Context()
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
@@ -109,20 +110,21 @@ class CylonWorker(rp.raptor.MPIWorker):
             item = self._tasks.get()
             if item is None:
                 return
-            task, payload = item
-            ranks: List[int] = task["ranks"]
+            task, where, payload = item
+            ranks: List[int] = list(where.ranks)
             comm = runtime_comm = group = None
             try:
                 if len(ranks) > 1:
                     group = self._group.Incl(ranks)
-                    comm = self._world.Create_group(group, tag=task["tag"])
+                    comm = self._world.Create_group(group, tag=where.tag)
                     runtime_comm = comm.Dup()
                 else:
                     comm = runtime_comm = MPI.COMM_SELF.Dup()
                 header, blob = run_task(task, payload, comm, runtime_comm, gpu_ids=self._gpu_ids,
-                                        interrupter=self._interrupter, report_early=self._report_early)
+                                        interrupter=self._interrupter, report_early=self._report_early,
+                                        cores=where.cores)
             except BaseException as exc:  # communicator setup failed
-                header, blob = {"uid": task["uid"], "rank": ranks.index(self._rank), "ok": False,
+                header, blob = {"uid": task.uid, "rank": ranks.index(self._rank), "ok": False,
                                 "setup_error": f"{type(exc).__name__}: {exc}"}, None
             finally:
                 for c in {id(x): x for x in (runtime_comm, comm) if x is not None}.values():
@@ -184,7 +186,7 @@ class CylonWorker(rp.raptor.MPIWorker):
             return True
         kind, header = message.kind, message.header
         if kind == protocol.TASK:
-            self._tasks.put((dict(header), bytes(message.blob)))
+            self._tasks.put((Task.from_wire(header), Assignment.from_wire(header), bytes(message.blob)))
         elif kind == protocol.HEARTBEAT:
             sock.send_multipart(protocol.pack(protocol.ALIVE))
         elif kind == protocol.CANCEL:

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
-from ..resources import ResourceSpec
+from ...resources import ResourceSpec
+from .admission import pool_accepts, ranks_per_task_rank
 
 
 @dataclass
@@ -156,37 +157,6 @@ class _Waiting:
     uid: str
     spec: ResourceSpec
     passed_over: int = 0
-
-
-def ranks_per_task_rank(spec: ResourceSpec, cores_per_rank: int) -> int:
-    """Worker ranks one task rank takes on a pool whose ranks own ``cores_per_rank`` cores."""
-    return -(-spec.cores_per_rank // cores_per_rank)
-
-
-def host_layout(ranks: int, ranks_per_host: Optional[int]) -> List[int]:
-    """Ranks per host of a worker of ``ranks`` ranks, ``ranks_per_host`` on each (None: one host)."""
-    per = ranks_per_host or ranks
-    return [min(per, ranks - first) for first in range(0, ranks, per)]
-
-
-def pool_accepts(spec: ResourceSpec, pool: str, host_sizes: Sequence[int], gpus_per_rank: int,
-                 cores_per_rank: int, cpu_pool_exists: bool) -> bool:
-    """Whether a worker of ``pool`` could ever run ``spec``.
-
-    ``host_sizes`` are the worker's ranks per host; a task rank that needs
-    several worker ranks for its cores needs them on one host.
-    """
-    if spec.pool is not None:
-        if pool != spec.pool:
-            return False
-    elif spec.gpus_per_rank == 0 and gpus_per_rank and cpu_pool_exists:
-        return False
-    if gpus_per_rank < spec.gpus_per_rank:
-        return False
-    per = ranks_per_task_rank(spec, cores_per_rank)
-    if spec.num_nodes is not None:
-        return sum(1 for n in host_sizes if n // per >= spec.ranks_per_node) >= spec.num_nodes
-    return sum(n // per for n in host_sizes) >= spec.ranks
 
 
 class Placement:

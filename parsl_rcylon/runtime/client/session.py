@@ -16,12 +16,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..resources import PilotSpec, WorkerPool
+from ...resources import PilotSpec, WorkerPool
+from .. import startup
+from ..layout import pilot_logs, task_logs
+from ..wire import protocol
+from ..wire.channel import ENV_CHANNEL
 from . import config as rp_config
-from . import protocol, startup
-from .channel import ENV_CHANNEL
 from .dispatcher import Dispatcher
-from .layout import pilot_logs, task_logs
 from .pilot import PoolPlacement, local_overrides, place_pools, resource_config, worker_description
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class PilotRuntime:
         return env
 
     def _submit_masters_and_workers(self, rp) -> None:
-        from . import master, worker
+        from ..agent import master, worker
 
         env = self._environment()
         descriptions = []
@@ -259,7 +260,7 @@ class PilotRuntime:
         reason = f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot))
         self._failure = self._failure or reason
         if all(p.state in _FINAL for p in self._pilots.values()):
-            from ..errors import PilotLost
+            from ...errors import PilotLost
 
             self.dispatcher.fail(PilotLost(None, reason))
             return

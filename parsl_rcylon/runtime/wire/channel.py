@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import zmq
 
-from ..permissions import private_dir, write_private
+from ...permissions import private_dir, write_private
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,33 @@ class _AdmitOne:
         return admitted
 
 
+@dataclass(frozen=True)
+class ChannelOptions:
+    """The executor's channel settings, checked when made.
+
+    Parameters
+    ----------
+    encrypted : bool
+        CurveZMQ authentication and encryption (the default); ``False`` keeps
+        only the registration token and message checks.
+    port_range : (int, int), optional
+        Lowest and highest port the client may listen on; any free port otherwise.
+    max_frame_bytes : int
+        Largest ZeroMQ frame a peer may send (at least 64 KiB); a larger one is
+        refused unread.  Not the engine's ``max_message_bytes`` (bytes one MPI call moves).
+    """
+
+    encrypted: bool = True
+    port_range: Optional[Tuple[int, int]] = None
+    max_frame_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.port_range is not None and not 0 < self.port_range[0] <= self.port_range[1] < 65536:
+            raise ValueError(f"port_range must be (lowest, highest) ports within 1..65535, got {self.port_range}")
+        if self.max_frame_bytes < 1 << 16:
+            raise ValueError(f"max_frame_bytes must be at least 65536, got {self.max_frame_bytes}")
+
+
 class ServerChannel:
     """The executor's end: a bound ROUTER socket, and the key file for its peers.
 
@@ -138,21 +165,21 @@ class ServerChannel:
     encrypted : bool
         CurveZMQ authentication and encryption (the default); ``False`` keeps
         only the registration token.
-    max_message_bytes : int
-        A peer that sends a larger message is disconnected by ZeroMQ before
-        the message is read.
+    max_frame_bytes : int
+        A peer that sends a larger ZeroMQ frame is disconnected before the
+        frame is read.
     """
 
     def __init__(self, context: zmq.Context, run_dir: os.PathLike, bind_address: str = "127.0.0.1",
                  advertised_address: Optional[str] = None, port_range: Optional[Tuple[int, int]] = None,
-                 encrypted: bool = True, max_message_bytes: int = 1 << 30) -> None:
+                 encrypted: bool = True, max_frame_bytes: int = 1 << 30) -> None:
         self.encrypted = encrypted
         self.token = secrets.token_hex(32)
         self._auth = None
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         credentials = ClientCredentials(token=self.token)
         if encrypted:
             server_public, server_secret = zmq.curve_keypair()

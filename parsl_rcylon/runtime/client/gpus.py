@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..resources import WorkerPool
+from ...resources import WorkerPool
 
 
 def count_local_gpus() -> int:

@@ -17,8 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .task import Assignment, Task, wire_schema
+
 # executor -> rank / master
-TASK = b"T"        # header: task fields; blob: Parsl's packed function and arguments
+TASK = b"T"        # header: the Task and its Assignment (.task); blob: Parsl's packed function and arguments
 HEARTBEAT = b"H"   # absence for too long means the client died
 STOP = b"S"        # end cleanly
 CANCEL = b"C"      # header: uid; interrupt that task on this rank
@@ -31,11 +33,13 @@ ERROR = b"E"       # header: as RESULT, ok false; blob: the exception; sent the 
 BYE = b"B"         # rank or master is leaving
 ALIVE = b"A"       # a rank's answer to each heartbeat
 
-# attached client <-> pilot server (runtime/attach.py); HEARTBEAT, ALIVE and STOP serve there too
+# attached client <-> pilot server (runtime/attach/); HEARTBEAT, ALIVE (with the pools' figures) and
+# STOP serve there too
 ATTACH = b"a"      # header: the run's token, who attaches
 WELCOME = b"w"     # header: the session; the client may submit
-SUBMIT = b"s"      # header: the task's fields and resource spec; blob: Parsl's packed call
+SUBMIT = b"s"      # header: the Task and its resource spec; blob: Parsl's packed call
 OUTCOME = b"o"     # header: uid, ok; blob: the serialized value or exception
+STARTED = b"r"     # header: uid; the client's task was sent to its ranks
 DETACH = b"d"      # the client leaves; the pilot stays up
 
 #: Environment variables that carry the executor's address and liveness rules.
@@ -57,12 +61,13 @@ _LIST = (list,)
 _DICT = (dict,)
 _OPT_STR = (str, type(None))
 
+# The fields of a task and of where it runs are declared once, in .task.
+_TASK = wire_schema(Task)
+_ASSIGNMENT = wire_schema(Assignment)
+
 # kind -> (required fields, optional fields, whether a blob frame must follow)
 _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]] = {
-    TASK: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "ranks": _LIST, "tag": _INT, "options": _DICT},
-           {"data_dir": _OPT_STR, "scratch_dir": _OPT_STR, "cores": _INT, "walltime": (int, float, type(None)),
-            "path": _LIST, "cwd": _OPT_STR},
-           True),
+    TASK: (dict(_TASK[0], **_ASSIGNMENT[0]), dict(_TASK[1], **_ASSIGNMENT[1]), True),
     HEARTBEAT: ({}, {}, False),
     STOP: ({}, {}, False),
     CANCEL: ({"uid": _STR}, {"reason": _STR}, False),
@@ -72,12 +77,12 @@ _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]]
     RESULT: ({"uid": _STR, "rank": _INT, "ok": _BOOL},
              {"t_start": _NUM, "t_end": _NUM, "setup_error": _STR, "error": _BOOL, "cancelled": _BOOL}, None),
     BYE: ({}, {}, False),
-    ALIVE: ({}, {}, False),
+    ALIVE: ({}, {"pools": _DICT}, False),
     ATTACH: ({"token": _STR, "pid": _INT, "host": _STR}, {}, False),
-    WELCOME: ({"session": _STR, "pid": _INT}, {}, False),
-    SUBMIT: ({"uid": _STR, "name": _STR, "cylon": _BOOL, "options": _DICT, "resources": _DICT},
-             {"data_dir": _OPT_STR, "walltime": (int, float, type(None)), "path": _LIST, "cwd": _OPT_STR}, True),
+    WELCOME: ({"session": _STR, "pid": _INT}, {"pools": _DICT}, False),
+    SUBMIT: (dict(_TASK[0], resources=_DICT), _TASK[1], True),
     OUTCOME: ({"uid": _STR, "ok": _BOOL}, {}, True),
+    STARTED: ({"uid": _STR}, {}, False),
     DETACH: ({}, {}, False),
 }
 _SCHEMAS[ERROR] = (_SCHEMAS[RESULT][0], _SCHEMAS[RESULT][1], True)
@@ -162,7 +167,7 @@ def _check(kind: bytes, key: str, value: Any, types: tuple) -> None:
 
 _NAMES = {TASK: "TASK", HEARTBEAT: "HEARTBEAT", STOP: "STOP", CANCEL: "CANCEL", EXIT: "EXIT", READY: "READY",
           RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE", ATTACH: "ATTACH",
-          WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", DETACH: "DETACH"}
+          WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", STARTED: "STARTED", DETACH: "DETACH"}
 
 
 def name(kind: bytes) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from ..resources import PilotSpec, WorkerPool
+from ...resources import PilotSpec, WorkerPool
 
 
 class ResourceConfigError(ValueError):

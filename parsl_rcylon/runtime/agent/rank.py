@@ -25,17 +25,18 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
-from ..context import CylonContext
-from ..monitoring import split_monitoring
-from ..workdir import WorkingDirectoryError, working_directory
+from ...context import CylonContext
+from ...monitoring import split_monitoring
+from ...workdir import WorkingDirectoryError, working_directory
+from ..wire.task import Task
 from .interrupt import Interrupter
 
 #: A rank's report: the message header and its binary frame (value or exception).
 Report = Tuple[Dict[str, Any], Optional[bytes]]
 
 
-def _wrap_exception(exc: BaseException, rank: int, size: int, task: Dict[str, Any]) -> RemoteExceptionWrapper:
-    where = f"raised on rank {rank} of {size} in task {task['uid']} ({task.get('name', '?')})"
+def _wrap_exception(exc: BaseException, rank: int, size: int, task: Task) -> RemoteExceptionWrapper:
+    where = f"raised on rank {rank} of {size} in task {task.uid} ({task.name})"
     try:
         exc.add_note(where)
     except (AttributeError, TypeError):  # notes need Python 3.11 and a writable exception
@@ -73,56 +74,57 @@ def _user_code(interrupter: Optional[Interrupter], uid: str) -> Iterator[None]:
             yield
 
 
-def run_task(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any = None, gpu_ids=(),
+def run_task(task: Task, payload: bytes, comm: Any, runtime_comm: Any = None, gpu_ids=(),
              interrupter: Optional[Interrupter] = None,
-             report_early: Optional[Callable[[Dict[str, Any], bytes], None]] = None) -> Report:
+             report_early: Optional[Callable[[Dict[str, Any], bytes], None]] = None, cores: int = 1) -> Report:
     """Run ``task`` on this rank of ``comm`` and return the rank's final report.
 
     Rank 0 of the task carries the return value; other ranks only say whether
     they succeeded, so a task's result crosses the network once.
     ``runtime_comm`` defaults to ``comm`` (right for one-rank tasks only).
-    The task runs in its working directory (``task["cwd"]``, :mod:`..workdir`).
+    The task runs in its working directory (``task.cwd``, :mod:`...workdir`);
+    ``cores`` is what its placement gave each task rank (``CylonContext.cores``).
     """
     try:
-        with working_directory(task.get("cwd"), f"{task['uid']} ({task.get('name', '?')})"):
-            return _run(task, payload, comm, runtime_comm, gpu_ids, interrupter, report_early)
+        with working_directory(task.cwd, f"{task.uid} ({task.name})"):
+            return _run(task, payload, comm, runtime_comm, gpu_ids, interrupter, report_early, cores)
     except WorkingDirectoryError as exc:
         rank, size = comm.Get_rank(), comm.Get_size()
         blob = _portable_error(_wrap_exception(exc, rank, size, task))
         if size > 1 and report_early is not None:
-            report_early({"uid": task["uid"], "rank": rank, "ok": False}, blob)
-        return {"uid": task["uid"], "rank": rank, "ok": False}, blob
+            report_early({"uid": task.uid, "rank": rank, "ok": False}, blob)
+        return {"uid": task.uid, "rank": rank, "ok": False}, blob
 
 
-def _run(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any, gpu_ids,
+def _run(task: Task, payload: bytes, comm: Any, runtime_comm: Any, gpu_ids,
          interrupter: Optional[Interrupter],
-         report_early: Optional[Callable[[Dict[str, Any], bytes], None]]) -> Report:
+         report_early: Optional[Callable[[Dict[str, Any], bytes], None]], cores: int) -> Report:
     rank, size = comm.Get_rank(), comm.Get_size()
-    uid = task["uid"]
+    uid = task.uid
     header: Dict[str, Any] = {"uid": uid, "rank": rank, "ok": False}
     blob: Optional[bytes] = None
     value: Any = None
     ok = False
     ctx: Optional[CylonContext] = None
     try:
-        _extend_path(task.get("path", ()))
+        _extend_path(task.path)
         fn, args, kwargs = unpack_apply_message(payload)
         kwargs.pop("parsl_resource_specification", None)
         reporting, fn, monitoring = split_monitoring(fn, kwargs)
         # One report per Parsl task: rank 0's (monitoring.py).
         call = functools.partial(reporting, **monitoring) if rank == 0 and monitoring else fn
-        if task["cylon"]:
-            from ..table import publish_result, resolve_arguments
+        if task.cylon:
+            from ...table import publish_result, resolve_arguments
 
             ctx = CylonContext(
                 comm,
                 task_id=uid,
-                name=task.get("name", ""),
-                scratch_root=task.get("scratch_dir"),
-                data_dir=task.get("data_dir"),
+                name=task.name,
+                scratch_root=task.scratch_dir,
+                data_dir=task.data_dir,
                 gpu_ids=gpu_ids,
-                options=task.get("options"),
-                cores=task.get("cores", 1),
+                options=task.options,
+                cores=cores,
                 runtime_comm=runtime_comm,
             )
             args, kwargs = resolve_arguments(ctx, fn, args, kwargs)
@@ -156,7 +158,7 @@ def _run(task: Dict[str, Any], payload: bytes, comm: Any, runtime_comm: Any, gpu
         try:
             blob = serialize(value)
         except BaseException as exc:
-            err = TypeError(f"return value of {task.get('name', 'task')} cannot be serialized: {exc}")
+            err = TypeError(f"return value of {task.name} cannot be serialized: {exc}")
             blob = _portable_error(_wrap_exception(err, rank, size, task))
             ok = False
     if interrupter is not None:

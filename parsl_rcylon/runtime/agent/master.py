@@ -19,10 +19,10 @@ import radical.pilot as rp
 import radical.pilot.raptor.master as rp_master
 import zmq
 
-from parsl_rcylon.runtime import protocol
-from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.processes import end_processes, session_processes
 from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.wire import protocol
+from parsl_rcylon.runtime.wire.channel import ClientCredentials
 
 
 class CylonMaster(rp.raptor.Master):

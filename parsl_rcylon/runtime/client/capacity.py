@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import psutil
 
-from ..resources import PilotSpec, ResourceSpec
+from ...resources import PilotSpec, ResourceSpec
 from .pilot import ResourceConfigError, resource_config
 
 _MB = 1 << 20

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import psutil
 
-from .guard import process_spec
-from .processes import end_processes, end_session
+from ..guard import process_spec
+from ..processes import end_processes, end_session
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ClientHygiene:
 
     def start_guard(self, sid: str) -> None:
         """Start :mod:`.guard` for session ``sid``, watching this process and its recorded forks."""
-        package_root = str(Path(__file__).resolve().parents[2])
+        package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
         args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(self.base_dir),
