@@ -44,7 +44,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import psutil
 import zmq
@@ -364,6 +364,20 @@ class Dispatcher:
             logger.debug("cannot reach %r: %s", identity, err)
             return False
 
+    def _send_frames(self, identity: bytes, frames: List[Any]) -> bool:
+        try:
+            self._router.send_multipart([identity] + frames, copy=False)
+            return True
+        except zmq.ZMQError as err:  # peer gone (ROUTER_MANDATORY)
+            logger.debug("cannot reach %r: %s", identity, err)
+            return False
+
+    @staticmethod
+    def _task_frames(header: Dict[str, Any], uid: str, placed: Placed, tag: int, payload: bytes) -> List[Any]:
+        """A TASK's frames, encoded once and sent as they are to each of its ranks (its header lists them all)."""
+        return protocol.pack(protocol.TASK, dict(header, uid=uid, ranks=list(placed.ranks), cores=placed.cores,
+                                                 tag=tag), payload)
+
     def _broadcast(self, kind: bytes) -> None:
         for uid, ranks in self._ranks.items():
             w = self._placement.worker(uid)
@@ -630,7 +644,9 @@ class Dispatcher:
     # -- starting tasks ------------------------------------------------------------
 
     def _schedule(self) -> None:
-        for placed in self._placement.place():
+        if not self._placement.needs_pass():  # nothing freed or queued since the last pass
+            return
+        for placed in self._placement.place(time.monotonic()):
             task = self._tasks.get(placed.uid)
             if task is not None:  # not failed with its worker earlier in this pass
                 self._start(task, placed)
@@ -642,11 +658,10 @@ class Dispatcher:
         walltime = task.header.get("walltime")
         if walltime:
             task.deadline = time.monotonic() + walltime
-        header = dict(task.header, uid=task.uid, ranks=list(placed.ranks), cores=placed.cores,
-                      tag=next(self._tags) % 32000)
+        frames = self._task_frames(task.header, task.uid, placed, next(self._tags) % 32000, task.payload)
         ranks = self._ranks[placed.worker]
         for world_rank in placed.ranks:
-            if not self._send(ranks[world_rank].identity, protocol.TASK, header, task.payload):
+            if not self._send_frames(ranks[world_rank].identity, frames):
                 self._on_worker_failed((placed.worker, f"rank {world_rank} is unreachable", True))
                 return
         if self.on_start is not None:

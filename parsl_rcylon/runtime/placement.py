@@ -295,7 +295,7 @@ class Reservation:
 
 
 class _Waiting:
-    __slots__ = ("uid", "spec", "seq", "key", "mark", "early", "starved")
+    __slots__ = ("uid", "spec", "seq", "key", "mark", "mark_total", "early", "starved")
 
     def __init__(self, uid: str, spec: ResourceSpec, seq: int, key: Tuple[float, Shape]) -> None:
         self.uid = uid
@@ -303,6 +303,7 @@ class _Waiting:
         self.seq = seq
         self.key = key
         self.mark: Dict[str, int] = {}  # starts per pool when it became the oldest of its shape
+        self.mark_total = 0
         self.early = 0  # of the starts since, those of tasks ahead of it in the queue
         self.starved = False
 
@@ -382,13 +383,14 @@ class Placement:
         Most reservations held on one worker at once; further starved tasks
         get theirs, in queue order, as these start.
     pass_limit : int
-        Most tasks one :meth:`place` starts; :meth:`needs_pass` stays true
+        Most worker ranks one :meth:`place` hands out (it starts one task
+        at least); :meth:`needs_pass` stays true
         when it stopped there, so the caller's loop keeps answering messages
         while a deep queue drains.
     """
 
-    def __init__(self, starvation_limit: int = 16, default_runtime: float = 3600.0, pass_limit: int = 1000,
-                 reservations_per_worker: int = 4) -> None:
+    def __init__(self, starvation_limit: int = 16, default_runtime: float = 3600.0, pass_limit: int = 8192,
+                 reservations_per_worker: int = 1) -> None:
         self.starvation_limit = starvation_limit
         self.reservations_per_worker = reservations_per_worker
         self.default_runtime = default_runtime
@@ -408,10 +410,13 @@ class Placement:
         self._starts_total = 0
         self._seq = itertools.count()
         self._gen = 0  # bumped whenever the set of usable workers changes
-        self._admission: Dict[Tuple[Shape, bool], _Admission] = {}
-        self._accepts: Dict[Tuple[Shape, bool], Tuple[int, bool]] = {}
+        self._admission: Dict[Shape, _Admission] = {}
+        self._accepts: Dict[Shape, Tuple[int, bool]] = {}  # any worker ever declared
+        self._live_fit: Dict[Shape, Tuple[int, List[WorkerSlots]]] = {}
         self._dirty = False
         self._pass_began: Dict[str, int] = {}
+        self._pass_total = 0
+        self._held_grew = False  # ranks were held for a reservation since the last pass
         self._retry = False  # a reservation ended: starved tasks without one may get one now
         self._now = 0.0
 
@@ -481,15 +486,26 @@ class Placement:
 
     def accepts(self, spec: ResourceSpec, live: bool = True) -> bool:
         """Whether some worker (a live one, or any ever declared) could ever run ``spec``."""
-        key = (_shape(spec), live)
+        if live:
+            return bool(self._fitting(spec, _shape(spec))[1])
+        key = _shape(spec)
         hit = self._accepts.get(key)
         if hit is not None and hit[0] == self._gen:
             return hit[1]
-        workers = [w for w in list(self._workers.values()) if w.alive or not live]
+        workers = list(self._workers.values())
         cpu_pool = any(not w.gpus_per_rank for w in workers)
         ok = any(_fits(w, spec, cpu_pool) for w in workers)
         self._accepts[key] = (self._gen, ok)
         return ok
+
+    def _fitting(self, spec: ResourceSpec, shape: Shape) -> Tuple[int, List[WorkerSlots]]:
+        """The live workers that could ever run ``shape``, computed once per shape until the workers change."""
+        hit = self._live_fit.get(shape)
+        if hit is None or hit[0] != self._gen:
+            live = [w for w in list(self._workers.values()) if w.alive]
+            cpu_pool = any(not w.gpus_per_rank for w in live)
+            hit = self._live_fit[shape] = (self._gen, [w for w in live if _fits(w, spec, cpu_pool)])
+        return hit
 
     def enqueue(self, uid: str, spec: ResourceSpec) -> None:
         """Put task ``uid`` in the queue: behind the tasks of its priority and of every lower one."""
@@ -580,19 +596,27 @@ class Placement:
         if not self._waiting:
             return started
         self._pass_began = dict(self._starts)
+        self._pass_total = self._starts_total
         self._reserve_starved(self._newly_starved() if not self._retry else list(self._starved))
         self._retry = False
-        live = [w for w in self._workers.values() if w.alive and w.ready]
-        cap = max((max(w.avail.count, w.held) for w in live), default=0)
-        if cap == 0:
-            return started
-        # the oldest task of each shape whose ranks could fit, in queue order
+        # what could start: tasks on free ranks, short tasks on held ones, reserved tasks whose ranks are all free
+        cap = max((w.avail.count for w in self._workers.values() if w.alive and w.ready), default=0)
+        if self._held_grew:  # short tasks onto held ranks: only worth a look when those grew
+            self._held_grew = False
+            for held in self._held.values():
+                if held.res.shadow is not None and held.res.shadow > self._now:
+                    cap = max(cap, held.free.count)
         cut = bisect.bisect_right(self._by_ranks, (cap, 1 << 62))
         heads = [(q[0].key[0], q[0].seq, q[0].key) for _, qid in self._by_ranks[:cut]
                  for q in (self._queues[self._key_of[qid]],)]
+        heads += [(t.key[0], t.seq, t.key) for uid, held in self._held.items()
+                  if held.free.count == len(held.ranks) and held.free.count > cap for t in (self._waiting[uid],)]
+        if not heads:
+            return started
         heapq.heapify(heads)
+        handed = 0
         while heads:
-            if len(started) >= self.pass_limit:
+            if handed >= self.pass_limit:
                 self._dirty = True
                 break
             _, _, key = heapq.heappop(heads)
@@ -603,13 +627,16 @@ class Placement:
             placed = self._try_start(task)
             if placed is None:
                 # the starts of this pass so far were of tasks ahead of it: not passes over it
-                task.early += sum(self._starts.get(p, 0) - max(self._pass_began.get(p, 0), task.mark.get(p, 0))
-                                  for p in self._admit(task.spec).pools)
-                if not task.starved and self._passed_over(task) >= self.starvation_limit:
+                if self._starts_total != self._pass_total:
+                    task.early += sum(self._starts.get(p, 0) - max(self._pass_began.get(p, 0), task.mark.get(p, 0))
+                                      for p in self._admit(task.spec, task.key[1]).pools)
+                if not task.starved and self._starts_total - task.mark_total >= self.starvation_limit \
+                        and self._passed_over(task) >= self.starvation_limit:
                     self._starve(task)
                     self._reserve_starved([task.uid])
                 continue
             started.append(placed)
+            handed += sum(len(g) for g in placed.groups)
             if q:
                 heapq.heappush(heads, (q[0].key[0], q[0].seq, key))
             if self._crossing and self._crossing[0][0] <= self._starts_total:
@@ -633,19 +660,17 @@ class Placement:
 
     # -- internals ---------------------------------------------------------------
 
-    def _admit(self, spec: ResourceSpec) -> _Admission:
-        key = (_shape(spec), True)
+    def _admit(self, spec: ResourceSpec, shape: Optional[Shape] = None) -> _Admission:
+        key = shape or _shape(spec)
         adm = self._admission.get(key)
         if adm is None or adm.gen != self._gen:
-            live = [w for w in self._workers.values() if w.alive]
-            cpu_pool = any(not w.gpus_per_rank for w in live)
-            workers = [w for w in live if w.ready and _fits(w, spec, cpu_pool)]
+            workers = [w for w in self._fitting(spec, key)[1] if w.ready]
             adm = self._admission[key] = _Admission(self._gen, workers,
                                                     [ranks_per_task_rank(spec, w.cores_per_rank) for w in workers])
         return adm
 
     def _try_start(self, task: _Waiting) -> Optional[Placed]:
-        adm = self._admit(task.spec)
+        adm = self._admit(task.spec, task.key[1])
         best: Optional[Tuple[WorkerSlots, int]] = None
         for w, per in zip(adm.workers, adm.per, strict=True):
             if w.avail.can_start(task.spec, per) and (best is None or w.avail.count < best[0].avail.count):
@@ -715,6 +740,7 @@ class Placement:
                     if owner is not None:
                         self._held[owner].free.add(host, (r,))
                         w.held += 1
+                        self._held_grew = True
 
     def _drop(self, task: _Waiting) -> None:
         """Take ``task``, the oldest of its shape, out of the queue."""
@@ -736,6 +762,7 @@ class Placement:
     def _became_oldest(self, task: _Waiting) -> None:
         """Passes over a task are counted from when it is the oldest of its shape (the others wait behind it)."""
         task.mark = dict(self._starts)
+        task.mark_total = self._starts_total
         heapq.heappush(self._crossing, (self._starts_total + self.starvation_limit, task.seq, task.uid))
 
     def _passed_over(self, task: _Waiting) -> int:
@@ -745,7 +772,7 @@ class Placement:
         (it needs more ranks than were free) every start counts, so this is
         an upper bound.
         """
-        pools = self._admit(task.spec).pools
+        pools = self._admit(task.spec, task.key[1]).pools
         return sum(self._starts.get(p, 0) - task.mark.get(p, 0) for p in pools) - task.early
 
     def _newly_starved(self) -> List[str]:
@@ -774,7 +801,7 @@ class Placement:
             task = self._waiting[uid]
             if uid in self._held:
                 continue
-            adm = self._admit(task.spec)
+            adm = self._admit(task.spec, task.key[1])
             if any(w.avail.can_start(task.spec, per) for w, per in zip(adm.workers, adm.per, strict=True)):
                 continue  # it starts in this pass
             if self._reserve(task, adm):
@@ -803,6 +830,7 @@ class Placement:
             w.avail.remove(host, rs)
             held.free.add(host, rs)
         w.held += len(free_now)
+        self._held_grew = True
         return True
 
     @staticmethod
