@@ -115,6 +115,55 @@ def test_a_blocked_pool_does_not_hold_up_other_pools():
     assert list(_started(p)) == ["gpu2"], "big blocks the cpu pool, not the gpu pool"
 
 
+def test_a_pass_is_needed_only_after_the_queue_or_capacity_changed():
+    p = _placement(("w", ["h"] * 2))
+    assert not p.needs_pass(), "nothing waits"
+    _submit(p, "a", ranks=2)
+    assert p.needs_pass()
+    assert list(_started(p)) == ["a"]
+    _submit(p, "b", ranks=1)
+    assert p.needs_pass()
+    assert _started(p) == {}
+    assert not p.needs_pass(), "nothing freed since: another pass cannot start b"
+    p.finish("a")
+    assert p.needs_pass()
+    assert list(_started(p)) == ["b"]
+
+
+def test_a_reservation_lets_short_tasks_backfill_onto_its_ranks_and_no_long_ones():
+    p = _placement(("w", ["h"] * 4), limit=0)
+    _submit(p, "running", ranks=2, walltime=100)
+    assert list(p.place(now=0)) and p.reservations() == {}
+    _submit(p, "big", ranks=4)
+    assert p.place(now=10) == []
+    res = p.reservations()["big"]
+    assert sorted(r for g in res.groups for r in g) == [0, 1, 2, 3] and res.shadow == 100
+    _submit(p, "long", ranks=1, walltime=200)
+    _submit(p, "unknown", ranks=1)
+    _submit(p, "short", ranks=2, walltime=50)
+    assert [x.uid for x in p.place(now=20)] == ["short"], "only a task ending by t=100 may use the held ranks"
+    p.finish("short")
+    p.finish("running")
+    assert [x.uid for x in p.place(now=60)] == ["big"], "its ranks are all free: it starts before the others"
+    p.finish("big")
+    assert sorted(x.uid for x in p.place(now=70)) == ["long", "unknown"]
+
+
+def test_a_starved_task_does_not_drain_the_pool():
+    """Ranks that the reservation does not need keep running new work."""
+    p = _placement(("w", ["a"] * 4 + ["b"] * 4), limit=0)
+    for i in range(8):
+        _submit(p, f"s{i}", ranks=1)
+    _started(p)
+    _submit(p, "four", ranks=4, num_nodes=1, ranks_per_node=4)
+    assert _started(p) == {}
+    held = {r for g in p.reservations()["four"].groups for r in g}
+    assert held in ({0, 1, 2, 3}, {4, 5, 6, 7}), "one host's ranks"
+    _submit(p, "x", ranks=1)
+    p.finish("s0" if 0 not in held else "s4")
+    assert list(_started(p)) == ["x"], "a rank outside the reservation takes new work at once"
+
+
 def test_more_cores_than_a_rank_owns_reserve_ranks_on_the_same_host():
     p = _placement(("w", ["a", "a", "a", "b", "b", "b"]))
     _submit(p, "t", ranks=2, cores_per_rank=3)

@@ -63,6 +63,9 @@ from typing import Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..resources import ResourceSpec
 
+#: Starved tasks one call tries to find a reservation for.
+_PROJECTIONS = 2
+
 #: (ranks, cores per rank, GPUs per rank, pool, nodes, ranks per node): what admission and packing look at.
 Shape = Tuple[int, int, int, Optional[str], Optional[int], Optional[int]]
 
@@ -416,6 +419,7 @@ class Placement:
         self._dirty = False
         self._pass_began: Dict[str, int] = {}
         self._pass_total = 0
+        self._projections = _PROJECTIONS
         self._held_grew = False  # ranks were held for a reservation since the last pass
         self._retry = False  # a reservation ended: starved tasks without one may get one now
         self._now = 0.0
@@ -520,6 +524,7 @@ class Placement:
         q.append(task)
         if len(q) == 1:
             self._became_oldest(task)
+            self._may_backfill(task)
         self._dirty = True
 
     def waiting(self) -> List[str]:
@@ -596,19 +601,26 @@ class Placement:
         if not self._waiting:
             return started
         self._pass_began = dict(self._starts)
+        self._projections = _PROJECTIONS
         self._pass_total = self._starts_total
         self._reserve_starved(self._newly_starved() if not self._retry else list(self._starved))
         self._retry = False
         # what could start: tasks on free ranks, short tasks on held ones, reserved tasks whose ranks are all free
         cap = max((w.avail.count for w in self._workers.values() if w.alive and w.ready), default=0)
-        if self._held_grew:  # short tasks onto held ranks: only worth a look when those grew
-            self._held_grew = False
-            for held in self._held.values():
-                if held.res.shadow is not None and held.res.shadow > self._now:
-                    cap = max(cap, held.free.count)
         cut = bisect.bisect_right(self._by_ranks, (cap, 1 << 62))
         heads = [(q[0].key[0], q[0].seq, q[0].key) for _, qid in self._by_ranks[:cut]
                  for q in (self._queues[self._key_of[qid]],)]
+        if self._held_grew:  # short tasks onto held ranks: only worth a look when those grew
+            self._held_grew = False
+            windows = [(h.free.count, h.res.shadow) for h in self._held.values()
+                       if h.res.shadow is not None and h.res.shadow > self._now and h.free.count]
+            if windows:
+                most, latest = max(c for c, _ in windows), max(t for _, t in windows)
+                for _, qid in self._by_ranks[cut:bisect.bisect_right(self._by_ranks, (most, 1 << 62))]:
+                    t = self._queues[self._key_of[qid]][0]
+                    if t.spec.walltime is not None and self._now + t.spec.walltime <= latest and any(
+                            c >= t.spec.ranks and self._now + t.spec.walltime <= shadow for c, shadow in windows):
+                        heads.append((t.key[0], t.seq, t.key))
         heads += [(t.key[0], t.seq, t.key) for uid, held in self._held.items()
                   if held.free.count == len(held.ranks) and held.free.count > cap for t in (self._waiting[uid],)]
         if not heads:
@@ -750,6 +762,7 @@ class Placement:
         q.popleft()
         if q:
             self._became_oldest(q[0])
+            self._may_backfill(q[0])
         else:
             del self._queues[task.key]
             qid = self._qid.pop(task.key)
@@ -764,6 +777,11 @@ class Placement:
         task.mark = dict(self._starts)
         task.mark_total = self._starts_total
         heapq.heappush(self._crossing, (self._starts_total + self.starvation_limit, task.seq, task.uid))
+
+    def _may_backfill(self, task: _Waiting) -> None:
+        """A new oldest-of-shape task with a walltime may fit on held ranks: the next pass looks at them."""
+        if self._held and task.spec.walltime is not None and not self._held_grew:
+            self._held_grew = any(h.free.count >= task.spec.ranks for h in self._held.values())
 
     def _passed_over(self, task: _Waiting) -> int:
         """Starts of later tasks since it became the oldest of its shape, in pools it could use.
@@ -796,29 +814,42 @@ class Placement:
         self._starved[task.uid] = None
 
     def _reserve_starved(self, uids: Sequence[str]) -> None:
-        """Reserve ranks for starved tasks without a reservation, in queue order, while workers have room."""
+        """Reserve ranks for starved tasks without a reservation, in queue order, while workers have room.
+
+        At most :data:`_PROJECTIONS` tasks are tried per pass (each try may
+        walk a worker's running tasks); the rest, younger, are tried on the
+        next pass.
+        """
         for uid in sorted(uids, key=lambda u: (self._waiting[u].key[0], self._waiting[u].seq)):
+            if self._projections <= 0:
+                self._retry = True
+                self._dirty = True
+                break
             task = self._waiting[uid]
             if uid in self._held:
                 continue
             adm = self._admit(task.spec, task.key[1])
             if any(w.avail.can_start(task.spec, per) for w, per in zip(adm.workers, adm.per, strict=True)):
                 continue  # it starts in this pass
+            if all(len(w.holds) >= self.reservations_per_worker for w in adm.workers):
+                continue
+            self._projections -= 1
             if self._reserve(task, adm):
                 del self._starved[uid]
 
     def _reserve(self, task: _Waiting, adm: _Admission) -> bool:
         """Reserve for ``task`` the ranks that are expected to free soonest; False if none can be."""
-        best: Optional[Tuple[float, WorkerSlots, List[List[int]], List[str]]] = None
+        best: Optional[Tuple[float, WorkerSlots, int]] = None
         for w, per in zip(adm.workers, adm.per, strict=True):
             if len(w.holds) >= self.reservations_per_worker or len(w.hosts) - len(w.reserved) < task.spec.ranks * per:
                 continue
-            found = self._project(w, task.spec, per)
+            found = self._project(w, task.spec, per, pick=False)
             if found is not None and (best is None or found[0] < best[0]):
-                best = (found[0], w, found[1], found[2])
+                best = (found[0], w, per)
         if best is None:
             return False
-        _, w, groups, waits_on = best
+        _, w, per = best
+        _, groups, waits_on = self._project(w, task.spec, per, pick=True)
         ends = [self._running[t].end for t in waits_on]
         shadow = None if any(e is None for e in ends) else max(ends, default=self._now)
         held = _Held(Reservation(task.uid, w.uid, tuple(tuple(g) for g in groups), shadow))
@@ -838,8 +869,8 @@ class Placement:
         rs = w.avail.by_host.get(w.hosts[r])
         return rs is not None and r in rs
 
-    def _project(self, w: WorkerSlots, spec: ResourceSpec,
-                 per: int) -> Optional[Tuple[float, List[List[int]], List[str]]]:
+    def _project(self, w: WorkerSlots, spec: ResourceSpec, per: int,
+                 pick: bool) -> Optional[Tuple[float, List[List[int]], List[str]]]:
         """When and where ``spec`` could start on ``w`` as its running tasks end in expected order."""
         proj = w.avail.copy()
         ends = list(w._ends)  # a copy of a heap is a heap
@@ -856,6 +887,8 @@ class Placement:
             counted[uid] = ranks
             for host, rs in w.by_host(ranks).items():
                 proj.add(host, rs)
+        if not pick:
+            return max(when, self._now), [], []
         groups = proj.pick(spec, per)
         taken = {r for g in groups for r in g}
         waits_on = [uid for uid, ranks in counted.items() if taken.intersection(ranks)]
