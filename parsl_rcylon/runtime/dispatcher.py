@@ -281,6 +281,8 @@ class Dispatcher:
         try:
             while True:
                 wait = min(next_beat, self._next_timer()) - time.monotonic()
+                if self._placement.needs_pass():  # a pass stopped at its budget: go on at once
+                    wait = 0
                 events = dict(poller.poll(timeout=max(0, int(wait * 1000) + 1)))
                 if self._wake_pull in events:
                     while self._wake_pull.poll(0):

@@ -818,12 +818,12 @@ class Placement:
 
         At most :data:`_PROJECTIONS` tasks are tried per pass (each try may
         walk a worker's running tasks); the rest, younger, are tried on the
-        next pass.
+        next pass.  Starved tasks exist only while tasks run, so a next event
+        comes.
         """
         for uid in sorted(uids, key=lambda u: (self._waiting[u].key[0], self._waiting[u].seq)):
-            if self._projections <= 0:
+            if self._projections <= 0:  # the next pass, on the next event, goes on (never a busy loop)
                 self._retry = True
-                self._dirty = True
                 break
             task = self._waiting[uid]
             if uid in self._held:
