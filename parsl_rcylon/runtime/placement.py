@@ -177,6 +177,12 @@ class WorkerSlots:
         Host of every rank that has joined, by rank.
     alive : bool
         False once the worker is lost; nothing is placed on it again.
+    avail : _FreeIndex
+        Free ranks that no reservation holds, by host.
+    reserved : dict
+        Rank -> the waiting task it is reserved for (free or still busy).
+    running : dict
+        Tasks running on the worker (keys).
     """
 
     def __init__(self, uid: str, size: int, pool: str = "default", gpus_per_rank: int = 0,
@@ -234,6 +240,7 @@ class WorkerSlots:
         return self._layout
 
     def by_host(self, ranks: Iterable[int]) -> Dict[str, List[int]]:
+        """``ranks`` grouped by their host."""
         out: Dict[str, List[int]] = defaultdict(list)
         for r in ranks:
             out[self.hosts[r]].append(r)
