@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import stat
 import time
 
@@ -142,7 +143,8 @@ def test_a_result_from_a_rank_of_the_worker_that_does_not_run_the_task_is_refuse
         credentials = ClientCredentials.load(d.channel_file)
         other = outsider(ctx, d, credentials, identity=b"w/1")
         other.send_multipart(protocol.pack(protocol.READY, {
-            "token": credentials.token, "worker": "w", "rank": 1, "size": 2, "pid": os.getpid(), "host": "h"}))
+            "token": credentials.token, "worker": "w", "rank": 1, "size": 2, "pid": os.getpid(),
+            "host": socket.gethostname()}))  # one host: best fit then takes its lowest rank, the sitter
         d.wait_ready(30, lambda: None)
         fut = d.submit(task("t", ResourceSpec(ranks=1), "real"), b"")
         assert expect_line(sitter, "TASK") == "TASK t"

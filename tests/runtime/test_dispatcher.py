@@ -178,7 +178,7 @@ def test_a_failed_loop_breaks_the_dispatcher_with_its_cause(dispatcher):
     proc = one_rank(dispatcher)
     running = _submit_and_wait_running(proc, dispatcher)
 
-    def bug():  # stands for any bug in the loop's own code
+    def bug(*_):  # stands for any bug in the loop's own code
         raise ZeroDivisionError("placement bug")
 
     dispatcher._placement.place = bug

@@ -33,7 +33,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 
@@ -195,6 +195,8 @@ class Dispatcher:
         try:
             while True:
                 wait = min(next_beat, self._next_timer()) - time.monotonic()
+                if self._placement.needs_pass():  # a pass stopped at its budget: go on at once
+                    wait = 0
                 events = dict(poller.poll(timeout=max(0, int(wait * 1000) + 1)))
                 if self._mailbox.pull in events:
                     self._mailbox.drain()
@@ -262,12 +264,16 @@ class Dispatcher:
 
     def _send(self, identity: bytes, kind: bytes, header: Optional[Dict[str, Any]] = None,
               blob: Optional[bytes] = None) -> bool:
+        return self._send_frames(identity, protocol.pack(kind, header, blob))
+
+    def _send_frames(self, identity: bytes, frames: List[Any]) -> bool:
         try:
-            self._router.send_multipart([identity] + protocol.pack(kind, header, blob), copy=False)
+            self._router.send_multipart([identity] + frames, copy=False)
             return True
         except zmq.ZMQError as err:  # peer gone (ROUTER_MANDATORY)
             logger.debug("cannot reach %r: %s", identity, err)
             return False
+
 
     def _broadcast(self, kind: bytes) -> None:
         for uid, ranks in self._ranks.workers():
@@ -478,7 +484,9 @@ class Dispatcher:
         self._fail_all(ExecutorShutdown(None, f"{reason} before the task finished"))
 
     def _schedule(self) -> None:
-        for placed in self._placement.place():
+        if not self._placement.needs_pass():  # nothing freed or queued since the last pass
+            return
+        for placed in self._placement.place(time.monotonic()):
             task = self._tasks.get(placed.uid)
             if task is not None:  # not failed with its worker earlier in this pass
                 self._start(task, placed)
@@ -490,9 +498,11 @@ class Dispatcher:
         if task.call.walltime:
             task.deadline = time.monotonic() + task.call.walltime
         header = dict(task.call.to_wire(), **Assignment(placed.ranks, next(self._tags) % 32000, placed.cores).to_wire())
+        # Encoded once, the same frames to each rank (the header lists them all): O(ranks), not O(ranks^2).
+        frames = protocol.pack(protocol.TASK, header, task.payload)
         ranks = self._ranks.of(placed.worker)
         for world_rank in placed.ranks:
-            if not self._send(ranks[world_rank].identity, protocol.TASK, header, task.payload):
+            if not self._send_frames(ranks[world_rank].identity, frames):
                 self._on_worker_failed((placed.worker, f"rank {world_rank} is unreachable", True))
                 return
         if self.on_start is not None:
