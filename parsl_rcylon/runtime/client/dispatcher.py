@@ -41,6 +41,7 @@ from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout
 from ..wire import protocol
 from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
+from .heap import HeapGuard
 from .mailbox import Mailbox
 from .placement import Placed, Placement
 from .ranks import RankRegistry
@@ -192,6 +193,7 @@ class Dispatcher:
         poller.register(self._mailbox.pull, zmq.POLLIN)
         next_beat = time.monotonic()
         next_report = time.monotonic() + self.report_period
+        heap = HeapGuard()  # a full garbage collection over a deep queue would stall this loop (heap.py)
         try:
             while True:
                 wait = min(next_beat, self._next_timer()) - time.monotonic()
@@ -212,6 +214,7 @@ class Dispatcher:
                         getattr(self, f"_on_{kind}")(body)
                     self._schedule()
                     now = time.monotonic()
+                    heap.tick(self._placement.busy(), now)
                     self._check_timers(now)
                     if now >= next_beat:
                         self._check_ranks()
@@ -224,6 +227,7 @@ class Dispatcher:
             logger.exception("dispatcher loop failed")
             self._break(exc, f"the dispatcher loop failed: {exc!r}")
         finally:
+            heap.close()
             self._refuse_queued()
 
     def _refuse_queued(self) -> None:
