@@ -24,10 +24,18 @@ Reported per scenario:
   (a pass's time over the tasks it started), medians and worst;
 - memory: bytes per queued task and per rank (tracemalloc, built once).
 
+Under a deep queue (9,408 nodes, 10^5 queued) every cyclic garbage
+collection is timed and charged to the pass it lands in, once with the
+interpreter's defaults and once with the dispatcher's
+:class:`~parsl_rcylon.runtime.client.heap.HeapGuard` ticked as its loop
+ticks it.
+
 Microbenchmarks of the dispatcher's message path: building the frames that
-start a task of r ranks (the dispatcher's own ``_task_frames``) and handling
-one heartbeat answer (``Dispatcher._on_message`` on a dispatcher with fake
-registered ranks).
+start a task of r ranks (as ``Dispatcher._start``) and handling one
+heartbeat answer (``Dispatcher._on_message`` on a dispatcher with fake
+registered ranks).  Then the load test of ``benchmarks/dispatch_load.py``:
+the real dispatcher with thousands of fake ranks over its CurveZMQ channel,
+one-rank tasks fed directly, and the client's CPU for liveness alone.
 
     python benchmarks/scale.py [--quick] [--out benchmarks/results]
 
@@ -51,6 +59,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from parsl_rcylon.resources import ResourceSpec
+from parsl_rcylon.runtime.client.heap import HeapGuard
 from parsl_rcylon.runtime.client.placement import Placement
 
 CORES_PER_NODE = 56
@@ -140,7 +149,9 @@ def simulate(nodes: int, workers: int, tasks: int, seed: int, limit: int = 16, w
     started_total = 0
     wall = time.perf_counter()
     complete = True
+    heap_guard = HeapGuard()  # as the dispatcher's loop: ticked every round
     while True:
+        heap_guard.tick(True, now)
         if not gated or p.needs_pass():
             started, dt = _place(p, now)
             passes.append(dt)
@@ -162,6 +173,7 @@ def simulate(nodes: int, workers: int, tasks: int, seed: int, limit: int = 16, w
         while events and events[0][0] <= now:
             _, uid = heapq.heappop(events)
             p.finish(uid)
+    heap_guard.close()
     makespan = now
     if not complete:  # cut short by the budget: count only what ran before the cut
         busy = sum(n * min(durations[u], now - waits[u]) for u, n in held.items())
@@ -286,8 +298,6 @@ def big_queue(nodes: int, queued: int, seed: int, events: int, budget_s: float, 
     without it the process's full collections walk the allocation, the queue
     and everything else alive, as in any process holding that many objects.
     """
-    from parsl_rcylon.runtime.client.heap import HeapGuard
-
     clock = _GcClock()
     heap_guard = HeapGuard() if guard else None
     try:
@@ -423,6 +433,16 @@ def message_costs(rank_counts: Sequence[int], heartbeats: int) -> Dict[str, Any]
     return out
 
 
+def _dispatch_load():
+    """``benchmarks/dispatch_load.py``: the real dispatcher with fake ranks (loaded by path, as a script's sibling)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dispatch_load", Path(__file__).with_name("dispatch_load.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _timeit(fn, n: int) -> float:
     t0 = time.process_time()
     for _ in range(n):
@@ -440,7 +460,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sims = result["simulations"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     labels = [s["label"] for s in sims]
     x = range(len(sims))
     ax = axes[0]
@@ -474,7 +494,18 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     ax.set_ylabel("ms (CPU of this machine)")
     ax.set_title(f"{q['nodes']} nodes, {q['queued']} queued", fontsize=9)
     ax.legend(fontsize=8)
-    fig.suptitle("Placement at scale (virtual time, real Placement class)")
+    ax = axes[3]
+    rows = result["dispatch_load"]
+    labels_l = [f"{r['ranks']:,} ranks" for r in rows]
+    ax.bar(labels_l, [r["tasks_per_s"] for r in rows], label="tasks/s")
+    ax.axhline(10000, color="r", ls="--", lw=1, label="10,000 tasks/s target")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['client_cpu_us_per_task']:.0f} us CPU/task\nliveness {r['liveness_us_per_rank_per_s']:.0f} "
+                    f"us/rank/s", (i, r["tasks_per_s"]), ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("one-rank tasks started and completed per s")
+    ax.set_title("the real dispatcher, fake ranks, fed directly", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Placement and dispatch at scale (virtual time with the real Placement; the real dispatcher)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -495,6 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         mem = (64, 2000)
         rank_counts = [1, 64, 1024]
         beats = 2000
+        load_ranks, load_tasks, load_idle = [64], 2000, 2.0
     else:
         scenarios = [("16 nodes, 3,000 tasks", 16, 1, 3000, ("default",)),
                      ("1,024 nodes, 20,000 tasks", 1024, 1, 20000, ("default",)),
@@ -504,6 +536,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         mem = (9408, 100000)
         rank_counts = [1, 64, 1024, 3584]
         beats = 50000
+        load_ranks, load_tasks, load_idle = [256, 1024, 4096], 30000, 10.0
     result: Dict[str, Any] = {"quick": args.quick, "seed": args.seed, "cores_per_node": CORES_PER_NODE,
                               "simulations": []}
     for label, nodes, workers, tasks, pools in scenarios:
@@ -534,6 +567,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print("memory:", json.dumps(result["memory"]), flush=True)
     result["messages"] = message_costs(rank_counts, beats)
     print("messages:", json.dumps(result["messages"]), flush=True)
+    load = _dispatch_load()
+    result["dispatch_load"] = []
+    for ranks in load_ranks:
+        result["dispatch_load"].append(load.run(ranks, load_tasks, idle_s=load_idle))
+        print("dispatch load:", json.dumps(result["dispatch_load"][-1]), flush=True)
     sims = result["simulations"]
     q = result["deep_queue"]
     qf = result["deep_queue_heap_guard"]
@@ -547,6 +585,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                                 if q["events"] else None, "target": TARGET_PASS_MS},
         "start_1024_rank_task_ms": {"value": result["messages"]["start_task_ms"].get("1024"),
                                     "target": TARGET_START_1024_MS},
+        "dispatch_tasks_per_s_most_ranks": {"value": result["dispatch_load"][-1]["tasks_per_s"],
+                                            "ranks": result["dispatch_load"][-1]["ranks"],
+                                            "target": load.TARGET_TASKS_PER_S},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
