@@ -1,6 +1,6 @@
-"""HeapGuard with CPython's real collector: a long full collection while busy freezes the heap, so that
-later full collections leave what was alive alone; idle (or a long busy stretch) gives it back and
-collects the cyclic garbage that waited among the frozen objects."""
+"""HeapGuard with CPython's real collector: becoming busy, and a long full collection while busy, freeze
+the heap, so that later full collections leave what was alive alone; idle (or a long busy stretch) gives
+it back and collects the cyclic garbage that waited among the frozen objects."""
 from __future__ import annotations
 
 import gc
@@ -43,19 +43,24 @@ def guard():
         gc.collect()
 
 
-def test_a_long_full_collection_while_busy_freezes_what_is_alive(guard):
+def test_becoming_busy_freezes_what_is_alive_and_a_long_full_collection_freezes_again(guard):
     keep = alive_cycle()
-    gc.collect()  # a full collection: "long" for this guard
     guard.tick(busy=True, now=0.0)
     assert guard.frozen and guard.freezes == 1 and gc.get_freeze_count() > 0
     ref = weakref.ref(keep)
     del keep  # garbage now, but frozen: the collector no longer looks at it
+    young = cycle()  # made after the freeze: still collected
+    guard.tick(busy=True, now=0.1)
+    assert guard.freezes == 1  # no long collection since: nothing to freeze
+    gc.collect()  # a full collection: "long" for this guard
+    assert ref() is not None and young() is None
+    later = alive_cycle()
+    guard.tick(busy=True, now=0.2)
+    assert guard.freezes == 2
+    ref_later = weakref.ref(later)
+    del later
     gc.collect()
-    assert ref() is not None
-    # a cycle made after the freeze is still collected
-    young = cycle()
-    gc.collect()
-    assert young() is None
+    assert ref_later() is not None
 
 
 def test_idle_gives_the_frozen_heap_back_and_collects_it(guard):
@@ -82,20 +87,16 @@ def test_a_long_busy_stretch_gives_it_back_at_most_every_release_period(guard):
     assert ref() is not None
     guard.tick(busy=True, now=100.0)
     assert guard.releases == 1 and ref() is None
-    # the release's own full collection was long: the next busy round freezes again
-    guard.tick(busy=True, now=100.5)
+    # and freezes again at once, the heap just collected; the next release is a period later
     assert guard.frozen and guard.freezes == 2
+    guard.tick(busy=True, now=199.0)
+    assert guard.releases == 1
+    guard.tick(busy=True, now=200.0)
+    assert guard.releases == 2 and guard.freezes == 3
 
 
-def test_nothing_is_frozen_while_idle_or_without_a_long_collection():
+def test_nothing_is_frozen_while_idle():
     gc.collect()
-    g = HeapGuard(pause_s=3600.0)
-    try:
-        gc.collect()
-        g.tick(busy=True, now=0.0)
-        assert not g.frozen and gc.get_freeze_count() == 0
-    finally:
-        g.close()
     g = HeapGuard(pause_s=1e-9)
     try:
         gc.collect()
@@ -107,7 +108,6 @@ def test_nothing_is_frozen_while_idle_or_without_a_long_collection():
 
 
 def test_close_gives_back_what_it_froze_and_stops_watching(guard):
-    gc.collect()
     guard.tick(busy=True, now=0.0)
     assert gc.get_freeze_count() > 0
     guard.close()

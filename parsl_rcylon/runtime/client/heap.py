@@ -6,25 +6,26 @@ objects that survived into the oldest generation grew by a quarter since the
 last.  A client with 10^5 queued tasks holds some 4 objects per task in the
 dispatcher alone (its ``RunningTask``, the ``Task`` and its spec, the
 placement's entry) and many more in Parsl's task records, so a full
-collection there walks millions of objects: 96 ms for the placement's
-380,000 at 9,408 nodes with 10^5 queued (``benchmarks/scale.py``), on the
-dispatcher's thread or another, holding the GIL either way, so the loop
-answers nothing meanwhile.  The placement pass it lands in takes 8 ms
-without it.
+collection there walks millions of objects.  ``benchmarks/scale.py`` at 9,408
+nodes with 10^5 queued: one full collection of 96 ms landed in a placement
+pass (104 ms; 12 ms of its own), on the dispatcher's thread; on another
+thread it would have stopped the loop all the same, holding the GIL.
 
-:class:`HeapGuard` times every full collection (``gc.callbacks``); after one
-took ``pause_s`` or more while the dispatcher is busy, it moves everything
-alive then out of the collector's reach (``gc.freeze()``), so that later full
-collections walk only what was made since: a pause stays near ``pause_s``
-however big the heap grows, each freeze taking in about ``pause_s`` worth of
-objects.  Frozen objects that die by reference counting (the dispatcher's
-own task state holds no cycles) are freed as usual; cyclic garbage among them
-(Parsl's task records, which point at their futures and back) waits until
-:meth:`HeapGuard.tick` gives everything back to the collector and collects
-once (``gc.unfreeze()``, ``gc.collect()``): when the dispatcher has been idle
-``idle_s`` seconds, where the pause holds up no task, and in a busy stretch at
-most every ``release_every_s`` seconds, one full pause there bounding what
-that garbage can hold.  Freezing is process-wide: another dispatcher's
+When the dispatcher becomes busy (tasks wait or run), :class:`HeapGuard`
+moves everything alive then (the interpreter's modules, the workers' ranks)
+out of the collector's reach (``gc.freeze()``, O(1)), so that full
+collections walk only what was made since; it times every full collection
+(``gc.callbacks``), and after one took ``pause_s`` or more while busy it
+freezes again: a pause stays near ``pause_s`` however big the heap grows,
+each freeze taking in about ``pause_s`` worth of objects.  Frozen objects
+that die by reference counting (the dispatcher's own task state holds no
+cycles) are freed as usual; cyclic garbage among them (Parsl's task records,
+which point at their futures and back) waits until :meth:`HeapGuard.tick`
+gives everything back to the collector and collects once
+(``gc.unfreeze()``, ``gc.collect()``): when the dispatcher has been idle
+``idle_s`` seconds, where the pause holds up no task, and in a busy stretch
+at most every ``release_every_s`` seconds, one full pause there bounding
+what that garbage can hold.  Freezing is process-wide: another dispatcher's
 release only makes the next full collection longer (and freezes again).
 """
 from __future__ import annotations
@@ -38,13 +39,13 @@ logger = logging.getLogger(__name__)
 
 
 class HeapGuard:
-    """Freezes the process's objects out of the cyclic collector after a long full collection.
+    """Freezes the process's objects out of the cyclic collector while busy, again after a long full collection.
 
     Parameters
     ----------
     pause_s : float
         A full collection at least this long (CPU seconds of the thread
-        that ran it) while busy makes the next :meth:`tick` freeze the heap.
+        that ran it) makes the next busy :meth:`tick` freeze the heap again.
     idle_s : float
         Seconds without waiting or running tasks after which the frozen
         objects go back to the collector, and it collects once.
@@ -102,7 +103,7 @@ class HeapGuard:
             self._idle_since = None
             if self._frozen_at is not None and now - self._frozen_at >= self.release_every_s:
                 self._release("after %.0f s busy" % (now - self._frozen_at))
-            elif self._slow:
+            if self._frozen_at is None or self._slow:  # work begins (or the heap was just collected), or it grew
                 self._slow = False
                 gc.freeze()
                 self.freezes += 1
