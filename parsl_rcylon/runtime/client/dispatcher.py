@@ -37,14 +37,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 
-from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout, WorkerLost
+from ...errors import ExecutorShutdown, ResultError
 from ..wire import protocol
 from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
 from .mailbox import Mailbox
 from .placement import Placed, Placement
 from .ranks import RankRegistry
-from .restarts import Lineage, RestartPolicy, start_replacement
+from .recovery import Recovery
+from .restarts import Lineage, RestartPolicy
 from .running import RunningTask
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 _LOUD_DROPS = 20
 
 
-class Dispatcher:
+class Dispatcher(Recovery):
     """Sends tasks to worker ranks, watches the ranks, routes results to futures, and recovers from faults.
 
     Parameters
@@ -274,7 +275,6 @@ class Dispatcher:
             logger.debug("cannot reach %r: %s", identity, err)
             return False
 
-
     def _broadcast(self, kind: bytes) -> None:
         for uid, ranks in self._ranks.workers():
             w = self._placement.worker(uid)
@@ -283,15 +283,6 @@ class Dispatcher:
                     self._send(entry.identity, kind)
         for ident in self._ranks.masters():
             self._send(ident, kind)
-
-    def _check_ranks(self) -> None:
-        now = time.monotonic()
-        for uid, _ in self._ranks.workers():
-            w = self._placement.worker(uid)
-            if w is not None and w.alive:
-                reason = self._ranks.silent_or_gone(uid, now, self._rank_timeout)
-                if reason:
-                    self._on_worker_failed((uid, reason, True))
 
     def _on_message(self, identity: bytes, message: protocol.Message) -> None:
         kind, header = message.kind, message.header
@@ -368,24 +359,6 @@ class Dispatcher:
             if not task.pending_ranks:
                 self._finish(task)
 
-    def _task_failed(self, task: RunningTask, error: BaseException) -> None:
-        """Fail the task's future at once; the ranks still at work get ``cancel_grace`` to finish."""
-        if task.error is not None:
-            return
-        task.error = error
-        if not task.future.done():
-            task.future.set_exception(error)
-        self._cancel(task, str(error))
-
-    def _cancel(self, task: RunningTask, reason: str) -> None:
-        if task.settle_by is None:
-            task.settle_by = time.monotonic() + self._grace
-        ranks = self._ranks.of(task.placed.worker)
-        for i in task.pending_ranks - task.failed_ranks:
-            entry = ranks.get(task.placed.ranks[i])
-            if entry is not None:
-                self._send(entry.identity, protocol.CANCEL, {"uid": task.uid, "reason": reason[:500]})
-
     def _finish(self, task: RunningTask) -> None:
         del self._tasks[task.uid]
         del self._active[task.uid]
@@ -400,84 +373,6 @@ class Dispatcher:
                     None, f"result of task {task.uid} cannot be deserialized: {exc!r}"))
                 return
             task.future.set_result(value)
-
-    def _next_timer(self) -> float:
-        timers = [t for task in self._active.values() for t in (task.deadline, task.settle_by) if t is not None]
-        return min(timers, default=float("inf"))
-
-    def _check_timers(self, now: float) -> None:
-        for task in list(self._active.values()):
-            if task.deadline is not None and now >= task.deadline:
-                task.deadline = None
-                self._task_failed(task, TaskTimeout(None, f"task {task.uid} ({task.name}) ran longer than its "
-                                                          f"walltime of {task.call.walltime:g} s and was stopped"))
-            if task.settle_by is not None and now >= task.settle_by and task.uid in self._active:
-                waiting = sorted(task.placed.ranks[i] for i in task.pending_ranks)
-                self._replace(task.placed.worker,
-                              f"rank(s) {waiting} did not finish task {task.uid} ({task.name}) within "
-                              f"{self._grace:g} s of its failure (blocked in a collective with a failed rank?)")
-
-    def _replace(self, uid: str, reason: str) -> None:
-        """End worker ``uid`` (its ranks exit at once) and start another like it."""
-        for entry in self._ranks.of(uid).values():
-            self._send(entry.identity, protocol.EXIT, {"reason": reason[:500]})
-        self._on_worker_failed((uid, reason, True))
-
-    def _on_worker_failed(self, args: Tuple[str, str, bool]) -> None:
-        uid, reason, replace = args
-        w = self._placement.worker(uid)
-        if w is None or not w.alive:
-            return
-        if not reason.startswith("rank "):  # RP's word came first: name the ranks that are gone, if any
-            reason = "; ".join(self._ranks.exited(uid) + [reason])
-        logger.error("worker %s lost: %s", uid, reason)
-        ready = w.ready
-        for tid in self._placement.lose_worker(uid):
-            self._active.pop(tid, None)
-            task = self._tasks.pop(tid)
-            if not task.future.done():
-                task.future.set_exception(WorkerLost(None, f"task {tid} ({task.name}) lost its worker {uid}: "
-                                                           f"{reason}"))
-        self._ranks.forget(uid)
-        if replace:
-            self._start_replacement(uid, ready)
-        if not self._placement.any_alive():
-            self._break(WorkerLost(None, f"no MPI worker is left (last lost: {uid}: {reason})"))
-            return
-        for tid in self._placement.unplaceable():
-            task = self._tasks.pop(tid)
-            task.future.set_exception(WorkerLost(None, f"task {tid} needs {task.spec.ranks} ranks; "
-                                                       f"no live worker can hold it after {uid} was lost"))
-        self._ready_cond.notify_all()
-
-    def _start_replacement(self, uid: str, was_ready: bool) -> None:
-        if self.on_replace is None or self._refusal is not None:
-            return
-        replacement = self._restart_policy.replacement(uid, was_ready)
-        if replacement is None:
-            return
-        new, lineage = replacement
-        self.expect_worker(new, lineage.size, lineage.pool, lineage.gpus_per_rank, lineage.cores_per_rank)
-        self._placement.forget_worker(uid)
-        start_replacement(uid, new, self.on_replace, self.worker_failed)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        """Fail every waiting and running task with ``exc``, and every later one."""
-        with self._refusal_lock:
-            self._refusal = exc
-        self._active.clear()
-        for uid in self._placement.clear():
-            task = self._tasks.pop(uid)
-            if not task.future.done():
-                task.future.set_exception(exc)
-
-    def _break(self, cause: BaseException, reason: Optional[str] = None) -> None:
-        """Enter the broken state: no task can run any more, because of ``cause``."""
-        self._fail_all(ExecutorBroken.because(cause, reason))
-        with self._ready_cond:
-            self._ready_cond.notify_all()
-
-    _on_break = _break  # fail(): a pilot ended
 
     def _shutdown_ranks(self, reason: str) -> None:
         self._broadcast(protocol.STOP)
