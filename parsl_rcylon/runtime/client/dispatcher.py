@@ -31,7 +31,7 @@ import secrets
 import socket
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -41,6 +41,7 @@ from ...errors import ExecutorShutdown, ResultError
 from ..wire import protocol
 from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
+from .backend import reject, resolve
 from .mailbox import Mailbox
 from .placement import Placed, Placement
 from .ranks import RankRegistry
@@ -156,6 +157,14 @@ class Dispatcher(Recovery):
         fut.set_exception(self._refusal)
         return fut
 
+    def cancel(self, uid: str) -> None:
+        """Withdraw task ``uid``: a waiting one leaves the queue, a running one's ranks are told to stop.
+
+        The ranks of a running task get ``cancel_grace`` seconds to report, as
+        after a failure; its future is not touched (the caller cancelled it).
+        """
+        self._post("cancel", uid)
+
     def worker_failed(self, uid: str, reason: str, replace: bool = True) -> None:
         """Worker ``uid`` ended; its tasks fail, and another starts in its place unless ``replace`` is False."""
         self._post("worker_failed", (uid, reason, replace))
@@ -233,7 +242,7 @@ class Dispatcher(Recovery):
             self._break(RuntimeError("the dispatcher loop ended"))
         for kind, body in self._mailbox.take():
             if kind == "submit" and not body.future.done():
-                body.future.set_exception(self._refusal)
+                reject(body.future, self._refusal)
 
     def _receive(self) -> bool:
         """Read and act on the next message from a peer; False when none waits.
@@ -329,13 +338,25 @@ class Dispatcher(Recovery):
 
     def _on_submit(self, task: RunningTask) -> None:
         if self._refusal is not None:
-            task.future.set_exception(self._refusal)
+            reject(task.future, self._refusal)
             return
         if not self._placement.accepts(task.spec):
-            task.future.set_exception(task.cannot_hold(self._placement))
+            reject(task.future, task.cannot_hold(self._placement))
             return
         self._tasks[task.uid] = task
         self._placement.enqueue(task.uid, task.spec)
+
+    def _on_cancel(self, uid: str) -> None:
+        task = self._tasks.get(uid)
+        if task is None:
+            return
+        if task.placed is None:
+            self._placement.withdraw(uid)
+            del self._tasks[uid]
+            logger.info("task %s (%s) cancelled while waiting", uid, task.name)
+            return
+        logger.info("task %s (%s) cancelled while running: its ranks are told to stop", uid, task.name)
+        self._task_failed(task, CancelledError(f"task {uid} ({task.name}) was cancelled"))
 
     def _on_report(self, identity: bytes, seen: Tuple[str, int], message: protocol.Message) -> None:
         header = message.header
@@ -369,10 +390,10 @@ class Dispatcher(Recovery):
                 if self.on_result is not None:
                     self.on_result(task.name, value)
             except Exception as exc:
-                task.future.set_exception(exc if isinstance(exc, ResultError) else ResultError(
+                reject(task.future, exc if isinstance(exc, ResultError) else ResultError(
                     None, f"result of task {task.uid} cannot be deserialized: {exc!r}"))
                 return
-            task.future.set_result(value)
+            resolve(task.future, value)
 
     def _shutdown_ranks(self, reason: str) -> None:
         self._broadcast(protocol.STOP)

@@ -237,6 +237,20 @@ class Placement(Reservations):
                     self._drop(task)
         return [t.uid for t in sorted(dropped, key=lambda t: t.seq)]
 
+    def withdraw(self, uid: str) -> bool:
+        """Take waiting task ``uid`` out of the queue (cancelled); False if it is not waiting."""
+        task = self._waiting.get(uid)
+        if task is None:
+            return False
+        q = self._queues[task.key]
+        if q[0] is task:
+            self._drop(task)
+            return True
+        q.remove(task)  # behind the oldest of its shape: nothing counts passes over it yet
+        del self._waiting[uid]
+        self._dirty = True
+        return True
+
     def finish(self, uid: str) -> Optional[Placed]:
         """Task ``uid`` ended: free its ranks (those it ran on and those it held) if its worker lives."""
         run = self._running.pop(uid, None)
@@ -406,6 +420,7 @@ class Placement(Reservations):
             del self._by_ranks[i]
         if task.uid in self._held:
             self._unreserve(task.uid)
+
 
 def _fits(w: WorkerSlots, spec: ResourceSpec, cpu_pool_exists: bool) -> bool:
     return pool_accepts(spec, w.pool, w.host_sizes(), w.gpus_per_rank, w.cores_per_rank, cpu_pool_exists)

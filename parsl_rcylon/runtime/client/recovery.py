@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from ...errors import ExecutorBroken, TaskTimeout, WorkerLost
 from ..wire import protocol
+from .backend import reject
 from .placement import Placement
 from .ranks import RankRegistry
 from .restarts import RestartPolicy, start_replacement
@@ -71,8 +72,7 @@ class Recovery:
         if task.error is not None:
             return
         task.error = error
-        if not task.future.done():
-            task.future.set_exception(error)
+        reject(task.future, error)
         self._cancel(task, str(error))
 
     def _cancel(self, task: RunningTask, reason: str) -> None:
@@ -118,9 +118,7 @@ class Recovery:
         for tid in self._placement.lose_worker(uid):
             self._active.pop(tid, None)
             task = self._tasks.pop(tid)
-            if not task.future.done():
-                task.future.set_exception(WorkerLost(None, f"task {tid} ({task.name}) lost its worker {uid}: "
-                                                           f"{reason}"))
+            reject(task.future, WorkerLost(None, f"task {tid} ({task.name}) lost its worker {uid}: {reason}"))
         self._ranks.forget(uid)
         if replace:
             self._start_replacement(uid, ready)
@@ -129,8 +127,8 @@ class Recovery:
             return
         for tid in self._placement.unplaceable():
             task = self._tasks.pop(tid)
-            task.future.set_exception(WorkerLost(None, f"task {tid} needs {task.spec.ranks} ranks; "
-                                                       f"no live worker can hold it after {uid} was lost"))
+            reject(task.future, WorkerLost(None, f"task {tid} needs {task.spec.ranks} ranks; "
+                                              f"no live worker can hold it after {uid} was lost"))
         self._ready_cond.notify_all()
 
     def _start_replacement(self, uid: str, was_ready: bool) -> None:
@@ -151,8 +149,7 @@ class Recovery:
         self._active.clear()
         for uid in self._placement.clear():
             task = self._tasks.pop(uid)
-            if not task.future.done():
-                task.future.set_exception(exc)
+            reject(task.future, exc)
 
     def _break(self, cause: BaseException, reason: Optional[str] = None) -> None:
         """Enter the broken state: no task can run any more, because of ``cause``."""
