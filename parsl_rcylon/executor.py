@@ -124,12 +124,15 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         and ``shutdown()`` leaves it running.  Pools come from that pilot;
         options about the pilot itself are ignored (see ``docs/attach.md``).
     working_dir : str, optional
-        Directory every task runs in (as HTEX's ``working_dir``); by default
-        the client's current directory when the task is submitted, so
-        relative paths, ``File`` objects and a ``bash_app``'s
-        ``stdout=``/``stderr=`` behave as with Parsl's local executors.  On a
-        cluster it must be on a filesystem the nodes share
-        (:mod:`parsl_rcylon.workdir`).
+        Parsl's staging directory: where Parsl's data providers (HTTP, FTP,
+        Globus) put the files they stage in for this executor's tasks.  Parsl
+        may set it after ``parsl.load``; it never changes where tasks run.
+    task_dir : str, optional
+        Directory every task runs in.  By default the client's current
+        directory when the task is submitted, so relative paths, ``File``
+        objects and a ``bash_app``'s ``stdout=``/``stderr=`` behave as with
+        Parsl's local executors.  On a cluster it must be on a filesystem the
+        nodes share (:mod:`parsl_rcylon.workdir`).
     remote_monitoring_radio : parsl.monitoring.radios.base.RadioConfig, optional
         How tasks report to Parsl monitoring when the ``Config`` has a
         ``MonitoringHub``; by default Parsl's filesystem radio in a private
@@ -168,6 +171,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         max_worker_restarts: Optional[int] = None,
         attach: Optional[str] = None,
         working_dir: Optional[str] = None,
+        task_dir: Optional[str] = None,
         remote_monitoring_radio: Optional[RadioConfig] = None,
         progress: bool = False,
     ) -> None:
@@ -226,7 +230,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             raise ValueError(f"max_worker_restarts must be >= 0 or None, got {max_worker_restarts}")
         self.max_worker_restarts = max_worker_restarts
         self.attach = attach
-        self.working_dir = os.path.abspath(working_dir) if working_dir else None
+        self.working_dir = working_dir  # Parsl's staging directory, as HTEX keeps it: see docs/parsl.md
+        self.task_dir = os.path.abspath(task_dir) if task_dir else None
         self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
         self.progress = progress
         self.task_board = TaskBoard()
@@ -433,7 +438,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             "data_dir": self.data_dir,
             "options": options,
             "walltime": options.get("walltime"),
-            "cwd": task_working_dir(self.working_dir),
+            "cwd": task_working_dir(self.task_dir),
         }
         fut = self._dispatch(task, spec, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
