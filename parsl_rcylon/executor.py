@@ -27,7 +27,7 @@ from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
-from .monitoring import PrivateFilesystemRadio, app_function
+from .monitoring import PrivateFilesystemRadio, app_function, report_nodes
 from .options import check_table_options
 from .permissions import make_dir, modes
 from .progress import Progress, TaskBoard
@@ -319,6 +319,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
                 raise
             raise StartupError(self, reason) from exc
         self.timings["start"] = time.monotonic() - t0
+        pools = {p.name: p for p in self.pools}
+        report_nodes(self.monitoring_messages, getattr(self, "run_id", None), self.label,
+                     self._dispatcher.rank_hosts(), lambda pool: self._capacity(pools[pool]).memory)
         if self.progress:
             self._progress = Progress([self]).start()
         logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
@@ -334,6 +337,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._attached_session = pilot.session_id
         self._dispatcher = pilot  # type: ignore[assignment]  # the same submit/stats/stop
         self.timings["start"] = time.monotonic() - t0
+        pools = {p.name: p for p in self.pools}
+        report_nodes(self.monitoring_messages, getattr(self, "run_id", None), self.label,
+                     self._dispatcher.rank_hosts(), lambda pool: self._capacity(pools[pool]).memory)
         if self.progress:
             self._progress = Progress([self]).start()
         logger.info("%s: attached to the pilot at %s in %.2f s", self.label, self.attach, self.timings["start"])

@@ -252,6 +252,17 @@ class Dispatcher:
                 view[pool]["restarts"] = count
             return view
 
+    def rank_hosts(self) -> Dict[str, Dict[str, int]]:
+        """Per pool, ranks per host of the workers that are up (what monitoring reports as nodes)."""
+        with self._lock:
+            view: Dict[str, Dict[str, int]] = {}
+            for w in self._placement.workers():
+                if w.alive:
+                    for host in w.hosts.values():
+                        per_host = view.setdefault(w.pool, {})
+                        per_host[host] = per_host.get(host, 0) + 1
+            return view
+
     def stop(self, reason: str = "executor shut down") -> None:
         """Tell every rank and master to stop, fail what is left, end the thread."""
         if self._stopping.is_set():
