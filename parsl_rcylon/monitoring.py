@@ -85,7 +85,7 @@ def node_messages(run_id: str, label: str, hosts: Dict[str, Dict[str, int]],
     label : str
         The executor's label (part of each node's ``uid``).
     hosts : dict
-        Per pool, ranks per host (:meth:`Dispatcher.rank_hosts`).
+        Per pool, ranks per host (:meth:`~.runtime.client.dispatcher.Dispatcher.rank_hosts`).
     memory_mb : callable
         MB of memory of a host of the given pool, ``None`` when not known.
 
@@ -112,14 +112,22 @@ def node_messages(run_id: str, label: str, hosts: Dict[str, Dict[str, int]],
     return messages
 
 
-def report_nodes(queue: Optional[Queue], run_id: Optional[str], label: str, hosts: Dict[str, Dict[str, int]],
-                 memory_mb: Callable[[str], Optional[int]]) -> None:
-    """Put :func:`node_messages` on the DFK's monitoring queue; nothing without monitoring."""
+def report_nodes(executor: Any, hosts: Dict[str, Dict[str, int]]) -> None:
+    """Put :func:`node_messages` on the DFK's monitoring queue; nothing without monitoring.
+
+    ``executor`` is the :class:`~parsl_rcylon.RadicalCylonExecutor` whose
+    ranks run on ``hosts``: its monitoring queue and run id (Parsl sets both
+    at load) and its admission, which knows the memory of a pool's hosts.
+    """
+    queue: Optional[Queue] = executor.monitoring_messages
+    run_id: Optional[str] = getattr(executor, "run_id", None)
     if queue is None or run_id is None:
         return
-    for message in node_messages(run_id, label, hosts, memory_mb):
+    admission = executor.admission
+    shapes = {s.pool.name: s for s in admission.shapes}
+    for message in node_messages(run_id, executor.label, hosts, lambda pool: admission.capacity(shapes[pool]).memory):
         queue.put(message)
-    logger.debug("%s: reported %d node(s) to monitoring", label, sum(len(h) for h in hosts.values()))
+    logger.debug("%s: reported %d node(s) to monitoring", executor.label, sum(len(h) for h in hosts.values()))
 
 
 def app_function(fn: Callable) -> Callable:

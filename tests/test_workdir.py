@@ -160,7 +160,7 @@ def test_working_dir_and_task_dir_are_two_options(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ex = RadicalCylonExecutor(working_dir="staging", task_dir="tasks")
     assert ex.working_dir == "staging", "kept as given, as HTEX keeps it: the data providers join it"
-    assert ex.task_dir == str(tmp_path / "tasks")
+    assert ex.task_dir == str(tmp_path / "tasks") == ex.data.task_dir, "made absolute once, by its option group"
     assert RadicalCylonExecutor().task_dir is None
 
 
