@@ -28,7 +28,7 @@ from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
 from .executor_options import Allocation, DataOptions, Liveness
-from .monitoring import PrivateFilesystemRadio, app_function
+from .monitoring import PrivateFilesystemRadio, app_function, report_nodes
 from .permissions import make_dir
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
@@ -98,10 +98,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         connects to it (in well under a second) instead of starting a pilot,
         and ``shutdown()`` leaves it running.  Pools come from that pilot;
         options about the pilot itself are ignored (see ``docs/attach.md``).
-    working_dir : str, optional
-        Directory every task runs in (as HTEX's ``working_dir``); by default
-        the client's current directory at submission.  On a cluster it must
-        be on a filesystem the nodes share (:mod:`parsl_rcylon.workdir`).
+    working_dir, task_dir : str, optional
+        Parsl's staging directory (its data providers download into it), which never moves a task; the
+        directory every task runs in, by default the client's cwd at submission (:mod:`parsl_rcylon.workdir`).
     remote_monitoring_radio : RadioConfig, optional
         How tasks report to a ``MonitoringHub`` (:mod:`parsl_rcylon.monitoring`).
     progress : bool
@@ -136,6 +135,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         max_worker_restarts: Optional[int] = None,
         attach: Optional[str] = None,
         working_dir: Optional[str] = None,
+        task_dir: Optional[str] = None,
         remote_monitoring_radio: Optional[RadioConfig] = None,
         progress: bool = False,
         max_message_bytes: Optional[int] = None,
@@ -151,13 +151,13 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.liveness = Liveness(heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace,
                                  max_worker_restarts)
         self.channel = ChannelOptions(encrypted, port_range, max_frame_bytes)
-        self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing)
+        self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing, task_dir)
         keywords = inspect.signature(RadicalCylonExecutor.__init__).parameters
         vars(self).update({k: v for k, v in locals().items() if k in keywords and k != "self"})
         self.pools: List[WorkerPool] = list(self.allocation.pools)
         self.pilots: List[PilotSpec] = list(self.allocation.pilots)
         self.pilot_options, self.table_options = dict(pilot_options or {}), self.data.table_options
-        self.working_dir = os.path.abspath(working_dir) if working_dir else None
+        self.task_dir = self.data.task_dir  # absolute; working_dir stays as given, as Parsl's staging directory
         self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
@@ -230,6 +230,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             if isinstance(exc, PilotStartError):
                 raise StartupError(self, str(exc)) from exc.__cause__
             raise
+        report_nodes(self, own.dispatcher.rank_hosts())  # as HTEX's interchange reports its managers
         self._started(t0, "ready")
 
     def _attach(self, t0: float) -> None:
@@ -255,8 +256,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     def _on_start(self, uid: str) -> None:
         self.task_board.started(uid)
-        hook = self._start_hooks.pop(uid, None)
-        if hook is not None:
+        if (hook := self._start_hooks.pop(uid, None)) is not None:
             hook()
 
     def validate_resource_specification(self, spec: Dict[str, Any], cylon: bool = True,
@@ -274,7 +274,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         kwargs.pop("parsl_resource_specification", None)
         options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
         task = Task.build(uid, name, cylon, options, spec, data_dir=self.data_dir,
-                          cwd=task_working_dir(self.working_dir))
+                          cwd=task_working_dir(self.task_dir))
         fut = self._dispatch(task, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         self.task_board.submitted(uid, name, fut)

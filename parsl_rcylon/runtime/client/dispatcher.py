@@ -44,7 +44,7 @@ from ..wire.task import Assignment, Task
 from .backend import reject, resolve
 from .mailbox import Mailbox
 from .placement import Placed, Placement
-from .ranks import RankRegistry
+from .ranks import RankRegistry, ranks_per_host
 from .recovery import Recovery
 from .restarts import Lineage, RestartPolicy
 from .running import RunningTask
@@ -181,6 +181,11 @@ class Dispatcher(Recovery):
                 view.setdefault(pool, {"ranks": 0, "busy": 0, "idle": 0, "queued": 0, "running": 0})
                 view[pool]["restarts"] = count
             return view
+
+    def rank_hosts(self) -> Dict[str, Dict[str, int]]:
+        """Per pool, ranks per host of the live workers (monitoring reports them as Parsl nodes)."""
+        with self._lock:
+            return ranks_per_host(self._placement.workers())
 
     def stop(self, reason: str = "executor shut down") -> None:
         """Tell every rank and master to stop, fail what is left, end the thread."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 import psutil
 
@@ -122,6 +122,17 @@ class RankRegistry:
                 for r, e in sorted(self.of(worker).items()) if e.local and not running(e.pid)]
 
 
+def ranks_per_host(workers: Iterable[WorkerSlots]) -> Dict[str, Dict[str, int]]:
+    """Per pool, the registered ranks per host of the live ``workers``."""
+    view: Dict[str, Dict[str, int]] = {}
+    for w in workers:
+        if w.alive:
+            for host in w.hosts.values():
+                per_host = view.setdefault(w.pool, {})
+                per_host[host] = per_host.get(host, 0) + 1
+    return view
+
+
 def running(pid: Optional[int]) -> bool:
     """Whether process ``pid`` of this host is alive (a zombie is not)."""
     if pid is None:
@@ -132,4 +143,4 @@ def running(pid: Optional[int]) -> bool:
         return False
 
 
-__all__ = ["RankEntry", "RankRegistry", "running"]
+__all__ = ["RankEntry", "RankRegistry", "ranks_per_host", "running"]
