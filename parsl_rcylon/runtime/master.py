@@ -22,7 +22,7 @@ import zmq
 from parsl_rcylon.runtime import protocol
 from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.processes import end_processes, session_processes
-from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.rp_adjust import settle
 
 
 class CylonMaster(rp.raptor.Master):

@@ -37,7 +37,7 @@ from parsl_rcylon.runtime import protocol
 from parsl_rcylon.runtime.channel import ClientCredentials
 from parsl_rcylon.runtime.interrupt import Interrupter
 from parsl_rcylon.runtime.rank import run_task
-from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.rp_adjust import settle
 
 _INPROC = "inproc://rcylon-results"
 #: Exit status of a rank told to leave (EXIT); non-zero, so the launcher ends the whole job.

@@ -1,0 +1,165 @@
+"""Radical Pilot's adjustments (``runtime/rp_adjust.py``): each proven in a live pilot, and the version guard.
+
+The live checks share one 2-rank local pilot: its RP processes listen on
+loopback only, its bootstrap made no DNS lookup or ping, RP left no
+``/tmp/rp.agent_cfg.*``, and its idle bridges wake rarely.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import parsl
+import psutil
+import pytest
+
+from parsl_rcylon import RadicalCylonExecutor, cylon_app
+from parsl_rcylon.runtime import rp_adjust
+from parsl_rcylon.runtime.layout import sandbox_path
+from parsl_rcylon.runtime.processes import session_processes
+
+LOCAL_ADDRESSES = {"127.0.0.1", "::1"}
+
+
+def _hook_env(**extra: str) -> dict:
+    env = dict(os.environ, **extra)
+    env[rp_adjust.ENV_ADJUST] = rp_adjust.__file__
+    env["PYTHONPATH"] = os.pathsep.join([str(rp_adjust.HOOK_DIR), env.get("PYTHONPATH", "")])
+    env.pop(rp_adjust.ENV_STOCK, None)
+    return env
+
+
+def _fake_dist(tmp_path, name: str, version: str):
+    info = tmp_path / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return tmp_path
+
+
+def test_the_installed_release_is_the_one_written_for():
+    found = rp_adjust.check_versions()
+    assert found["radical.pilot"].startswith("1.103.") and found["radical.utils"].startswith("1.103.")
+
+
+def test_another_release_is_refused_with_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(_fake_dist(tmp_path, "radical.utils", "1.110.0")))
+    monkeypatch.delenv(rp_adjust.ENV_STOCK, raising=False)
+    with pytest.raises(rp_adjust.RadicalVersionError, match=r"radical.utils 1.103.x \(found 1.110.0\)") as err:
+        rp_adjust.check_versions()
+    assert rp_adjust.ENV_STOCK in str(err.value) and "insecure" in str(err.value)
+    monkeypatch.setenv(rp_adjust.ENV_STOCK, "1")
+    assert rp_adjust.check_versions()["radical.utils"] == "1.110.0"
+
+
+def test_an_rp_process_on_another_release_refuses_to_start(tmp_path):
+    # the hook runs first in every RP process of a session: a process with another radical.utils ends
+    fake = _fake_dist(tmp_path, "radical.utils", "1.110.0")
+    env = _hook_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(rp_adjust.HOOK_DIR), str(fake), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-c", "import radical.utils; print('started')"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "started" not in proc.stdout
+    assert "radical.utils 1.103.x (found 1.110.0)" in proc.stderr
+
+
+def test_the_hook_binds_rp_bridges_of_a_process_to_loopback(tmp_path):
+    # an RP bridge process of its own, started with the hook's variables, as RP starts them
+    script = textwrap.dedent("""
+        import psutil, radical.utils as ru
+        s = ru.zmq.Server(); s.start()
+        ps = ru.zmq.PubSub(channel="t_ps", cfg={"uid": "t_ps", "path": "."}); ps.start()
+        q = ru.zmq.Queue(channel="t_q", cfg={"uid": "t_q", "path": "."}); q.start()
+        print(s.addr, ps.addr_pub, ps.addr_sub, q.addr_put, q.addr_get)
+        print(*sorted({c.laddr.ip for c in psutil.Process().net_connections() if c.status == "LISTEN"}))
+    """)
+    env = _hook_env(**{rp_adjust.ENV_BIND: rp_adjust.LOOPBACK})
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, check=True).stdout.splitlines()
+    assert all(a.startswith("tcp://127.0.0.1:") for a in out[0].split()), out
+    assert out[1] == "127.0.0.1"
+
+
+# -- a live pilot ------------------------------------------------------------------------------------
+
+@cylon_app(ranks=2)
+def _allreduce(ctx):
+    return ctx.comm.allreduce(1)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A 2-rank local pilot, with what was in /tmp before it started."""
+    agent_cfgs = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "rp.agent_cfg.*")))
+    run_dir = tmp_path_factory.mktemp("runinfo")
+    ex = RadicalCylonExecutor(label="adj", worker_ranks=2)
+    dfk = parsl.load(parsl.Config(executors=[ex], run_dir=str(run_dir), strategy="none"))
+    try:
+        assert _allreduce().result(timeout=120) == 2
+        yield ex, agent_cfgs
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
+def _session_tree(ex) -> list:
+    procs = {p.pid: p for p in session_processes(ex.session_id, ex.base_dir)}
+    for p in psutil.Process().children(recursive=True):
+        procs.setdefault(p.pid, p)
+    return list(procs.values())
+
+
+@pytest.mark.integration
+def test_no_rp_socket_of_a_local_pilot_listens_beyond_loopback(live):
+    ex, _ = live
+    listening, wide = 0, []
+    for proc in _session_tree(ex) + [psutil.Process()]:
+        try:
+            conns = proc.net_connections(kind="inet")
+            name = proc.name()
+        except psutil.Error:
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                listening += 1
+                if c.laddr.ip not in LOCAL_ADDRESSES:
+                    wide.append((proc.pid, name, c.laddr))
+    assert listening >= 20, f"only {listening} listening sockets found: is the session's tree complete?"
+    assert not wide, f"RP sockets listening beyond loopback: {wide}"
+
+
+@pytest.mark.integration
+def test_the_bootstrap_made_no_dns_lookup_nor_ping(live):
+    ex, _ = live
+    pilot = next(iter(ex._runtime._pilots.values()))
+    log = (sandbox_path(pilot) / "bootstrap_0.out").read_text()
+    assert "rcylon: skipped 'ping -c 1" in log
+    assert "packets transmitted" not in log and "bytes from" not in log
+    err = (sandbox_path(pilot) / "bootstrap_0.err").read_text()
+    assert "rcylon: skipped 'dig +short 0.pool.ntp.org'" in err
+
+
+@pytest.mark.integration
+def test_rp_leaves_no_agent_config_in_tmp(live):
+    ex, before = live
+    after = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "rp.agent_cfg.*")))
+    assert after == before
+    assert list((ex.base_dir / "tmp").glob("rp.agent_cfg.*")), "the agent configuration went elsewhere"
+
+
+@pytest.mark.integration
+def test_idle_rp_bridges_wait_on_their_sockets(live):
+    # Stock RP's queue and pubsub bridges wake every 10-30 ms while idle (>= 30 wake-ups a
+    # second each); adjusted, a bridge wakes for its stop flag, its heartbeat and little else.
+    ex, _ = live
+    bridges = [p for p in session_processes(ex.session_id, ex.base_dir)
+               if p.name().endswith(("_queue", "_pubsub")) or "_queue" in " ".join(p.cmdline())
+               or "_pubsub" in " ".join(p.cmdline())]
+    assert len(bridges) >= 8, [p.name() for p in bridges]
+    before = {p.pid: p.num_ctx_switches().voluntary for p in bridges}
+    time.sleep(3.0)
+    rates = {p.name(): (p.num_ctx_switches().voluntary - before[p.pid]) / 3.0 for p in bridges}
+    assert max(rates.values()) < 20, rates
