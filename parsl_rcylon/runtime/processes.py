@@ -218,3 +218,34 @@ def _cpu_seconds(proc: psutil.Process) -> float:
         return t.user + t.system
     except psutil.Error:
         return 0.0
+
+
+def _ephemeral_low() -> int:
+    """Lowest port the kernel hands out to sockets bound to port 0 (MPI's ranks do)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        return int(f.read().split()[0])
+
+
+def listening_sockets(procs: Iterable[psutil.Process]) -> Dict[str, list]:
+    """The session's listening sockets: RP's (ZeroMQ, bound at ports from 10000 up by radical.utils)
+    and MPI's (hydra's PMI port, held by ``mpiexec`` and inherited by the ranks, and the ranks' own
+    sockets on ephemeral ports), each split into loopback and beyond."""
+    mpi_ports = set()
+    found = []
+    for proc in procs:
+        try:
+            name = proc.name()
+            conns = [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+        if name in ("mpiexec", "mpiexec.hydra", "hydra_pmi_proxy"):
+            mpi_ports.update(c.laddr.port for c in conns)
+        found += [(proc.pid, name, c.laddr) for c in conns]
+    low = _ephemeral_low()
+    out: dict = {"rp": [], "rp_beyond_loopback": [], "mpi": [], "mpi_beyond_loopback": []}
+    for pid, name, addr in found:
+        kind = "mpi" if addr.port in mpi_ports or addr.port >= low else "rp"
+        out[kind].append((pid, name, addr))
+        if addr.ip not in ("127.0.0.1", "::1"):
+            out[f"{kind}_beyond_loopback"].append((pid, name, addr))
+    return out
