@@ -24,7 +24,9 @@ or a shell in the pilot sandbox is not the run's: a process belongs to the
 session only when it is this user's (real uid) and
 
 1. its environment has ``RP_SESSION_ID`` equal to the session id, or
-2. one of its arguments *is* the session id, or
+2. one of its arguments *is* the session id and it is one of RP's programs
+   (``radical-pilot-*`` or a ``bootstrap_*.sh``): a user's ``du -s <sid>``,
+   ``tar cf x.tar <sid>`` or ``watch ls <sid>`` is not the run's, or
 3. it works in a directory of the session and is recognisably RP's: its
    title starts with ``rp.``, or it is a shell running a script that lies in
    a directory of the session, or
@@ -99,7 +101,7 @@ class _Session:
 
     def claims(self, proc: psutil.Process) -> bool:
         argv: Sequence[str] = proc.info.get("cmdline") or ()
-        if self.sid in argv:
+        if self.sid in argv and _rp_program(argv):
             return True
         try:
             cwd = proc.cwd()
@@ -125,6 +127,19 @@ class _Session:
             return False
         path = os.path.realpath(os.path.join(cwd, script))
         return os.path.isfile(path) and self.is_session_dir(path)
+
+
+def _rp_program(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs one of RP's programs that take the session id as an argument.
+
+    They run as ``python .../radical-pilot-bridge <sid> ...`` (an entry point
+    through its interpreter) or ``/bin/bash -l .../bootstrap_0.sh ... -s <sid>``.
+    """
+    for arg in argv[:3]:
+        name = os.path.basename(arg)
+        if name.startswith("radical-pilot-") or (name.startswith("bootstrap_") and name.endswith(".sh")):
+            return True
+    return False
 
 
 def _shell_script(argv: Sequence[str]) -> Optional[str]:
