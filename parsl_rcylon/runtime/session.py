@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from ..resources import PilotSpec, WorkerPool
 from . import config as rp_config
 from . import protocol, rp_adjust, startup
-from .channel import ENV_CHANNEL
+from .channel import ENV_CHANNEL, ENV_ENCRYPTED
 from .dispatcher import Dispatcher
 from .layout import pilot_logs, task_logs
 from .pilot import PoolPlacement, local_overrides, place_pools, resource_config, worker_description
@@ -178,6 +178,7 @@ class PilotRuntime:
         env = {
             protocol.ENV_ADDRESS: self.dispatcher.address,
             ENV_CHANNEL: self.dispatcher.channel_file,
+            ENV_ENCRYPTED: "1" if self.dispatcher.encrypted else "0",
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
