@@ -9,7 +9,9 @@ that reads each other's tables).  Keys are always private.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -111,3 +113,34 @@ def write_private(path: PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def open_log(path: PathLike, sharing: str = "private") -> int:
+    """A descriptor of log or pid file ``path``, opened for appending with the mode of ``sharing``.
+
+    Never follows a symbolic link at ``path`` (``O_NOFOLLOW``), and refuses
+    anything but a regular file of this user there: a link or a file
+    planted in the run directory does not make the run write elsewhere.
+    An existing file keeps its content and gets the mode.
+    """
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    mode = modes(sharing).file
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PermissionError(f"{os.fspath(path)} is a symbolic link: refusing to write through it") from None
+        if err.errno == errno.ENXIO:  # a FIFO with no reader (O_NONBLOCK: never waited on)
+            raise PermissionError(f"{os.fspath(path)} is not a regular file of this user: refusing to write to it"
+                                  ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise PermissionError(f"{os.fspath(path)} is not a regular file of this user: refusing to write to it")
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from ..permissions import make_dir, write_private
 from .rp_adjust import RadicalVersionError, check_versions  # noqa: F401  (RadicalVersionError re-exported)
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     ``mpiexec`` that matches this interpreter's mpi4py.
     """
     target = config_dir / ".radical" / "pilot" / "configs"
-    target.mkdir(parents=True, exist_ok=True)
+    make_dir(target)
     localhost: Dict[str, Any] = {
         "launch_methods": {"order": ["FORK", "MPIEXEC"], "FORK": {}, "MPIEXEC": {}},
     }
@@ -85,7 +86,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     written = []
     for site, machines in sites.items():
         path = target / f"resource_{site}.json"
-        path.write_text(json.dumps(machines, indent=2))
+        write_private(path, json.dumps(machines, indent=2).encode())
         written.append(path)
     return written
 
@@ -127,7 +128,7 @@ def home_for_launcher(base: Path) -> Iterator[None]:
     """
     old = os.environ.get("HOME")
     home = base / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    make_dir(home)
     os.environ["HOME"] = str(home)
     try:
         yield

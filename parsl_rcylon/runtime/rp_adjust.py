@@ -545,8 +545,12 @@ def write_agent_config(config_dir: Path) -> Path:
     named file.
     """
     path = Path(config_dir) / ".radical" / "pilot" / "configs" / f"agent_{AGENT_CONFIG_NAME}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(LEAN_AGENT_CONFIG, indent=2))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # private, whatever the umask (this module stays free of parsl_rcylon imports: see the docstring)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(json.dumps(LEAN_AGENT_CONFIG, indent=2))
     return path
 
 
