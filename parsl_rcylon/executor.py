@@ -29,7 +29,7 @@ from parsl.utils import RepresentationMixin
 from .errors import ExecutorShutdown, StartupError
 from .monitoring import PrivateFilesystemRadio, app_function
 from .options import check_table_options
-from .permissions import make_dir, modes
+from .permissions import check_owned_dir, make_dir, modes, secure_run_dir
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime import config as rp_config
@@ -228,6 +228,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.attach = attach
         self.working_dir = os.path.abspath(working_dir) if working_dir else None
         self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
+        if isinstance(self.remote_monitoring_radio, PrivateFilesystemRadio):
+            self.remote_monitoring_radio.sharing = sharing  # the run directory's mode when it secures it
         self.progress = progress
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
@@ -282,7 +284,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if shortfall:
             raise StartupError(self, shortfall)
         descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
+        # Parsl made runinfo and runinfo/NNN with the umask: private (or group-readable) from here
+        # on, and refused with the directory named when someone else owns or may write to one.
+        secure_run_dir(self.run_dir, self.sharing)
         make_dir(self.base_dir, self.sharing)
+        check_owned_dir(self.base_dir)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
         self._remove_leftovers()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Tuple
 from parsl.monitoring.radios.base import MonitoringRadioReceiver
 from parsl.monitoring.radios.filesystem import FilesystemRadio
 
-from .permissions import private_dir
+from .permissions import check_owned_dir, private_dir, secure_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,14 @@ class PrivateFilesystemRadio(FilesystemRadio):
     """
 
     def create_receiver(self, *, run_dir: str, resource_msgs: Queue) -> MonitoringRadioReceiver:
+        # Every directory from the user's run directory down to the radio's is this user's and
+        # nobody else's to write: a group member who can rename the radio's directory aside can
+        # put her own in its place, and Parsl unpickles what it finds there.
+        secure_run_dir(run_dir, getattr(self, "sharing", "private"))
         base = Path(run_dir) / "monitor-fs-radio"
         for path in (base, base / "tmp", base / "new"):
             private_dir(path)
+            check_owned_dir(path)
         return super().create_receiver(run_dir=run_dir, resource_msgs=resource_msgs)
 
 

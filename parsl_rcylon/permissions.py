@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -144,3 +145,60 @@ def open_log(path: PathLike, sharing: str = "private") -> int:
         os.close(fd)
         raise
     return fd
+
+
+class UnsafeDirectoryError(PermissionError):
+    """A directory of the run belongs to someone else, or others may write to it (as ssh's StrictModes)."""
+
+
+#: Names Parsl gives its per-run directories inside the user's run directory.
+_PARSL_RUN = re.compile(r"^\d{3,}$")
+
+
+def check_owned_dir(path: PathLike, follow: bool = False) -> os.stat_result:
+    """Raise :class:`UnsafeDirectoryError` naming ``path`` unless it is a directory of this user that
+    nobody else may write to (no group or other write bit); ``follow``: ``path`` may be a link to one."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError as err:
+        raise UnsafeDirectoryError(f"{os.fspath(path)}: cannot check the run directory: {err}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError(f"{os.fspath(path)} is not a directory (a link or a file in the run's place)")
+    if st.st_uid != os.getuid():
+        raise UnsafeDirectoryError(f"{os.fspath(path)} belongs to uid {st.st_uid}, not to this user: refusing to "
+                                   "run in it (another user could swap what the run writes there)")
+    if st.st_mode & 0o022:
+        raise UnsafeDirectoryError(f"{os.fspath(path)} is writable by {'others' if st.st_mode & 0o002 else 'its group'}"
+                                   f" (mode {oct(stat.S_IMODE(st.st_mode))}): refusing to run in it, as a member "
+                                   f"could swap its entries; `chmod go-w {os.fspath(path)}` if that is wanted")
+    return st
+
+
+def secure_run_dir(parsl_run_dir: PathLike, sharing: str = "private") -> None:
+    """Make Parsl's run directory (``runinfo/NNN``) and the user's run directory above it safe, or refuse.
+
+    Parsl makes both with the umask (``runinfo/NNN`` is 0755 under umask
+    022, 0775 under 002).  Parsl's per-run directory is this run's: it gets
+    the mode of ``sharing``.  The user's run directory (``runinfo``) must
+    belong to the user; one that others may write to is fixed (``go-w``)
+    only when it holds nothing but Parsl's run directories, which is how
+    Parsl left it under a lax umask, and refused otherwise.
+    """
+    run = Path(parsl_run_dir)
+    check_owned_dir_or_fix(run.parent)
+    check_owned_dir_or_fix(run, mode=modes(sharing).dir)
+
+
+def check_owned_dir_or_fix(path: Path, mode: Optional[int] = None) -> os.stat_result:
+    """:func:`check_owned_dir`, after setting ``mode`` (a directory of this run) or removing the group and
+    other write bits of a user run directory that holds only Parsl's run directories."""
+    try:
+        st = os.stat(path) if mode is None else os.lstat(path)
+    except OSError as err:
+        raise UnsafeDirectoryError(f"{path}: cannot check the run directory: {err}") from None
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+        if mode is not None:
+            os.chmod(path, mode)
+        elif st.st_mode & 0o022 and all(_PARSL_RUN.match(n) for n in os.listdir(path)):
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+    return check_owned_dir(path, follow=mode is None)
