@@ -7,6 +7,7 @@ loopback only, its bootstrap made no DNS lookup or ping, RP left no
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -150,3 +151,75 @@ def test_idle_rp_bridges_wait_on_their_sockets(live):
     time.sleep(3.0)
     rates = {p.name(): (p.num_ctx_switches().voluntary - before[p.pid]) / 3.0 for p in bridges}
     assert max(rates.values()) < 20, rates
+
+
+# -- as another local user ------------------------------------------------------------------------
+
+#: Run as the stranger with the system Python (the project's virtualenv may be in root's home).
+STRANGER = textwrap.dedent("""
+    import json, os, socket, sys
+    victim, host, base = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[7]) == victim:  # LISTEN, and the victim's: found as an attacker finds them
+                ports.add(int(f[1].split(":")[1], 16))
+    reached = []
+    for port in sorted(ports):
+        s = socket.socket()
+        s.settimeout(0.5)
+        if s.connect_ex((host, port)) == 0:
+            reached.append(port)
+        s.close()
+    tried = {}
+    for what, act in (("rename the executor directory", lambda: os.rename(base, base + ".aside")),
+                      ("list the run directory", lambda: os.listdir(os.path.dirname(base)))):
+        try:
+            act()
+            tried[what] = "done"
+        except OSError as err:
+            tried[what] = type(err).__name__
+    print(json.dumps({"ports": sorted(ports), "reached": reached, "tried": tried}))
+""")
+
+
+def _stranger():
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a second local user needs root")
+    name = "rcylonstranger"
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
+                       capture_output=True)
+        return pwd.getpwnam(name)
+
+
+def _host_address() -> str:
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    pytest.skip("this machine has no address beyond loopback")
+
+
+@pytest.mark.integration
+def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(live):
+    ex, _ = live
+    stranger = _stranger()
+    host = _host_address()
+    sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
+    mpi_ports = {addr.port for _, _, addr in sockets["mpi"]}
+    out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
+                         user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",
+                         env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    rp_ports = {addr.port for _, _, addr in sockets["rp"]}
+    assert rp_ports <= set(found["ports"]), "the stranger sees the victim's ports as an attacker would"
+    assert not set(found["reached"]) - mpi_ports, f"RP ports reached from another user at {host}: {found}"
+    assert set(found["tried"].values()) == {"PermissionError"}, found["tried"]
+    assert _allreduce().result(timeout=60) == 2  # and the run goes on
