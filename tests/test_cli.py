@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +31,11 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def _sleeper(tag: str) -> subprocess.Popen:
     """A harmless process whose command line carries ``tag`` (as RP's processes carry their session id)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", tag], cwd="/")
+    # named as RP's entry points are: the session id as an argument claims only RP's own programs
+    script = Path(tempfile.gettempdir()) / f"rcylon-test-bin-{os.getuid()}" / "radical-pilot-component"
+    script.parent.mkdir(mode=0o700, exist_ok=True)
+    script.write_text("import time; time.sleep(300)\n")
+    return subprocess.Popen([sys.executable, str(script), tag], cwd="/")
 
 
 def _wait_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:

@@ -150,6 +150,9 @@ def _rp_like(procs: Processes, sid: str, session: Path, pilot: Path, task: Path,
     titled = procs.titled("rp.agent_executing.0000", pilot, with_child=True)
     launcher = procs.start(["/usr/bin/bash", str(launch)], task)
     _wait_for(lambda: launcher.children(), "the launch script's child")
+    bootstrap = procs.start(["/bin/bash", str(_entry_point(pilot, "bootstrap_0.sh", shell=True)), "-s", sid],
+                            pilot.parent)  # the pilot's bootstrap
+    _wait_for(lambda: [c for c in bootstrap.children() if c.name() == "sleep"], "the bootstrap's sleep")
     return [
         procs.titled("rp.control_pubsub", session),  # a bridge, renamed, in the client session dir
         titled, titled.child,                             # a component, and what it started elsewhere
@@ -157,8 +160,7 @@ def _rp_like(procs: Processes, sid: str, session: Path, pilot: Path, task: Path,
         procs.start([sys.executable, "-c", SLEEP], Path("/"), env={"RP_SESSION_ID": sid}),  # mpiexec, ranks
         procs.start([sys.executable, str(_entry_point(session.parent, "radical-pilot-bridge")), sid, "reg-url",
                      "bridge"], Path("/")),  # a bridge, before it renames itself
-        procs.start(["/bin/bash", "-l", str(_entry_point(pilot, "bootstrap_0.sh", shell=True)), "-s", sid],
-                    pilot.parent),  # the pilot's bootstrap
+        bootstrap, *bootstrap.children(),
     ]
 
 
