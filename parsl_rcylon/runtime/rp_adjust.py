@@ -259,29 +259,43 @@ def _patch_zmq_server(mod: Any) -> None:
 
 
 class _WideQueuePoll:
-    """RP's queue bridge's two pollers, answered by one poll over both sockets.
+    """RP's queue bridge's two pollers, answered by one wait.
 
     RP's queue bridge polls its ``put`` socket for 10 ms, then its ``get``
     socket for 10 ms, then sleeps 10 ms when neither had anything: ~35
-    wake-ups a second per bridge while idle.  Here the ``put`` poll waits on
-    both sockets together for up to :data:`IDLE_POLL_S` (a message on either
-    ends the wait at once) and the ``get`` poll reports what that wait saw.
+    wake-ups a second per bridge while idle, and a getter's request for an
+    empty queue is answered (empty) at once, asked again and answered again.
+    Here the ``put`` poll waits up to :data:`IDLE_POLL_S` for a message to
+    come in, or, while messages are buffered (``nin > nout``), for a request
+    too; a message or a request ends the wait at once.  The ``get`` poll
+    then looks (without waiting) for a pending request, so a request made
+    while the queue was empty is answered as soon as a message arrives, and
+    at the latest after :data:`IDLE_POLL_S` (with nothing, as RP would).
     """
 
-    def __init__(self, put_sock: Any, get_sock: Any) -> None:
+    def __init__(self, bridge: Any) -> None:
         import zmq
 
-        self._poller = zmq.Poller()
-        self._poller.register(put_sock, zmq.POLLIN)
-        self._poller.register(get_sock, zmq.POLLIN)
-        self._put, self._get = put_sock, get_sock
+        self._bridge = bridge
+        self._put, self._get = bridge._put, bridge._get
+        self._both = zmq.Poller()
+        self._both.register(self._put, zmq.POLLIN)
+        self._both.register(self._get, zmq.POLLIN)
+        self._put_only = zmq.Poller()
+        self._put_only.register(self._put, zmq.POLLIN)
+        self._get_only = zmq.Poller()
+        self._get_only.register(self._get, zmq.POLLIN)
         self._seen: Dict[Any, int] = {}
-        self.put = _Side(self, put_sock, wait=True)
-        self.get = _Side(self, get_sock, wait=False)
+        self.put = _Side(self, self._put, wait=True)
+        self.get = _Side(self, self._get, wait=False)
 
     def poll(self, sock: Any, wait: bool) -> List[Any]:
-        if wait or not self._seen:
-            self._seen = dict(self._poller.poll(timeout=int(IDLE_POLL_S * 1000) if wait else 0))
+        if wait:
+            buffered = getattr(self._bridge, "nin", 0) > getattr(self._bridge, "nout", 0)
+            poller = self._both if buffered else self._put_only
+            self._seen = dict(poller.poll(timeout=int(IDLE_POLL_S * 1000)))
+        elif sock not in self._seen:
+            self._seen.update(self._get_only.poll(timeout=0))
         event = self._seen.pop(sock, None)
         return [(sock, event)] if event else []
 
@@ -313,7 +327,7 @@ def _patch_zmq_queue(mod: Any) -> None:
 
     def _bridge_initialize(self: Any) -> None:
         stock_init(self)
-        joint = _WideQueuePoll(self._put, self._get)
+        joint = _WideQueuePoll(self)
         self._poll_put, self._poll_get = joint.put, joint.get
 
     mod.Queue._bridge_initialize = _bridge_initialize
