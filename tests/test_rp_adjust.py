@@ -155,13 +155,17 @@ def test_idle_rp_bridges_wait_on_their_sockets(live):
     # Stock RP's queue and pubsub bridges wake every 10-30 ms while idle (>= 30 wake-ups a
     # second each); adjusted, a bridge wakes for its stop flag, its heartbeat and little else.
     ex, _ = live
-    bridges = [p for p in session_processes(ex.session_id, ex.base_dir)
-               if p.name().endswith(("_queue", "_pubsub")) or "_queue" in " ".join(p.cmdline())
-               or "_pubsub" in " ".join(p.cmdline())]
+    bridges = []
+    for p in session_processes(ex.session_id, ex.base_dir):
+        try:
+            if any(kind in " ".join(p.cmdline()) for kind in ("_queue", "_pubsub")):
+                bridges.append(p)
+        except psutil.Error:  # ended meanwhile (a zombie of RP's start-up)
+            continue
     assert len(bridges) >= 8, [p.name() for p in bridges]
     before = {p.pid: _wakeups(p.pid) for p in bridges}
     time.sleep(3.0)
-    rates = {p.name(): (_wakeups(p.pid) - before[p.pid]) / 3.0 for p in bridges}
+    rates = {" ".join(p.cmdline()[:1]) or p.pid: (_wakeups(p.pid) - before[p.pid]) / 3.0 for p in bridges}
     assert max(rates.values()) < 20, rates
 
 
@@ -224,7 +228,6 @@ def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(liv
     stranger = _stranger()
     host = _host_address()
     sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
-    mpi_ports = {addr.port for _, _, addr in sockets["mpi"]}
     out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
                          user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",
                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
@@ -232,6 +235,7 @@ def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(liv
     found = json.loads(out.stdout)
     rp_ports = {addr.port for _, _, addr in sockets["rp"]}
     assert rp_ports <= set(found["ports"]), "the stranger sees the victim's ports as an attacker would"
-    assert not set(found["reached"]) - mpi_ports, f"RP ports reached from another user at {host}: {found}"
+    # (the victim's other services, root's when the tests run as root, are not this session's)
+    assert not set(found["reached"]) & rp_ports, f"RP ports reached from another user at {host}: {found}"
     assert set(found["tried"].values()) == {"PermissionError"}, found["tried"]
     assert _allreduce().result(timeout=60) == 2  # and the run goes on
