@@ -48,11 +48,13 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check parsl_rcylon tests workflows benchmarks
 
+# Every test has a timeout (pyproject.toml: 300 s unless marked); the 25
+# slowest are listed at the end.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -v tests
+	$(BIN)/python -m pytest -v --durations=25 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -v -m "not integration" tests
+	$(BIN)/python -m pytest -v --durations=25 -m "not integration" tests
 
 # The full soak (CI runs 100 tasks of it inside `make test`): 1,000 mixed tasks
 # with about 5% injected faults and retries=2; figures to benchmarks/results/soak.json.
@@ -71,15 +73,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
 	$(BIN)/python benchmarks/fsync.py --out $(RESULTS)
 	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 8M --repeats 5
-	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
+	$(BIN)/python benchmarks/paper.py --out $(RESULTS)/paper
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
+	$(BIN)/python benchmarks/scale.py --out $(RESULTS)
 
 # The training benchmark alone (about 5 minutes): loader, DDP vs torchrun, pipeline vs batch jobs.
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 
 bench-paper-quick: $(STAMP)
-	$(BIN)/parsl-rcylon bench paper --quick --out $(RESULTS)/paper-quick
+	$(BIN)/python benchmarks/paper.py --quick --out $(RESULTS)/paper-quick
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,7 +15,7 @@ calls so that both see the same background load.
   ``--attached`` times ``parsl.load`` with ``attach=`` to the first result.
 
 With ``--rp both`` the cold cycles alternate between Radical Pilot as this
-project adjusts it (``runtime/rp_adjust.py``) and stock RP
+project adjusts it (``runtime/rp_adjust/``) and stock RP
 (``RCYLON_RP_STOCK=1``), each with its own idle cost and census of
 listening sockets (RP's and MPI's, on loopback or beyond).
 
@@ -47,8 +47,8 @@ from parsl import python_app
 
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime import rp_adjust
-from parsl_rcylon.runtime.attach import start_detached, stop_detached
 from parsl_rcylon.runtime.processes import component, listening_sockets, session_processes
+from parsl_rcylon.serving import down, up
 
 BREAKDOWN = ("session", "managers", "pilot", "task_manager", "bootstrap", "agent", "workers")
 
@@ -143,7 +143,7 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
     """A pilot as `parsl-rcylon up` starts it, then ``count`` scripts' parsl.load to first result."""
     pilot_dir = os.path.join(run_dir, "pilot")
     t0 = time.perf_counter()
-    info = start_detached(pilot_dir, {"label": "bench", "worker_ranks": ranks}, idle_timeout=600)
+    info = up(pilot_dir, {"label": "bench", "worker_ranks": ranks}, idle_timeout=600)
     out: dict = {"up_s": time.perf_counter() - t0, "load_s": [], "first_result_s": []}
     try:
         for i in range(count):
@@ -158,7 +158,7 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
             parsl.clear()
     finally:
         t = time.perf_counter()
-        stop_detached(pilot_dir)
+        down(pilot_dir)
         out["down_s"] = time.perf_counter() - t
         out["left_after_down"] = len(session_processes(info.session))
     med = statistics.median(out["first_result_s"])
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--encryption", choices=["on", "off", "both"], default="on",
                         help="channel configurations to measure (both: alternating cycles)")
     parser.add_argument("--rp", choices=["adjusted", "stock", "both"], default="adjusted",
-                        help="Radical Pilot as runtime/rp_adjust.py adjusts it, stock, or both (alternating cycles)")
+                        help="Radical Pilot as runtime/rp_adjust/ adjusts it, stock, or both (alternating cycles)")
     args = parser.parse_args()
     enc = {"on": [True], "off": [False], "both": [True, False]}[args.encryption]
     rps = {"adjusted": ["adjusted"], "stock": ["stock"], "both": ["adjusted", "stock"]}[args.rp]

@@ -1,4 +1,4 @@
-"""Radical Pilot's ZeroMQ bridges, stock and as ``runtime/rp_adjust.py`` adjusts them, side by side.
+"""Radical Pilot's ZeroMQ bridges, stock and as ``runtime/rp_adjust/`` adjusts them, side by side.
 
 Each round starts one process per mode holding a queue bridge, a pubsub
 bridge and a getter with a callback (as RP's components hold them), then
@@ -70,7 +70,7 @@ def one(mode: str, idle: float, tmp: str) -> dict:
     env = dict(os.environ)
     env.pop(rp_adjust.ENV_STOCK, None)
     if mode == "adjusted":
-        env.update({rp_adjust.ENV_ADJUST: rp_adjust.__file__, rp_adjust.ENV_BIND: rp_adjust.LOOPBACK,
+        env.update({rp_adjust.ENV_ADJUST: str(rp_adjust.PACKAGE_DIR), rp_adjust.ENV_BIND: rp_adjust.LOOPBACK,
                     "PYTHONPATH": os.pathsep.join([str(rp_adjust.HOOK_DIR), env.get("PYTHONPATH", "")])})
     proc = subprocess.Popen([sys.executable, "-c", PROBE, tmp], env=env, stdout=subprocess.PIPE, text=True)
     try:

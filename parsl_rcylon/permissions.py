@@ -189,6 +189,14 @@ def secure_run_dir(parsl_run_dir: PathLike, sharing: str = "private") -> None:
     check_owned_dir_or_fix(run, mode=modes(sharing).dir)
 
 
+def make_run_dirs(parsl_run_dir: PathLike, base_dir: PathLike, sharing: str = "private") -> None:
+    """:func:`secure_run_dir`, then make an executor's directory ``base_dir`` under it with the mode of
+    ``sharing``; raise :class:`UnsafeDirectoryError` naming the first directory that is not safe."""
+    secure_run_dir(parsl_run_dir, sharing)
+    make_dir(base_dir, sharing)
+    check_owned_dir(base_dir)
+
+
 def check_owned_dir_or_fix(path: Path, mode: Optional[int] = None) -> os.stat_result:
     """:func:`check_owned_dir`, after setting ``mode`` (a directory of this run) or removing the group and
     other write bits of a user run directory that holds only Parsl's run directories."""

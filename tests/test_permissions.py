@@ -94,7 +94,8 @@ def test_a_log_file_of_another_user_is_refused(tmp_path):
 
 
 def test_rp_configuration_files_are_private_whatever_the_umask(tmp_path, umask):
-    from parsl_rcylon.runtime import config, rp_adjust
+    from parsl_rcylon.runtime import rp_adjust
+    from parsl_rcylon.runtime.client import config
 
     written = config.write_user_config(tmp_path / "radical_config")
     written.append(rp_adjust.write_agent_config(tmp_path / "radical_config"))

@@ -95,6 +95,16 @@ def test_the_monitoring_radio_secures_the_chain_down_to_its_directory(tmp_path, 
         receiver.shutdown()
 
 
+def test_the_radio_gives_parsls_run_directory_the_executors_sharing(tmp_path, umask):
+    run = parsl_run(tmp_path)
+    radio = RadicalCylonExecutor(label="grp", worker_ranks=2, sharing="group").remote_monitoring_radio
+    receiver = radio.create_receiver(run_dir=str(run), resource_msgs=multiprocessing.get_context("spawn").Queue())
+    try:
+        assert mode(run) == 0o750 and mode(run / "monitor-fs-radio") == 0o700
+    finally:
+        receiver.shutdown()
+
+
 @as_root
 def test_a_radio_directory_planted_by_another_user_is_refused(tmp_path):
     run = parsl_run(tmp_path)

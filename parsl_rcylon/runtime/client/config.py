@@ -1,0 +1,139 @@
+"""Offline Radical Pilot configuration for the executor's run directory.
+
+Radical Pilot reads resource configurations from its package and from
+``$RADICAL_CONFIG_USER_DIR/.radical/pilot/configs``, reuses the client's
+virtualenv only when ``VIRTUAL_ENV`` names it, and looks ``mpiexec`` up with
+the virtualenv removed from ``PATH``.  Everything here makes a local pilot
+work with no user setup and keeps its artifacts under Parsl's ``run_dir``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from ...permissions import make_dir, write_private
+from ..rp_adjust import RadicalVersionError, check_versions  # noqa: F401  (RadicalVersionError re-exported)
+
+logger = logging.getLogger(__name__)
+
+#: Radical Pilot releases this runtime was written and tested against.
+SUPPORTED_RP = ((1, 103), (1, 104))
+
+
+def check_radical_version() -> str:
+    """Return the Radical Pilot version, or raise :class:`RadicalVersionError` (see ``rp_adjust``)."""
+    return check_versions()["radical.pilot"]
+
+
+def python_environment() -> Dict[str, str]:
+    """Environment variables that make RP reuse this interpreter's environment."""
+    env: Dict[str, str] = {}
+    if sys.prefix != sys.base_prefix and not os.environ.get("VIRTUAL_ENV"):
+        env["VIRTUAL_ENV"] = sys.prefix
+    return env
+
+
+def user_import_path() -> List[str]:
+    """Where this process imports the user's modules from: its working directory and every
+    ``sys.path`` entry outside the interpreter (workers add them so that apps import there too)."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out: List[str] = []
+    for entry in [os.getcwd()] + sys.path:
+        real = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(real) and real not in out and not any(
+                real == pre or real.startswith(pre + os.sep) for pre in prefixes):
+            out.append(real)
+    return out
+
+
+def mpi_bin_dir() -> Optional[str]:
+    """Directory of the ``mpiexec`` this interpreter should use."""
+    venv_bin = Path(sys.prefix) / "bin"
+    if (venv_bin / "mpiexec").exists():
+        return str(venv_bin)
+    found = shutil.which("mpiexec")
+    return str(Path(found).parent) if found else None
+
+
+def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> List[Path]:
+    """Write the user resource configs that RP deep-merges over its own.
+
+    ``overrides`` maps resource labels (``local.localhost``, ``site.machine``)
+    to keys to merge, or to whole configurations for labels RP does not
+    ship.  The local MPI launcher path is always added so that RP finds the
+    ``mpiexec`` that matches this interpreter's mpi4py.
+    """
+    target = config_dir / ".radical" / "pilot" / "configs"
+    make_dir(target)
+    localhost: Dict[str, Any] = {
+        "launch_methods": {"order": ["FORK", "MPIEXEC"], "FORK": {}, "MPIEXEC": {}},
+    }
+    bindir = mpi_bin_dir()
+    if bindir:
+        localhost["launch_methods"]["MPIEXEC"] = {
+            "pre_exec_cached": [f"export PATH={bindir}:$PATH"]
+        }
+    sites: Dict[str, Dict[str, Dict[str, Any]]] = {"local": {"localhost": localhost}}
+    for label, extra in (overrides or {}).items():
+        site, machine = label.split(".", 1)
+        sites.setdefault(site, {}).setdefault(machine, {}).update(extra)
+    written = []
+    for site, machines in sites.items():
+        path = target / f"resource_{site}.json"
+        write_private(path, json.dumps(machines, indent=2).encode())
+        written.append(path)
+    return written
+
+
+def prepare_environment(base: Path, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Point RP at a config dir under ``base`` and at this interpreter.
+
+    Returns the variables that were set, so the caller can log them.
+    """
+    config_dir = base / "radical_config"
+    write_user_config(config_dir, overrides)
+    env = python_environment()
+    env["RADICAL_CONFIG_USER_DIR"] = str(config_dir)
+    # radical.utils keeps per-session id counters under $RADICAL_BASE/.radical
+    # ($HOME by default); they belong to the run like everything else.
+    env["RADICAL_BASE"] = str(base)
+    # RP starts its bridges and agents by command name (radical-pilot-bridge,
+    # radical-pilot-agent_0): they live next to this interpreter.
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in path:
+        env["PATH"] = os.pathsep.join([bindir] + path)
+    # RP's reporter draws progress bars on stdout; Parsl owns the terminal.
+    env.setdefault("RADICAL_REPORT", os.environ.get("RADICAL_REPORT", "False"))
+    os.environ.update(env)
+    logger.debug("Radical Pilot environment: %s", env)
+    return env
+
+
+@contextlib.contextmanager
+def home_for_launcher(base: Path) -> Iterator[None]:
+    """Run the body with ``HOME`` under ``base``.
+
+    RP launches local pilots through PSI/J from a separate component
+    process; PSI/J writes its job scripts to ``$HOME/.psij/work`` and offers
+    no other setting, so the launcher is started with ``HOME`` pointing into
+    the run directory.  The pilot inherits it; the client's ``sys.path`` is
+    passed to the workers explicitly, so user-site packages stay importable.
+    """
+    old = os.environ.get("HOME")
+    home = base / "home"
+    make_dir(home)
+    os.environ["HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old
