@@ -65,6 +65,15 @@ def test_an_rp_process_on_another_release_refuses_to_start(tmp_path):
     assert "radical.utils 1.103.x (found 1.110.0)" in proc.stderr
 
 
+def test_the_hook_loads_the_package_by_path_and_nothing_of_parsl_rcylon():
+    # every RP process of a session pays for the hook: it loads rp_adjust's modules, not the project
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], env=_hook_env(), capture_output=True, text=True,
+                            timeout=60, check=True).stdout.split()
+    assert {"_rcylon_rp_adjust.install", "_rcylon_rp_adjust.sockets", "_rcylon_rp_adjust.polling"} <= set(loaded)
+    assert not [m for m in loaded if m.split(".")[0] in ("parsl", "parsl_rcylon", "radical")], loaded
+
+
 def test_the_hook_binds_rp_bridges_of_a_process_to_loopback(tmp_path):
     # an RP bridge process of its own, started with the hook's variables, as RP starts them
     script = textwrap.dedent("""
