@@ -29,7 +29,7 @@ from parsl.utils import RepresentationMixin
 from .errors import ExecutorShutdown, StartupError
 from .executor_options import Allocation, DataOptions, Liveness
 from .monitoring import PrivateFilesystemRadio, app_function, report_nodes
-from .permissions import make_dir
+from .permissions import make_dir, make_run_dirs
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime.attach.client import AttachedPilot
@@ -158,7 +158,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.pilots: List[PilotSpec] = list(self.allocation.pilots)
         self.pilot_options, self.table_options = dict(pilot_options or {}), self.data.table_options
         self.task_dir = self.data.task_dir  # absolute; working_dir stays as given, as Parsl's staging directory
-        self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
+        self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio(sharing)
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
         self._ids = itertools.count()
@@ -215,7 +215,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         except PilotStartError as err:
             raise StartupError(self, str(err)) from None
         descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
-        make_dir(self.base_dir, self.sharing)
+        make_run_dirs(self.run_dir, self.base_dir, self.sharing)  # Parsl made runinfo/NNN with the umask
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
         from .tableio.cleanup import remove_leftovers  # pyarrow-free, but only a start needs it

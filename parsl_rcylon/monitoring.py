@@ -37,7 +37,7 @@ from parsl.monitoring.message_type import MessageType
 from parsl.monitoring.radios.base import MonitoringRadioReceiver
 from parsl.monitoring.radios.filesystem import FilesystemRadio
 
-from .permissions import private_dir
+from .permissions import check_owned_dir, private_dir, secure_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,26 @@ class PrivateFilesystemRadio(FilesystemRadio):
     which must be on a filesystem the worker nodes share with the client
     (as the executor's ``data_dir``).  The receiver scans it every 10 s and
     once more at shutdown.
+
+    Parameters
+    ----------
+    sharing : {"private", "group"}
+        The mode Parsl's run directory (``runinfo/NNN``) gets when the
+        receiver secures it (the executor passes its own ``sharing``).
     """
 
+    def __init__(self, sharing: str = "private") -> None:
+        self.sharing = sharing
+
     def create_receiver(self, *, run_dir: str, resource_msgs: Queue) -> MonitoringRadioReceiver:
+        # Every directory from the user's run directory down to the radio's is this user's and
+        # nobody else's to write: a group member who can rename the radio's directory aside can
+        # put her own in its place, and Parsl unpickles what it finds there.
+        secure_run_dir(run_dir, self.sharing)
         base = Path(run_dir) / "monitor-fs-radio"
         for path in (base, base / "tmp", base / "new"):
             private_dir(path)
+            check_owned_dir(path)
         return super().create_receiver(run_dir=run_dir, resource_msgs=resource_msgs)
 
 

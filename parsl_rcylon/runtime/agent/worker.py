@@ -35,7 +35,7 @@ from radical.pilot.raptor.worker import Worker
 
 from parsl_rcylon.runtime.agent.interrupt import Interrupter
 from parsl_rcylon.runtime.agent.rank import run_task
-from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.rp_adjust import settle
 from parsl_rcylon.runtime.wire import protocol
 from parsl_rcylon.runtime.wire.channel import ClientCredentials
 from parsl_rcylon.runtime.wire.task import Assignment, Task

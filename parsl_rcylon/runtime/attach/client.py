@@ -61,7 +61,8 @@ class AttachedPilot:
             raise AttachError(f"the pilot server of {run_dir} (pid {info.pid}) is not running; "
                               f"start one with `parsl-rcylon up --run-dir {run_dir}`")
         try:
-            credentials = ClientCredentials.load(str(Path(run_dir) / ATTACH_DIR / "keys" / "channel.json"))
+            credentials = ClientCredentials.load(str(Path(run_dir) / ATTACH_DIR / "keys" / "channel.json"),
+                                                 encrypted=True)  # the pilot server always encrypts
         except ChannelError as err:
             raise AttachError(str(err)) from err
         client = cls(info, credentials)

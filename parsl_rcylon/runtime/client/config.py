@@ -17,28 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from ...permissions import make_dir, write_private
+from ..rp_adjust import RadicalVersionError, check_versions  # noqa: F401  (RadicalVersionError re-exported)
+
 logger = logging.getLogger(__name__)
 
 #: Radical Pilot releases this runtime was written and tested against.
 SUPPORTED_RP = ((1, 103), (1, 104))
 
 
-class RadicalVersionError(RuntimeError):
-    """The installed Radical Pilot is outside the tested release range."""
-
-
 def check_radical_version() -> str:
-    """Return the Radical Pilot version, or raise if it is not supported."""
-    import radical.pilot as rp
-
-    version = rp.version_short if hasattr(rp, "version_short") else rp.version
-    parts = tuple(int(p) for p in str(version).split(".")[:2])
-    if not SUPPORTED_RP[0] <= parts < SUPPORTED_RP[1]:
-        raise RadicalVersionError(
-            f"parsl_rcylon needs radical.pilot >=1.103,<1.104 (found {version}); "
-            "install the tested release with: pip install 'radical.pilot>=1.103,<1.104'"
-        )
-    return str(version)
+    """Return the Radical Pilot version, or raise :class:`RadicalVersionError` (see ``rp_adjust``)."""
+    return check_versions()["radical.pilot"]
 
 
 def python_environment() -> Dict[str, str]:
@@ -80,7 +70,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     ``mpiexec`` that matches this interpreter's mpi4py.
     """
     target = config_dir / ".radical" / "pilot" / "configs"
-    target.mkdir(parents=True, exist_ok=True)
+    make_dir(target)
     localhost: Dict[str, Any] = {
         "launch_methods": {"order": ["FORK", "MPIEXEC"], "FORK": {}, "MPIEXEC": {}},
     }
@@ -96,7 +86,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     written = []
     for site, machines in sites.items():
         path = target / f"resource_{site}.json"
-        path.write_text(json.dumps(machines, indent=2))
+        write_private(path, json.dumps(machines, indent=2).encode())
         written.append(path)
     return written
 
@@ -138,7 +128,7 @@ def home_for_launcher(base: Path) -> Iterator[None]:
     """
     old = os.environ.get("HOME")
     home = base / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    make_dir(home)
     os.environ["HOME"] = str(home)
     try:
         yield

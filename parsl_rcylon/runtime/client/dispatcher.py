@@ -86,6 +86,7 @@ class Dispatcher(Recovery):
         self._router = self._channel.socket
         self.address = self._channel.address
         self.channel_file = self._channel.channel_file
+        self.encrypted = channel.encrypted  # the pilot's processes refuse a key-less channel file unless False
         self._mailbox = Mailbox(self._ctx, f"rcylon-wake-{id(self)}")
         self._period = heartbeat_period
         self._rank_timeout = rank_timeout

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ...resources import PilotSpec, WorkerPool
-from .. import startup
+from .. import rp_adjust, startup
 from ..layout import pilot_logs, task_logs
 from ..wire import protocol
-from ..wire.channel import ENV_CHANNEL
+from ..wire.channel import ENV_CHANNEL, ENV_ENCRYPTED
 from . import config as rp_config
 from .dispatcher import Dispatcher
 from .pilot import PoolPlacement, local_overrides, place_pools, resource_config, worker_description
@@ -83,8 +83,8 @@ class PilotRuntime:
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
         env = rp_config.prepare_environment(self.base_dir, self._resource_overrides())
-        startup.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
-        os.environ.update(startup.client_environment())
+        rp_adjust.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
+        os.environ.update(rp_adjust.client_environment())
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -94,7 +94,8 @@ class PilotRuntime:
         """
         import radical.pilot as rp
 
-        with rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext():
+        with rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext(), \
+                rp_adjust.adjusted(self.base_dir, self.is_local):
             self._session = rp.Session(cfg={"base": str(self.base_dir)})
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
@@ -123,7 +124,8 @@ class PilotRuntime:
         # The task manager starts while the pilots boot: its components need
         # nothing from them, and the pilots' seconds hide its own.
         t = time.monotonic()
-        self._tmgr = rp.TaskManager(session=self._session)
+        with rp_adjust.adjusted(self.base_dir, self.is_local):
+            self._tmgr = rp.TaskManager(session=self._session)
         self.timings["task_manager"] = time.monotonic() - t  # inside "pilot", not after it
         self._tmgr.register_callback(self._task_state_cb)
         self._tmgr.add_pilots(submitted)
@@ -164,7 +166,7 @@ class PilotRuntime:
         overrides: Dict[str, Any] = {}
         for spec in self.pilots:
             if spec.is_local:
-                need = dict(local_overrides(self.pools[spec.name]), **startup.resource_keys())
+                need = dict(local_overrides(self.pools[spec.name]), **rp_adjust.resource_keys(local=True))
                 have = overrides.get(spec.resource, {})
                 for key in ("cores_per_node", "gpus_per_node"):
                     need[key] = max(need[key], have.get(key, 0))
@@ -177,14 +179,16 @@ class PilotRuntime:
         env = {
             protocol.ENV_ADDRESS: self.dispatcher.address,
             ENV_CHANNEL: self.dispatcher.channel_file,
+            ENV_ENCRYPTED: "1" if self.dispatcher.encrypted else "0",
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
-            **startup.task_environment(),
+            **rp_adjust.task_environment(self.is_local),
         }
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
-        path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        path = rp_adjust.task_path()
+        path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in path]
         path += [p for p in rp_config.user_import_path() if p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
