@@ -185,6 +185,8 @@ def secure_run_dir(parsl_run_dir: PathLike, sharing: str = "private") -> None:
     Parsl left it under a lax umask, and refused otherwise.
     """
     run = Path(parsl_run_dir)
+    if not os.path.lexists(run):  # an executor started outside Parsl: nobody made its run directory yet
+        make_dir(run, sharing)
     check_owned_dir_or_fix(run.parent)
     check_owned_dir_or_fix(run, mode=modes(sharing).dir)
 

@@ -39,6 +39,13 @@ def test_parsl_run_directories_get_the_run_mode_whatever_the_umask(tmp_path, uma
     assert mode(run.parent) & 0o022 == 0  # nobody else may rename runinfo/000 aside
 
 
+def test_a_run_directory_nobody_made_yet_is_made_with_the_run_mode(tmp_path, umask):
+    """An executor started outside Parsl (``ex.run_dir = ...; ex.start()``): its run directory is made."""
+    run = tmp_path / "scripts" / "run"
+    secure_run_dir(run, "private")
+    assert mode(run) == 0o700 and mode(run.parent) & 0o022 == 0
+
+
 def test_a_user_run_directory_others_may_write_to_is_refused_unless_parsl_alone_left_it_so(tmp_path):
     run = parsl_run(tmp_path)
     (run.parent / "notes.txt").write_text("the user's own\n")
