@@ -266,10 +266,24 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         first = self.pilots[0].name
         return [p for p in self.pools if (p.pilot or first) == pilot.name]
 
+    @property  # type: ignore[override]
+    def run_dir(self) -> str:
+        return self._run_dir
+
+    @run_dir.setter
+    def run_dir(self, value: str) -> None:
+        self._run_dir = value
+        self._run_dir_set = getattr(self, "_run_dir_set", None) is not None  # False for ParslExecutor's default
+
     def pilot_descriptions(self) -> Dict[str, Dict[str, Any]]:
-        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing."""
-        return {spec.name: pilot_description(spec, self.pools_of(spec), str(self.base_dir / "sandbox"))
-                for spec in self.pilots}
+        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing.
+
+        Before ``parsl.load`` the run directory is not known yet (Parsl numbers
+        it at load): the sandbox reads ``<run_dir>/<label>/sandbox`` then,
+        and the path the run uses once loaded.
+        """
+        sandbox = str(self.base_dir / "sandbox") if self._run_dir_set else f"<run_dir>/{self.label}/sandbox"
+        return {spec.name: pilot_description(spec, self.pools_of(spec), sandbox) for spec in self.pilots}
 
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
@@ -281,6 +295,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         shortfall = missing_local_gpus(p for spec in self.pilots if spec.is_local for p in self.pools_of(spec))
         if shortfall:
             raise StartupError(self, shortfall)
+        self._run_dir_set = True  # whoever starts it has set run_dir (Parsl's DFK, parsl-rcylon up)
         descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
         make_dir(self.base_dir, self.sharing)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
@@ -289,7 +304,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self._runtime = PilotRuntime(self.label, self.pilots, {p.name: self.pools_of(p) for p in self.pilots},
                                      self.base_dir, self.heartbeat_period, self.heartbeat_threshold, self.timings)
         self._runtime.prepare()
-        bind = "127.0.0.1" if self.is_local else "*"
+        bind = _bind_address(self.address, self.is_local)
         advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
         self._dispatcher = Dispatcher(self.base_dir, bind, advertised, heartbeat_period=self.heartbeat_period,
                                       rank_timeout=self.rank_timeout, cancel_grace=self.cancel_grace,
@@ -493,6 +508,18 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 def _describe(pools: Sequence[WorkerPool]) -> str:
     return ", ".join(f"{p.name} ({p.workers} x {p.ranks} ranks, {p.gpus_per_rank} GPU/rank, "
                      f"{p.cores_per_rank} core(s)/rank)" for p in pools)
+
+
+def _bind_address(address: Optional[str], local: bool) -> str:
+    # Listen only where peers are told to connect: address= names one interface (its
+    # host name resolves to it); with no address a batch pilot's ranks may come from any.
+    if local and not address:
+        return "127.0.0.1"
+    if not address:
+        return "*"
+    import socket
+
+    return socket.gethostbyname(address)
 
 
 def _this_host() -> str:

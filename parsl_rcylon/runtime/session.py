@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -81,9 +80,11 @@ class PilotRuntime:
 
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
-        env = rp_config.prepare_environment(self.base_dir, self._resource_overrides())
+        overrides = self._resource_overrides()
+        env = rp_config.prepare_environment(self.base_dir, overrides)
         startup.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
         os.environ.update(startup.client_environment())
+        rp_config.advertise_interface([resource_config(spec) for spec in self.pilots if not spec.is_local])
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -93,7 +94,8 @@ class PilotRuntime:
         """
         import radical.pilot as rp
 
-        with rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext():
+        # PSI/J writes every pilot's job script under $HOME (sbatch scripts too): keep them in the run.
+        with rp_config.home_for_launcher(self.base_dir):
             self._session = rp.Session(cfg={"base": str(self.base_dir)})
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
@@ -169,7 +171,7 @@ class PilotRuntime:
                     need[key] = max(need[key], have.get(key, 0))
                 overrides[spec.resource] = need
             elif spec.resource_config:
-                overrides[spec.resource] = dict(spec.resource_config)
+                overrides[spec.resource] = rp_config.with_mpi_path(dict(spec.resource_config))
         return overrides
 
     def _environment(self) -> Dict[str, str]:
