@@ -8,11 +8,11 @@
 # already up is left as it is.  Needs root (it installs packages and writes /etc/slurm/slurm.conf).
 #
 # Environment: RCYLON_SLURM_DIR (state, logs; default /tmp/rcylon-slurm),
-#              RCYLON_SLURM_CPUS (CPUs each node claims; default 2), RCYLON_SLURM_NO_INSTALL=1.
+#              RCYLON_SLURM_CPUS (CPUs each node claims; default 3), RCYLON_SLURM_NO_INSTALL=1.
 set -euo pipefail
 
 DIR=${RCYLON_SLURM_DIR:-/tmp/rcylon-slurm}
-CPUS=${RCYLON_SLURM_CPUS:-2}
+CPUS=${RCYLON_SLURM_CPUS:-3}
 CONF=/etc/slurm/slurm.conf
 MARK="# written by parsl_rcylon cluster/setup.sh"
 NODES=(n1 n2)
@@ -20,17 +20,19 @@ ADDRS=(127.0.1.1 127.0.1.2)
 PORTS=(17001 17002)
 CTLD_PORT=16817
 
+# Exit 2: this machine cannot run the cluster (tests skip, saying why); 1: it failed to start.
 die() { echo "cluster/setup.sh: $*" >&2; exit 1; }
+cannot() { echo "cluster/setup.sh: $*" >&2; exit 2; }
 
-[ "$(id -u)" = 0 ] || die "needs root (installs slurm-wlm and munge, starts daemons, writes $CONF)"
-unshare --uts true 2>/dev/null || die "unshare --uts does not work here (no UTS namespaces): each node needs its own host name"
+[ "$(id -u)" = 0 ] || cannot "needs root (installs slurm-wlm and munge, starts daemons, writes $CONF)"
+unshare --uts true 2>/dev/null || cannot "unshare --uts does not work here (no UTS namespaces): each node needs its own host name"
 
 if ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
-    [ "${RCYLON_SLURM_NO_INSTALL:-0}" = 1 ] && die "slurm-wlm and munge are not installed (RCYLON_SLURM_NO_INSTALL=1)"
+    [ "${RCYLON_SLURM_NO_INSTALL:-0}" = 1 ] && cannot "slurm-wlm and munge are not installed (RCYLON_SLURM_NO_INSTALL=1)"
     echo "cluster/setup.sh: installing slurm-wlm and munge (about 35 s)" >&2
     export DEBIAN_FRONTEND=noninteractive
     { apt-get update -qq && apt-get install -y -qq slurm-wlm munge; } >"${TMPDIR:-/tmp}/rcylon-slurm-apt.log" 2>&1 \
-        || die "apt-get install slurm-wlm munge failed: see ${TMPDIR:-/tmp}/rcylon-slurm-apt.log"
+        || cannot "apt-get install slurm-wlm munge failed: see ${TMPDIR:-/tmp}/rcylon-slurm-apt.log"
 fi
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
@@ -38,6 +40,8 @@ pid_of() { [ -f "$DIR/pids" ] && awk -v n="$1" '$1 == n {print $2}' "$DIR/pids" 
 
 up=1
 for d in slurmctld "${NODES[@]/#/slurmd-}"; do alive "$(pid_of "$d")" || up=0; done
+# A cluster up with other node sizes is restarted with these.
+grep -q "CPUs=$CPUS " $CONF 2>/dev/null || up=0
 if [ $up = 1 ] && scontrol ping >/dev/null 2>&1; then
     echo "cluster/setup.sh: already up (pids in $DIR/pids)" >&2
     exit 0
@@ -54,7 +58,7 @@ for i in "${!NODES[@]}"; do
 done
 
 if [ -f $CONF ] && ! grep -qF "$MARK" $CONF; then
-    die "$CONF exists and was not written by this script: not overwriting a real cluster's configuration"
+    cannot "$CONF exists and was not written by this script: not overwriting a real cluster's configuration"
 fi
 mkdir -p /etc/slurm "$DIR/ctld"
 cat >$CONF.new <<CONF
