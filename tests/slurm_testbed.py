@@ -105,14 +105,38 @@ def pilot_job(ex: RadicalCylonExecutor) -> dict:
     return jobs[0]
 
 
-def close(ex: RadicalCylonExecutor, dfk) -> None:
+def close(ex: RadicalCylonExecutor, dfk, job_timeout: float = 20) -> None:
     """Shut down; assert that Slurm has no job and the process table no process of the run left."""
     sid = ex.session_id
     try:
         dfk.cleanup()
     finally:
         parsl.clear()
-    left = wait_for_no_jobs(timeout=20)
+    left = wait_for_no_jobs(timeout=job_timeout)
     assert not left, f"Slurm jobs left after shutdown: {left}"
     procs = wait_for_no_processes(sid, timeout=20)
     assert not procs, f"processes of session {sid} left after shutdown: {procs}"
+
+
+def lose_node(node: str) -> List[int]:
+    """Kill node ``node`` as a power failure would: its slurmd and every process in its UTS namespace.
+
+    Returns the PIDs killed.  ``setup()`` afterwards starts the whole cluster afresh.
+    """
+    import signal
+
+    import psutil
+
+    pids = dict(line.split() for line in (Path(os.environ.get("RCYLON_SLURM_DIR", "/tmp/rcylon-slurm"))
+                                          / "pids").read_text().splitlines())
+    slurmd = int(pids[f"slurmd-{node}"])
+    uts = os.readlink(f"/proc/{slurmd}/ns/uts")
+    killed = []
+    for proc in psutil.process_iter():
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/uts") == uts:
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return killed

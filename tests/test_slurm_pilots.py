@@ -1,7 +1,8 @@
 """Pilots on the 2-node Slurm test cluster that end or launch differently: each test has its own sbatch job.
 
 SRUN as launch method; faults a batch system brings: the pilot's job
-cancelled (``scancel``) and the job reaching its time limit.
+cancelled (``scancel``), a node lost while tasks run, and the job reaching
+its time limit.
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import subprocess
 import time
 
 import pytest
+from parsl import python_app
 
-from parsl_rcylon import PilotLost, WorkerLost, WorkerPool, cylon_app
+from parsl_rcylon import ExecutorBroken, PilotLost, WorkerLost, WorkerPool, cylon_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -29,6 +31,15 @@ def hold(ctx, seconds: float):
 
     time.sleep(seconds)
     return ctx.rank
+
+
+@python_app
+def host_after(seconds: float) -> str:
+    import socket
+    import time
+
+    time.sleep(seconds)
+    return socket.gethostname()
 
 
 def _pair() -> WorkerPool:
@@ -58,14 +69,43 @@ def test_scancel_of_the_pilot_job_fails_pending_tasks_with_pilot_lost_within_5_s
         t0 = time.monotonic()
         subprocess.run(["scancel", job["id"]], check=True)
         for fut in pending:
-            with pytest.raises(PilotLost, match=f"Slurm job {job['id']} was cancelled"):
+            # The executor is broken: no pilot is left; why is the PilotLost it carries.
+            with pytest.raises(ExecutorBroken, match=f"Slurm job {job['id']} was cancelled") as info:
                 fut.result(timeout=30)
+            assert isinstance(info.value.__cause__, PilotLost)
         elapsed = time.monotonic() - t0
         assert elapsed < 5, f"pending tasks failed {elapsed:.1f} s after scancel"
-        with pytest.raises((PilotLost, WorkerLost)):
+        with pytest.raises((ExecutorBroken, WorkerLost)):
             running.result(timeout=30)
     finally:
         slurm_cluster.close(ex, dfk)
+
+
+def test_a_lost_node_fails_its_tasks_with_worker_lost_naming_it_and_the_pool_goes_on(slurm_cluster, tmp_path):
+    # Two 1-rank workers of 2 cores: the master's core and one worker on one node, the other worker alone.
+    pool = WorkerPool(name="each", ranks=1, workers=2, cores_per_rank=2)
+    ex, dfk = slurm_cluster.load(tmp_path, "MPIEXEC", pool, "nodelost")
+    try:
+        first = [host_after(30) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while ex.status()["each"]["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        killed = slurm_cluster.lose_node("n2")
+        assert killed
+        outcomes = []
+        for fut in first:
+            try:
+                outcomes.append(("done", fut.result(timeout=180)))
+            except WorkerLost as exc:
+                outcomes.append(("lost", str(exc)))
+        lost = [text for kind, text in outcomes if kind == "lost"]
+        assert len(lost) == 1 and "n2" in lost[0], outcomes  # the task on n2, naming the host
+        assert [text for kind, text in outcomes if kind == "done"] == ["n1"], outcomes
+        assert host_after(0).result(timeout=120) == "n1"
+    finally:
+        # Slurm ends the job once it declares n2 down (SlurmdTimeout, 30 s).
+        slurm_cluster.close(ex, dfk, job_timeout=90)
+        slurm_cluster.setup()  # the whole cluster afresh for the tests after
 
 
 def test_a_pilot_job_that_reaches_its_time_limit_fails_tasks_with_a_clear_error(slurm_cluster, tmp_path):
@@ -74,10 +114,11 @@ def test_a_pilot_job_that_reaches_its_time_limit_fails_tasks_with_a_clear_error(
         t0 = time.monotonic()
         running = hold(600, parsl_resource_specification={"ranks": 2})
         # Slurm ends a job past its limit within its 30 s timer sweep plus KillWait.
-        with pytest.raises(PilotLost, match="reached its time limit"):
+        with pytest.raises((ExecutorBroken, WorkerLost), match="reached its time limit") as info:
             running.result(timeout=180)
         assert time.monotonic() - t0 < 150
-        with pytest.raises(PilotLost):
+        with pytest.raises(ExecutorBroken, match="reached its time limit") as info:
             where(parsl_resource_specification={"ranks": 2}).result(timeout=10)
+        assert isinstance(info.value.__cause__, PilotLost)
     finally:
         slurm_cluster.close(ex, dfk)

@@ -554,7 +554,10 @@ class Dispatcher:
         if not reason.startswith("rank "):  # RP's word came first: name the ranks that are gone, if any
             gone = [f"rank {r} (pid {e.pid} on {e.host}) exited"
                     for r, e in sorted(self._ranks.get(uid, {}).items()) if e.local and not _running(e.pid)]
-            reason = "; ".join(gone + [reason])
+            # Ranks on other hosts cannot be looked at from here: say where they ran (a lost node).
+            hosts = sorted({e.host for e in self._ranks.get(uid, {}).values() if not e.local})
+            where = [f"its ranks ran on {', '.join(hosts)}"] if hosts and not gone else []
+            reason = "; ".join(gone + where + [reason])
         logger.error("worker %s lost: %s", uid, reason)
         ready = w.ready
         for tid in self._placement.lose_worker(uid):
