@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from parsl_rcylon import WorkerPool, cylon_app  # noqa: E402
 from parsl_rcylon.bench import stages  # noqa: E402
-from parsl_rcylon.bench.paper import BareMpi, Pilot  # noqa: E402
+from parsl_rcylon.bench.paper import BareMetal, Pilot  # noqa: E402
 from tests import slurm_testbed  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def _pilot_pipeline(pilot: Pilot, rows: int) -> Dict[str, Any]:
     return {"wall_s": wall, "rows_out": [r.rows_out for r in results]}
 
 
-def _batch_pipeline(bare: BareMpi, rows: int) -> Dict[str, Any]:
+def _batch_pipeline(bare: BareMetal, rows: int) -> Dict[str, Any]:
     t0 = time.perf_counter()
     tables = f"{stages.LEFT},{stages.RIGHT}"
     w_gen, (left, right) = bare.launch(2, ["generate", "--rows", str(rows), "--tables", tables])
@@ -142,7 +142,7 @@ def main(argv: List[str] | None = None) -> int:
                 pilot_runs.append(_pilot_pipeline(slurm, args.rows))
         finally:
             slurm.stop()
-        bare = BareMpi(work / "batch-data", timeout=300,
+        bare = BareMetal(work / "batch-data", timeout=300,
                        launcher=f"bash {ROOT / 'benchmarks' / 'slurm_stage.sh'} {{ranks}}")
         for _ in range(args.iterations):
             batch_runs.append(_batch_pipeline(bare, args.rows))
