@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down cluster-up cluster-down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv
+.PHONY: venv up down cluster-up cluster-deps cluster-down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ down: $(STAMP)
 cluster-up:
 	bash cluster/setup.sh
 
+# Its packages only (slurm-wlm, munge; root): .ci/run installs them before `make test`.
+cluster-deps:
+	bash cluster/setup.sh --install-only
+
 cluster-down:
 	bash cluster/teardown.sh
 
@@ -56,11 +60,13 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check parsl_rcylon tests workflows benchmarks
 
+# Every test has a timeout (pyproject.toml: 300 s unless marked); the 25
+# slowest are listed at the end.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -v tests
+	$(BIN)/python -m pytest -v --durations=25 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -v -m "not integration" tests
+	$(BIN)/python -m pytest -v --durations=25 -m "not integration" tests
 
 # The full soak (CI runs 100 tasks of it inside `make test`): 1,000 mixed tasks
 # with about 5% injected faults and retries=2; figures to benchmarks/results/soak.json.
@@ -79,15 +85,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/handoff.py --out $(RESULTS)
 	$(BIN)/python benchmarks/fsync.py --out $(RESULTS)
 	$(BIN)/python benchmarks/ops.py --out $(RESULTS) --sizes 8M --repeats 5
-	$(BIN)/parsl-rcylon bench paper --out $(RESULTS)/paper
+	$(BIN)/python benchmarks/paper.py --out $(RESULTS)/paper
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
+	$(BIN)/python benchmarks/scale.py --out $(RESULTS)
 
 # The training benchmark alone (about 5 minutes): loader, DDP vs torchrun, pipeline vs batch jobs.
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 
 bench-paper-quick: $(STAMP)
-	$(BIN)/parsl-rcylon bench paper --quick --out $(RESULTS)/paper-quick
+	$(BIN)/python benchmarks/paper.py --quick --out $(RESULTS)/paper-quick
 
 clean-venv:
 	rm -rf $(VENV)

@@ -219,8 +219,12 @@ def engine_worker(args: argparse.Namespace) -> None:
                 times.append(comm.allreduce(seconds, op=MPI.MAX))
             per_rank = comm.gather({"input_bytes": inputs, "extra_peak_bytes": extra})
             if rank == 0:
+                from parsl_rcylon.engine.kernels import active_kernels
+
+                active = active_kernels()
                 records.append({"engine": "parsl_rcylon", "op": op, "n": n, "ranks": size, "times": times,
                                 "load_average": load,
+                                "kernels": {k: active[k]["kernel"] for k in ("sort", "join", "groupby")},
                                 "out_rows": out_rows, "out_rows_per_rank": part_rows, "memory": per_rank})
             del left, right
     if rank == 0:
@@ -303,10 +307,12 @@ def dask_worker(args: argparse.Namespace) -> None:
 # -- driver ------------------------------------------------------------------------------------
 
 
-def _launch(cmd: List[str], timeout: float) -> Optional[List[Dict[str, Any]]]:
+def _launch(cmd: List[str], timeout: float, extra_env: Optional[Dict[str, str]] = None
+            ) -> Optional[List[Dict[str, Any]]]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(extra_env or {}))
     try:
         proc = subprocess.run(cmd + ["--json", out], cwd=ROOT, env=env, timeout=timeout, capture_output=True,
                               text=True)
@@ -364,6 +370,12 @@ def machine() -> Dict[str, Any]:
         info["dask"] = dask.__version__
     except ImportError:
         info["dask"] = None
+    # What decides the local kernels' speed: numpy's SIMD sort, the CPU, DuckDB or Acero.
+    from parsl_rcylon.engine.kernels import active_kernels
+
+    info["kernels"] = active_kernels()
+    info["cpu_model"] = info["kernels"]["cpu"]
+    info["numpy_simd"] = info["kernels"]["numpy_simd"]
     return info
 
 
@@ -380,7 +392,8 @@ def table_text(records: List[Dict[str, Any]]) -> str:
              "| vs best of DuckDB/Polars | vs Dask (same count) | peak/input per rank |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"parsl_rcylon": 0, "duckdb": 1, "polars": 2, "pyarrow": 3, "dask": 4}
-    for r in sorted(records, key=lambda r: (r["op"], r["n"], order[r["engine"]], r["ranks"])):
+    for r in sorted(records, key=lambda r: (r["op"], r["n"], order[r["engine"]], r["ranks"],
+                                            r.get("forced_sort_kernel") or "")):
         speed = base.get((r["op"], r["n"]))
         vs_pa = f"{speed / r['median_s']:.2f}x" if speed else "-"
         fastest = best.get((r["op"], r["n"]))
@@ -388,7 +401,10 @@ def table_text(records: List[Dict[str, Any]]) -> str:
         d = dask_t.get((r["op"], r["n"], r["ranks"]))
         vs_dask = f"{d / r['median_s']:.1f}x" if d and r["engine"] != "dask" else "-"
         mem = f"{r['peak_over_input']:.2f} ({r['peak_mib_per_rank']:.0f} MiB)" if "peak_over_input" in r else "-"
-        lines.append(f"| {r['op']} | {r['n'] / 1e6:g}M | {r['engine']} | {r['ranks']} | {r['median_s']:.3f} "
+        name = r["engine"]
+        if r["engine"] == "parsl_rcylon" and r["op"] == "sort" and "kernels" in r:
+            name += f" ({r['kernels']['sort']} sort{', forced' if r.get('forced_sort_kernel') else ''})"
+        lines.append(f"| {r['op']} | {r['n'] / 1e6:g}M | {name} | {r['ranks']} | {r['median_s']:.3f} "
                      f"| {r['best_s']:.3f} "
                      f"| {r['rows_per_s'] / 1e6:.1f} | {vs_pa} | {vs_best} | {vs_dask} | {mem} |")
     return "\n".join(lines)
@@ -397,7 +413,8 @@ def table_text(records: List[Dict[str, Any]]) -> str:
 def _label(r: Dict[str, Any]) -> str:
     if r["engine"] in SINGLE:
         return f"{r['engine']} (1 process)"
-    return f"{r['engine']} x{r['ranks']}"
+    forced = r.get("forced_sort_kernel")
+    return f"{r['engine']} x{r['ranks']}" + (f" ({forced} sort, forced)" if forced else "")
 
 
 def plot(records: List[Dict[str, Any]], path: Path) -> None:
@@ -452,9 +469,18 @@ def driver(args: argparse.Namespace) -> None:
                   "uniform in [0, 1000) and [0, 10**6), sum and mean of the float64 value",
                   "repeats": args.repeats, "records": done}
         (out_dir / "ops.json").write_text(json.dumps(result, indent=1))
-        (out_dir / "ops.md").write_text(table_text(done) + "\n")
+        kern = info["kernels"]
+        head = (f"Machine: {info.get('cpu')} x{info['cpus']} (vendor {kern['cpu']['vendor']}, family "
+                f"{kern['cpu']['family']}); numpy {np.__version__} SIMD found: "
+                f"{' '.join(info['numpy_simd']['found'])}; numpy's 64-bit sort: {kern['sort']['numpy_sort']}. "
+                f"Engine kernels: sort {kern['sort']['kernel']}, join {kern['join']['kernel']}. "
+                f"Load average before/after: {info['load_average_before'][0]:.1f}/{os.getloadavg()[0]:.1f}.\n\n")
+        (out_dir / "ops.md").write_text(head + table_text(done) + "\n")
 
     print(f"machine: {info.get('cpu')} x{info['cpus']}, load {info['load_average_before']}", flush=True)
+    kern = info["kernels"]
+    print(f"kernels: sort {kern['sort']['kernel']} ({kern['sort']['why']}), join {kern['join']['kernel']}; "
+          f"numpy {np.__version__} SIMD {', '.join(info['numpy_simd']['found'][-4:])}", flush=True)
     # One process (or mpiexec run) per operation and size: memory is then measured
     # from a clean start, and one configuration cannot inflate the next.
     for n in args.sizes:
@@ -469,10 +495,17 @@ def driver(args: argparse.Namespace) -> None:
                 print(f"{op} N={n}: {name} (one process) ...", flush=True)
                 records += _launch(me + ["--single", name] + one, args.timeout) or []
                 save()
+            # The sort also with each kernel in --sort-kernels forced (side by side with auto's choice).
+            kernels = args.sort_kernels if op == "sort" else ["auto"]
             for ranks in args.ranks:
-                print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s) ...", flush=True)
-                records += _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout) or []
-                save()
+                for kernel in kernels:
+                    print(f"{op} N={n}: parsl_rcylon engine on {ranks} rank(s), sort kernel {kernel} ...", flush=True)
+                    env = {} if kernel == "auto" else {"PARSL_RCYLON_SORT_KERNEL": kernel}
+                    got = _launch([mpiexec, "-n", str(ranks)] + me + ["--engine-worker"] + one, args.timeout, env) or []
+                    for record in got:
+                        record["forced_sort_kernel"] = None if kernel == "auto" else kernel
+                    records += got
+                    save()
     try:
         import dask  # noqa: F401
         import distributed  # noqa: F401
@@ -503,6 +536,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--sort-kernels", default="auto",
+                        help="engine sort kernels to run, comma-separated: auto (this CPU's choice), numpy, radix")
     parser.add_argument("--dask-sizes", default="", help="sizes for Dask (default: --sizes)")
     parser.add_argument("--engine-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--single", choices=sorted(SINGLE), help=argparse.SUPPRESS)
@@ -516,6 +551,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.dask_sizes = [parse_size(s) if not s.isdigit() else int(s) for s in args.dask_sizes.split(",") if s]
     args.ranks = [int(r) for r in str(args.ranks).split(",")]
     args.ops = args.ops.split(",")
+    args.sort_kernels = args.sort_kernels.split(",")
     unknown = set(args.ops) - set(OPS)
     if unknown:
         parser.error(f"unknown ops {sorted(unknown)}; use some of {', '.join(OPS)}")

@@ -41,8 +41,8 @@ import psutil
 from parsl import python_app
 
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
-from parsl_rcylon.runtime.attach import start_detached, stop_detached
 from parsl_rcylon.runtime.processes import component, session_processes
+from parsl_rcylon.serving import down, up
 
 BREAKDOWN = ("session", "managers", "pilot", "task_manager", "bootstrap", "agent", "workers")
 
@@ -135,7 +135,7 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
     """A pilot as `parsl-rcylon up` starts it, then ``count`` scripts' parsl.load to first result."""
     pilot_dir = os.path.join(run_dir, "pilot")
     t0 = time.perf_counter()
-    info = start_detached(pilot_dir, {"label": "bench", "worker_ranks": ranks}, idle_timeout=600)
+    info = up(pilot_dir, {"label": "bench", "worker_ranks": ranks}, idle_timeout=600)
     out: dict = {"up_s": time.perf_counter() - t0, "load_s": [], "first_result_s": []}
     try:
         for i in range(count):
@@ -150,7 +150,7 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
             parsl.clear()
     finally:
         t = time.perf_counter()
-        stop_detached(pilot_dir)
+        down(pilot_dir)
         out["down_s"] = time.perf_counter() - t
         out["left_after_down"] = len(session_processes(info.session))
     med = statistics.median(out["first_result_s"])

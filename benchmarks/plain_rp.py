@@ -18,7 +18,7 @@ from pathlib import Path
 
 import radical.pilot as rp
 
-from parsl_rcylon.runtime import config as rp_config
+from parsl_rcylon.runtime.client import config as rp_config
 
 
 def main() -> None:

@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run by path, sys.path[0] is benchmarks/ (paper.py's harness); the checkout goes first too.
 sys.path.insert(0, str(ROOT))
+
+from paper import BareMetal, Pilot  # noqa: E402  (benchmarks/paper.py, beside this script)
 
 from parsl_rcylon import WorkerPool, cylon_app  # noqa: E402
 from parsl_rcylon.bench import stages  # noqa: E402
-from parsl_rcylon.bench.paper import BareMetal, Pilot  # noqa: E402
-from tests import slurm_testbed  # noqa: E402
+from tests.slurm import testbed as slurm_testbed  # noqa: E402
 
 
 @cylon_app

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One pipeline stage as its own Slurm batch job (the paper's "batch" baseline):
-#   bash benchmarks/slurm_stage.sh RANKS python ops_script.py ...
+#   bash benchmarks/slurm_stage.sh RANKS python paper_job.py ...
 # sbatch --wait submits it, srun starts RANKS ranks spread over RCYLON_BENCH_NODES nodes (default 2)
 # with a PMI; the job's output is shown only when it fails.
 set -euo pipefail

@@ -7,6 +7,7 @@
 # Daemons' PIDs go to $RCYLON_SLURM_DIR/pids for cluster/teardown.sh.  Idempotent: a cluster
 # already up is left as it is.  Needs root (it installs packages and writes /etc/slurm/slurm.conf).
 #
+# `setup.sh --install-only` installs the packages and stops there.
 # Environment: RCYLON_SLURM_DIR (state, logs; default /tmp/rcylon-slurm),
 #              RCYLON_SLURM_CPUS (CPUs each node claims; default 3), RCYLON_SLURM_NO_INSTALL=1.
 set -euo pipefail
@@ -25,7 +26,6 @@ die() { echo "cluster/setup.sh: $*" >&2; exit 1; }
 cannot() { echo "cluster/setup.sh: $*" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || cannot "needs root (installs slurm-wlm and munge, starts daemons, writes $CONF)"
-unshare --uts true 2>/dev/null || cannot "unshare --uts does not work here (no UTS namespaces): each node needs its own host name"
 
 if ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     [ "${RCYLON_SLURM_NO_INSTALL:-0}" = 1 ] && cannot "slurm-wlm and munge are not installed (RCYLON_SLURM_NO_INSTALL=1)"
@@ -34,6 +34,9 @@ if ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     { apt-get update -qq && apt-get install -y -qq slurm-wlm munge; } >"${TMPDIR:-/tmp}/rcylon-slurm-apt.log" 2>&1 \
         || cannot "apt-get install slurm-wlm munge failed: see ${TMPDIR:-/tmp}/rcylon-slurm-apt.log"
 fi
+# `make cluster-deps` (.ci/run): the packages only, before the tests start the cluster.
+[ "${1:-}" = --install-only ] && exit 0
+unshare --uts true 2>/dev/null || cannot "unshare --uts does not work here (no UTS namespaces): each node needs its own host name"
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 pid_of() { [ -f "$DIR/pids" ] && awk -v n="$1" '$1 == n {print $2}' "$DIR/pids" || true; }

@@ -117,8 +117,8 @@ def cylon_app(function: Optional[Callable] = None, *, ranks: int = 1, cores_per_
         table options for this app's results and table arguments
         (``format``, ``compression``, ``row_group_size``, ``keep``,
         ``verify``, ...), engine options for its table operations
-        (``join_kernel``, ``join_rounds``, ...), and the reserved
-        ``walltime``: see :mod:`parsl_rcylon.options`.  Table and engine
+        (``join_kernel``, ``join_rounds``, ...), and
+        ``walltime`` (seconds): see :mod:`parsl_rcylon.options`.  Table and engine
         options travel with each task to its ranks (``ctx.options``), never
         to the function.
 

@@ -65,7 +65,7 @@ class CylonContext:
         Table options (``options.table``), the engine options every table
         operation below runs with (``options.engine``: given ones, else the
         environment variables as they were when the task started, else the
-        defaults), and the reserved ``walltime``.
+        defaults), and ``walltime``, the task's time limit in seconds.
 
     Raises
     ------

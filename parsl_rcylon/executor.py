@@ -1,45 +1,42 @@
-"""RadicalCylonExecutor: Parsl tasks as MPI tasks on warm Radical Pilot workers.
+"""RadicalCylonExecutor: the Parsl adapter over warm Radical Pilot workers.
 
-The executor is the Parsl adapter: it checks its options, builds its
-collaborators in ``start()`` and hands them the work.  The dispatcher
-(:mod:`.runtime.dispatcher`) places tasks on worker ranks and routes their
-results; :class:`~.runtime.session.PilotRuntime` owns the Radical Pilot
-session, pilots, masters and workers; :class:`~.runtime.hygiene.ClientHygiene`
-ends what RP leaves behind; :class:`~.ledger.TableLedger` counts the tables
-tasks write.
+Options are checked in groups (:mod:`.executor_options`); a call is admitted once
+(:mod:`.runtime.client.admission`), built into a :class:`~.runtime.wire.task.Task` once, and handed to the task
+backend: the dispatcher of the executor's own pilots (:mod:`.runtime.client.pilots`) or the client of an attached
+pilot server (:mod:`.runtime.attach`).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import logging
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import typeguard
 from parsl.executors.base import ParslExecutor
-from parsl.executors.errors import InvalidResourceSpecification
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
+from .executor_options import Allocation, DataOptions, Liveness
 from .monitoring import PrivateFilesystemRadio, app_function
-from .options import check_table_options
-from .permissions import make_dir, modes
+from .permissions import make_dir
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
-from .runtime import config as rp_config
-from .runtime.capacity import HostCapacity, capacity_problem, host_capacity
-from .runtime.dispatcher import Dispatcher
-from .runtime.gpus import missing_local_gpus
-from .runtime.hygiene import ClientHygiene
-from .runtime.pilot import pilot_description
-from .runtime.placement import host_layout, pool_accepts
-from .runtime.session import PilotRuntime
+from .runtime.attach.client import AttachedPilot
+from .runtime.client.admission import Admission
+from .runtime.client.backend import TaskBackend
+from .runtime.client.pilots import OwnPilots, PilotStartError
+from .runtime.wire.channel import ChannelOptions
+from .runtime.wire.task import Task
 from .table.ledger import TableLedger
 from .workdir import task_working_dir
 
@@ -49,75 +46,50 @@ logger = logging.getLogger(__name__)
 class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     """Run Parsl apps as MPI tasks on warm RAPTOR workers inside a Radical Pilot pilot.
 
-    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and
-    the MPI workers of each pool, and returns once every worker rank is ready.
-    ``@cylon_app`` calls run on as many ranks of a worker as they ask for, with
-    a communicator of their own; plain ``python_app`` and ``bash_app`` calls
-    run on one rank, so a whole pipeline lives in one pilot.
+    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and the MPI workers of each pool,
+    and returns once every worker rank is ready.  ``@cylon_app`` calls run on as many ranks of a worker as
+    they ask for, with a communicator of their own; plain ``python_app`` and ``bash_app`` calls run on one
+    rank, so a whole pipeline lives in one pilot.  The keywords are checked in groups
+    (:mod:`parsl_rcylon.executor_options`), whose classes say more about each.
 
     Parameters
     ----------
     label : str
         Executor label apps refer to.
-    resource : str
-        Radical Pilot resource label (``local.localhost``, ``ornl.frontier``, ...).
+    resource, runtime, project, queue, access_schema, pilot_options
+        The one pilot's Radical Pilot resource label (``local.localhost``,
+        ``ornl.frontier``, ...), walltime in minutes, batch settings and further
+        ``PilotDescription`` keys.
     worker_ranks : int, optional
         Ranks of the single default worker.  Locally: the machine's cores, at
-        least 4 (a small machine is oversubscribed so that 3- and 4-rank tasks
-        run on a laptop).
+        least 4 (a small machine is oversubscribed so 3- and 4-rank tasks run).
     pools : list of WorkerPool, optional
-        Replace the default worker with these pools (CPU and GPU pools,
-        pools of different sizes, pools in different pilots).
+        Replace the default worker with these pools (CPU and GPU pools, pools
+        of different sizes, pools in different pilots).
     pilots : list of PilotSpec, optional
-        Several allocations under this one executor (for example a CPU and
-        a GPU partition); replaces ``resource``, ``runtime``, ``project``,
-        ``queue``, ``access_schema`` and ``pilot_options``.
-    data_dir : str, optional
-        Shared-filesystem directory for tables passed between stages; default
-        ``<run_dir>/<label>/data``.
-    runtime : int
-        Pilot walltime in minutes.
-    project, queue, access_schema : str, optional
-        Batch-system settings passed to the pilot description.
-    pilot_options : dict, optional
-        Further ``radical.pilot.PilotDescription`` keys.
+        Several allocations under this one executor; replaces ``resource``,
+        ``runtime``, ``project``, ``queue``, ``access_schema``, ``pilot_options``.
+    data_dir, table_options, sharing
+        Shared directory for tables (default ``<run_dir>/<label>/data``); table
+        defaults (``format``, ...); the run's modes, ``private`` or ``group``.
     address : str, optional
-        Address worker ranks use to reach this process; ``127.0.0.1`` for
-        local pilots, this host's name otherwise.
-    heartbeat_period, heartbeat_threshold : float
-        Seconds between heartbeats, and the silence after which the pilot's
-        processes assume this client died and end themselves.
-    rank_timeout : float
-        Seconds a worker rank may leave heartbeats unanswered before its
-        worker is declared lost and its tasks fail with ``WorkerLost`` (a
-        rank that has exited is noticed at once where its PID is visible).
-        Raise it for tasks that hold the GIL for minutes.
-    start_timeout : float
-        Seconds ``start()`` waits for the pilot and workers before failing.
-    table_options : dict, optional
-        Defaults for tables written by tasks (``format``, ``compression``, ...).
-    encrypted : bool
-        Authenticate and encrypt every connection between this client and the
-        pilot's processes with CurveZMQ (the default).  ``False`` keeps the
-        run's registration token and message checks but lets anyone who can
-        reach the port connect and read the traffic: see ``docs/security.md``.
-    port_range : (int, int), optional
-        Lowest and highest port the client may listen on (sites that open only
-        a range to compute nodes); any free port otherwise.
-    max_message_bytes : int
-        Largest message a peer may send; a larger one is refused unread.
-    sharing : {"private", "group"}
-        Modes of the run directory and everything in it: ``private``
-        (0700/0600, the default) or ``group`` (0750/0640) for a team that reads
-        each other's results.  Keys stay private either way.
-    cancel_grace : float
-        Seconds the other ranks of a failed, timed-out or cancelled task get
-        to finish before their worker is ended and replaced (a rank blocked in
-        a collective with a failed peer never finishes: MPI cannot free it).
-    max_worker_restarts : int, optional
-        Replacement workers each pool may start over the run (``None``: no
-        limit).  A pool whose new workers fail to start three times in a row
-        gets no more.
+        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name); given,
+        the client listens on it alone.
+    heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace, max_worker_restarts
+        Liveness (:class:`~parsl_rcylon.runtime.client.pilots.Liveness`): seconds
+        between heartbeats; silence after which the pilot's processes end
+        themselves; silence after which a rank's worker is lost (raise it for
+        tasks that hold the GIL for minutes); the wait for the pilot and
+        workers; the seconds a failed task's other ranks get before their worker
+        is replaced; replacement workers per pool (``None``: no limit).
+    encrypted, port_range, max_frame_bytes
+        The channel (:class:`~parsl_rcylon.runtime.wire.channel.ChannelOptions`):
+        CurveZMQ on every connection (``False`` keeps the token and message
+        checks but lets anyone who reaches the port connect and read the
+        traffic: ``docs/security.md``); the ports the client may listen on; the
+        largest ZeroMQ frame a peer may send.
+    max_message_bytes : int, optional
+        Deprecated name of ``max_frame_bytes`` (the engine's is the bytes of one MPI call).
     attach : str, optional
         Run directory of a pilot started with ``parsl-rcylon up``: ``start()``
         connects to it (in well under a second) instead of starting a pilot,
@@ -125,19 +97,12 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         options about the pilot itself are ignored (see ``docs/attach.md``).
     working_dir : str, optional
         Directory every task runs in (as HTEX's ``working_dir``); by default
-        the client's current directory when the task is submitted, so
-        relative paths, ``File`` objects and a ``bash_app``'s
-        ``stdout=``/``stderr=`` behave as with Parsl's local executors.  On a
-        cluster it must be on a filesystem the nodes share
-        (:mod:`parsl_rcylon.workdir`).
-    remote_monitoring_radio : parsl.monitoring.radios.base.RadioConfig, optional
-        How tasks report to Parsl monitoring when the ``Config`` has a
-        ``MonitoringHub``; by default Parsl's filesystem radio in a private
-        directory (:mod:`parsl_rcylon.monitoring`).
+        the client's current directory at submission.  On a cluster it must
+        be on a filesystem the nodes share (:mod:`parsl_rcylon.workdir`).
+    remote_monitoring_radio : RadioConfig, optional
+        How tasks report to a ``MonitoringHub`` (:mod:`parsl_rcylon.monitoring`).
     progress : bool
-        Show the run's progress from ``start()`` to ``shutdown()`` (a live
-        view on a terminal, periodic lines otherwise) and a summary per app
-        at the end (:mod:`parsl_rcylon.progress`).
+        Show the run's progress and a summary per app (:mod:`parsl_rcylon.progress`).
     """
 
     @typeguard.typechecked
@@ -162,7 +127,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         table_options: Optional[Dict[str, Any]] = None,
         encrypted: bool = True,
         port_range: Optional[Tuple[int, int]] = None,
-        max_message_bytes: int = 1 << 30,
+        max_frame_bytes: int = 1 << 30,
         sharing: str = "private",
         cancel_grace: float = 3.0,
         max_worker_restarts: Optional[int] = None,
@@ -170,80 +135,40 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         working_dir: Optional[str] = None,
         remote_monitoring_radio: Optional[RadioConfig] = None,
         progress: bool = False,
+        max_message_bytes: Optional[int] = None,
     ) -> None:
         ParslExecutor.__init__(self)
-        self.label = label
-        self.resource = resource
-        if worker_ranks is not None and worker_ranks < 1:
-            raise ValueError(f"worker_ranks must be >= 1, got {worker_ranks}")
-        if pools is not None and worker_ranks is not None:
-            raise ValueError("give either worker_ranks or pools, not both")
-        self.worker_ranks = worker_ranks
-        self.pools: List[WorkerPool] = list(pools) if pools else [
-            WorkerPool(name="default", ranks=worker_ranks or max(4, os.cpu_count() or 1))]
-        names = [p.name for p in self.pools]
-        if len(set(names)) != len(names):
-            raise ValueError(f"pool names must be unique, got {names}")
-        self.data_dir = data_dir
-        self.runtime = runtime
-        self.project = project
-        self.queue = queue
-        self.access_schema = access_schema
-        self.pilot_options = dict(pilot_options or {})
-        if pilots and (resource != "local.localhost" or project or queue or access_schema or pilot_options):
-            raise ValueError("give either pilots=[PilotSpec(...)] or resource/project/queue/..., not both")
-        self.pilots: List[PilotSpec] = list(pilots) if pilots else [PilotSpec(
-            name="main", resource=resource, runtime=runtime, project=project, queue=queue,
-            access_schema=access_schema, options=self.pilot_options)]
-        pilot_names = [p.name for p in self.pilots]
-        if len(set(pilot_names)) != len(pilot_names):
-            raise ValueError(f"pilot names must be unique, got {pilot_names}")
-        for pool in self.pools:
-            if pool.pilot is not None and pool.pilot not in pilot_names:
-                raise ValueError(f"pool {pool.name!r} names pilot {pool.pilot!r}; pilots are {pilot_names}")
-        self.address = address
-        self.heartbeat_period = heartbeat_period
-        self.heartbeat_threshold = heartbeat_threshold
-        if rank_timeout <= heartbeat_period:
-            raise ValueError(f"rank_timeout ({rank_timeout} s) must exceed heartbeat_period ({heartbeat_period} s)")
-        self.rank_timeout = rank_timeout
-        self.start_timeout = start_timeout
-        self.table_options = check_table_options(table_options, f"executor {label!r}: table_options")
-        self.encrypted = encrypted
-        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
-            raise ValueError(f"port_range must be (lowest, highest) ports within 1..65535, got {port_range}")
-        self.port_range = port_range
-        if max_message_bytes < 1 << 16:
-            raise ValueError(f"max_message_bytes must be at least 65536, got {max_message_bytes}")
-        self.max_message_bytes = max_message_bytes
-        modes(sharing)  # raises on an unknown level
-        self.sharing = sharing
-        self.table_options.setdefault("sharing", sharing)  # tables follow the run unless told otherwise
-        if cancel_grace <= 0:
-            raise ValueError(f"cancel_grace must be positive, got {cancel_grace}")
-        self.cancel_grace = cancel_grace
-        if max_worker_restarts is not None and max_worker_restarts < 0:
-            raise ValueError(f"max_worker_restarts must be >= 0 or None, got {max_worker_restarts}")
-        self.max_worker_restarts = max_worker_restarts
-        self.attach = attach
+        if max_message_bytes is not None:
+            warnings.warn("RadicalCylonExecutor(max_message_bytes=...) is now max_frame_bytes", DeprecationWarning,
+                          stacklevel=2)
+            max_frame_bytes = max_message_bytes
+        # The groups check the keywords; Parsl's repr of a config reads each keyword back as an attribute.
+        self.allocation = Allocation.from_options(worker_ranks, pools, pilots, resource, runtime, project, queue,
+                                                  access_schema, pilot_options)
+        self.liveness = Liveness(heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace,
+                                 max_worker_restarts)
+        self.channel = ChannelOptions(encrypted, port_range, max_frame_bytes)
+        self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing)
+        keywords = inspect.signature(RadicalCylonExecutor.__init__).parameters
+        vars(self).update({k: v for k, v in locals().items() if k in keywords and k != "self"})
+        self.pools: List[WorkerPool] = list(self.allocation.pools)
+        self.pilots: List[PilotSpec] = list(self.allocation.pilots)
+        self.pilot_options, self.table_options = dict(pilot_options or {}), self.data.table_options
         self.working_dir = os.path.abspath(working_dir) if working_dir else None
         self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
-        self.progress = progress
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
 
         self._ids = itertools.count()
-        self._dispatcher: Optional[Dispatcher] = None
-        self._runtime: Optional[PilotRuntime] = None
+        self._backend: Optional[TaskBackend] = None  # where tasks go: the dispatcher, or an attached pilot
+        self._own: Optional[OwnPilots] = None  # the pilots start() starts (none when attached)
         self._attached_session: Optional[str] = None
-        self._hygiene: Optional[ClientHygiene] = None
+        self._admission: Optional[Admission] = None
+        self._start_hooks: Dict[str, Callable[[], None]] = {}
         self._ledger = TableLedger(label)
-        self._capacities: Dict[str, HostCapacity] = {}
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self.timings: Dict[str, float] = {}
-
-    # -- lifecycle ------------------------------------------------------------------
 
     @property
     def base_dir(self) -> Path:
@@ -252,38 +177,32 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     @property
     def session_id(self) -> Optional[str]:
-        if self._runtime is None:
-            return self._attached_session
-        return self._runtime.session_id
+        return self._own.session_id if self._own is not None else self._attached_session
 
     @property
     def is_local(self) -> bool:
         """Whether every pilot runs on this machine."""
-        return all(p.is_local for p in self.pilots)
+        return self.allocation.is_local
+
+    @property
+    def admission(self) -> Admission:
+        """Decides whether a pool of this executor can hold a call (built on first use: run_dir comes late)."""
+        if self._admission is None:
+            self._admission = Admission.for_pilots(self.label, self.pools, self.pilots,
+                                                   lambda: getattr(self, "run_dir", None) or os.getcwd())
+        return self._admission
 
     def pools_of(self, pilot: PilotSpec) -> List[WorkerPool]:
         """The pools that live in ``pilot``."""
-        first = self.pilots[0].name
-        return [p for p in self.pools if (p.pilot or first) == pilot.name]
+        return self.allocation.pools_of(pilot)
 
-    @property  # type: ignore[override]
-    def run_dir(self) -> str:
-        return self._run_dir
-
-    @run_dir.setter
-    def run_dir(self, value: str) -> None:
-        self._run_dir = value
-        self._run_dir_set = getattr(self, "_run_dir_set", None) is not None  # False for ParslExecutor's default
+    @ParslExecutor.run_dir.setter  # type: ignore[attr-defined]
+    def run_dir(self, value: str) -> None:  # the first value, ParslExecutor's default, is not the run's
+        self._run_dir_set, self._run_dir = hasattr(self, "_run_dir"), value
 
     def pilot_descriptions(self) -> Dict[str, Dict[str, Any]]:
-        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing.
-
-        Before ``parsl.load`` the run directory is not known yet (Parsl numbers
-        it at load): the sandbox reads ``<run_dir>/<label>/sandbox`` then,
-        and the path the run uses once loaded.
-        """
-        sandbox = str(self.base_dir / "sandbox") if self._run_dir_set else f"<run_dir>/{self.label}/sandbox"
-        return {spec.name: pilot_description(spec, self.pools_of(spec), sandbox) for spec in self.pilots}
+        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name (sandbox ``<run_dir>/`` until set)."""
+        return self.allocation.pilot_descriptions(self.base_dir if self._run_dir_set else Path("<run_dir>", self.label))
 
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
@@ -291,146 +210,61 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         if self.attach:
             self._attach(t0)
             return
-        rp_config.check_radical_version()
-        shortfall = missing_local_gpus(p for spec in self.pilots if spec.is_local for p in self.pools_of(spec))
-        if shortfall:
-            raise StartupError(self, shortfall)
-        self._run_dir_set = True  # whoever starts it has set run_dir (Parsl's DFK, parsl-rcylon up)
-        descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
+        pools = {p.name: self.pools_of(p) for p in self.pilots}
+        try:
+            OwnPilots.preflight(self.pilots, pools)
+        except PilotStartError as err:
+            raise StartupError(self, str(err)) from None
+        descriptions = self.allocation.pilot_descriptions(self.base_dir)  # a pool that cannot be placed fails here
         make_dir(self.base_dir, self.sharing)
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
-        self._remove_leftovers()
-        self._runtime = PilotRuntime(self.label, self.pilots, {p.name: self.pools_of(p) for p in self.pilots},
-                                     self.base_dir, self.heartbeat_period, self.heartbeat_threshold, self.timings)
-        self._runtime.prepare()
-        bind = _bind_address(self.address, self.is_local)
-        advertised = self.address or ("127.0.0.1" if self.is_local else _this_host())
-        self._dispatcher = Dispatcher(self.base_dir, bind, advertised, heartbeat_period=self.heartbeat_period,
-                                      rank_timeout=self.rank_timeout, cancel_grace=self.cancel_grace,
-                                      encrypted=self.encrypted, port_range=self.port_range,
-                                      max_message_bytes=self.max_message_bytes,
-                                      max_worker_restarts=self.max_worker_restarts)
-        self._dispatcher.on_result = self._ledger.record
-        self._dispatcher.on_start = self.task_board.started
-        self._dispatcher.start()
-        self._hygiene = ClientHygiene(self.label, self.base_dir, self.timings)
-        self._hygiene.register_atexit(self.shutdown)
+        from .tableio.cleanup import remove_leftovers  # pyarrow-free, but only a start needs it
+
+        remove_leftovers(self.label, self.data_dir, str(self.base_dir / "scratch"))
+        own = self._own = OwnPilots(self.label, self.base_dir, self.pilots, pools, self.liveness, self.channel,
+                                    self.address, self.timings)
+        self._use(own.dispatcher)
         try:
-            with self._hygiene.watch_forks():
-                self._runtime.open_session(started=t0)
-            self._hygiene.start_guard(self._runtime.session_id)
-            self._runtime.launch(self._dispatcher, descriptions, max(1.0, self.start_timeout - (time.monotonic() - t0)))
+            own.start(descriptions, t0, on_exit=self.shutdown)
         except BaseException as exc:
-            reason = self._runtime.explain(exc)
-            logger.error("%s: start failed: %s", self.label, reason)
             self.shutdown()
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            raise StartupError(self, reason) from exc
-        self.timings["start"] = time.monotonic() - t0
-        if self.progress:
-            self._progress = Progress([self]).start()
-        logger.info("%s: ready in %.1f s (%s)", self.label, self.timings["start"],
-                    ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+            if isinstance(exc, PilotStartError):
+                raise StartupError(self, str(exc)) from exc.__cause__
+            raise
+        self._started(t0, "ready")
 
     def _attach(self, t0: float) -> None:
-        from .runtime.attach import AttachedPilot
-
         pilot = AttachedPilot.connect(self.attach)
-        pilot.on_result = self._ledger.record
         self.pools = pilot.info.worker_pools()
+        self._admission = Admission(self.label, pilot.info.pool_shapes())
         self.data_dir = self.data_dir or pilot.info.data_dir
         self._attached_session = pilot.session_id
-        self._dispatcher = pilot  # type: ignore[assignment]  # the same submit/stats/stop
+        self._use(pilot)
+        self._started(t0, f"attached to the pilot at {self.attach}")
+
+    def _use(self, backend: TaskBackend) -> None:
+        backend.on_result = self._ledger.record
+        backend.on_start = self._on_start
+        self._backend = backend
+
+    def _started(self, t0: float, what: str) -> None:
         self.timings["start"] = time.monotonic() - t0
         if self.progress:
             self._progress = Progress([self]).start()
-        logger.info("%s: attached to the pilot at %s in %.2f s", self.label, self.attach, self.timings["start"])
+        logger.info("%s: %s in %.2f s (%s)", self.label, what, self.timings["start"],
+                    ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
 
-    def submit_packed(self, task: Dict[str, Any], resource_specification: Dict[str, Any],
-                      payload: bytes) -> Future:
-        """Run an already packed call (``parsl-rcylon up``'s server, for attached clients).
-
-        ``task`` holds ``uid``, ``name``, ``cylon``, ``options``, ``walltime``
-        and ``data_dir``; the resource spec is validated as in ``submit()``.
-        """
-        self._check_running()
-        spec = self.validate_resource_specification(resource_specification, cylon=task["cylon"],
-                                                    name=task["name"])
-        return self._dispatch(task, spec, payload)
-
-    def _check_running(self) -> None:
-        if self._dispatcher is None or self._is_shutdown:
-            raise ExecutorShutdown(self, "submit() on an executor that is not running")
-
-    def _dispatch(self, task: Dict[str, Any], spec: ResourceSpec, payload: bytes) -> Future:
-        # One header for calls packed here and for attached clients' calls:
-        # a walltime in the resource spec wins over the app's option.
-        header = dict(task, scratch_dir=str(self.base_dir / "scratch"),
-                      walltime=spec.walltime or task.get("walltime"))
-        return self._dispatcher.submit(task["uid"], spec, header, payload)
-
-    def _remove_leftovers(self) -> None:
-        # Writers killed in an earlier run (a rank SIGKILLed mid-write, a node
-        # lost) leave temporary files and uncommitted tables; only certainly
-        # dead writers' leftovers go (see tableio.cleanup).
-        from .tableio.cleanup import remove_stale_scratch, remove_unfinished
-
-        report = remove_unfinished(self.data_dir)
-        report.extend(remove_stale_scratch(str(self.base_dir / "scratch")))
-        if report.removed:
-            logger.warning("%s: removed %d leftover(s) of writers that died in an earlier run: %s", self.label,
-                           len(report.removed), report.removed[:10])
-
-    # -- tasks ------------------------------------------------------------------------
+    def _on_start(self, uid: str) -> None:
+        self.task_board.started(uid)
+        hook = self._start_hooks.pop(uid, None)
+        if hook is not None:
+            hook()
 
     def validate_resource_specification(self, spec: Dict[str, Any], cylon: bool = True,
                                         name: str = "task") -> ResourceSpec:
-        """Parse ``spec`` and check that some pool of this executor can ever hold it.
-
-        A pool's ranks are taken to sit ``ranks_per_node`` to a host (all on
-        one host for a local pilot, or when RP decides); once the workers
-        run, the dispatcher checks against the hosts their ranks report.
-        """
-        parsed = ResourceSpec.from_mapping(spec, where=name)
-        if not cylon and parsed.ranks > 1:
-            raise InvalidResourceSpecification(
-                {"ranks"}, f"{name}: a plain python/bash app runs on one rank; use @cylon_app for "
-                           f"{parsed.ranks} ranks")
-        pools = {p.name: p for p in self.pools}
-        if parsed.pool is not None and parsed.pool not in pools:
-            raise InvalidResourceSpecification({"pool"}, f"{name}: no pool named {parsed.pool!r}; "
-                                                         f"pools are {_describe(self.pools)}")
-        cpu_pool = any(not p.gpus_per_rank for p in self.pools)
-        accepting = [p for p in self.pools if pool_accepts(parsed, p.name, self._host_layout(p), p.gpus_per_rank,
-                                                           p.cores_per_rank, cpu_pool)]
-        if not accepting:
-            keys = {"ranks"} | {k for k, v in (("gpus_per_rank", parsed.gpus_per_rank > 0),
-                                               ("cores_per_rank", parsed.cores_per_rank > 1),
-                                               ("num_nodes", parsed.num_nodes is not None)) if v}
-            nodes = (f" on {parsed.num_nodes} host(s), {parsed.ranks_per_node} on each"
-                     if parsed.num_nodes is not None else "")
-            raise InvalidResourceSpecification(
-                keys, f"{name} needs {parsed.ranks} rank(s){nodes} with {parsed.gpus_per_rank} GPU(s) and "
-                      f"{parsed.cores_per_rank} core(s) each, a rank's cores on one host; no pool of executor "
-                      f"{self.label!r} can hold it: {_describe(self.pools)}"
-                      + ("; a local pilot's ranks are all on one host" if nodes and self.is_local else ""))
-        problem = capacity_problem(parsed, [(p.name, self._host_layout(p), self._capacity(p)) for p in accepting])
-        if problem:
-            raise InvalidResourceSpecification(problem[0], f"{name}: {problem[1]}")
-        return parsed
-
-    def _capacity(self, pool: WorkerPool) -> HostCapacity:
-        pilot = next(s for s in self.pilots if s.name == (pool.pilot or self.pilots[0].name))
-        if pilot.name not in self._capacities:
-            self._capacities[pilot.name] = host_capacity(pilot, getattr(self, "run_dir", None) or os.getcwd())
-        return self._capacities[pilot.name]
-
-    def _host_layout(self, pool: WorkerPool) -> List[int]:
-        pilot = pool.pilot or self.pilots[0].name
-        local = next(s for s in self.pilots if s.name == pilot).is_local
-        return host_layout(pool.ranks, None if local else pool.ranks_per_node)
+        """Parse ``spec`` and check that some pool of this executor can ever hold it (:class:`Admission`)."""
+        return self.admission.admit(spec, cylon=cylon, name=name)
 
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
         """Send one app call to the workers; the future resolves to rank 0's value."""
@@ -441,40 +275,51 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         uid = f"{self.label}.task.{next(self._ids):06d}"
         kwargs.pop("parsl_resource_specification", None)
         options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
-        task = {
-            "uid": uid,
-            "name": name,
-            "cylon": cylon,
-            "data_dir": self.data_dir,
-            "options": options,
-            "walltime": options.get("walltime"),
-            "cwd": task_working_dir(self.working_dir),
-        }
-        fut = self._dispatch(task, spec, pack_apply_message(func, args, kwargs))
+        task = Task.build(uid, name, cylon, options, spec, data_dir=self.data_dir,
+                          cwd=task_working_dir(self.working_dir))
+        fut = self._dispatch(task, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         self.task_board.submitted(uid, name, fut)
         return fut
+
+    def submit_packed(self, task: Task, resources: Dict[str, Any], payload: bytes,
+                      on_start: Optional[Callable[[], None]] = None) -> Future:
+        """Run an already packed call (``parsl-rcylon up``'s server, for attached clients).
+
+        ``resources`` is validated as in ``submit()`` and resolved into
+        ``task``; ``on_start()`` is called once the task's ranks have it.
+        """
+        self._check_running()
+        spec = self.validate_resource_specification(resources, cylon=task.cylon, name=task.name)
+        if on_start is not None:
+            self._start_hooks[task.uid] = on_start
+        fut = self._dispatch(task.resolve(spec), payload)
+        fut.add_done_callback(lambda _: self._start_hooks.pop(task.uid, None))
+        return fut
+
+    def _check_running(self) -> None:
+        if self._backend is None or self._is_shutdown:
+            raise ExecutorShutdown(self, "submit() on an executor that is not running")
+
+    def _dispatch(self, task: Task, payload: bytes) -> Future:
+        # Calls packed here and attached clients' calls: one scratch root, this executor's.
+        return self._backend.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
 
     def table_summary(self) -> Dict[str, Dict[str, int]]:
         """Per app: tables, rows and bytes written so far."""
         return self._ledger.summary()
 
     def release_tables(self) -> None:
-        """Log bytes written per stage; delete the tables of apps that asked not to keep them.
-
-        Runs at shutdown; call it earlier to free space once later stages have read them.
-        """
+        """Delete the tables of apps that asked not to keep them (at shutdown, or earlier to free space)."""
         self._ledger.release()
 
     def status(self) -> Dict[str, Dict[str, int]]:
         """Per pool: ranks, busy and idle ranks, queued and running tasks."""
-        return self._dispatcher.stats() if self._dispatcher else {}
+        return self._backend.stats() if self._backend else {}
 
     def monitor_resources(self) -> bool:
         """Parsl's resource monitoring samples each task's process (rank 0's for a cylon_app)."""
         return True
-
-    # -- shutdown ----------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop workers, master and pilot, close the session, and end leftovers.
@@ -489,43 +334,17 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         t0 = time.monotonic()
         if self._progress is not None:
             self._progress.stop()  # the summary, before shutdown fails what is left
-        if self._runtime is not None:
-            self._runtime.stop_watching()
-        if self._dispatcher is not None:
-            self._dispatcher.stop()
+        if self._own is not None:
+            self._own.stop_watching()
+        if self._backend is not None:
+            self._backend.stop()
         self.timings["shutdown_ranks"] = time.monotonic() - t0
         self.release_tables()
-        sid = self.session_id
-        if self._runtime is not None:
-            self._runtime.close()
-        if self._hygiene is not None:
-            self._hygiene.close(sid)
+        if self._own is not None:
+            self._own.close()
         self.timings["shutdown"] = time.monotonic() - t0
         logger.info("%s: shut down in %.1f s", self.label, self.timings["shutdown"])
         super().shutdown()
-
-
-def _describe(pools: Sequence[WorkerPool]) -> str:
-    return ", ".join(f"{p.name} ({p.workers} x {p.ranks} ranks, {p.gpus_per_rank} GPU/rank, "
-                     f"{p.cores_per_rank} core(s)/rank)" for p in pools)
-
-
-def _bind_address(address: Optional[str], local: bool) -> str:
-    # Listen only where peers are told to connect: address= names one interface (its
-    # host name resolves to it); with no address a batch pilot's ranks may come from any.
-    if local and not address:
-        return "127.0.0.1"
-    if not address:
-        return "*"
-    import socket
-
-    return socket.gethostbyname(address)
-
-
-def _this_host() -> str:
-    import socket
-
-    return socket.getfqdn()
 
 
 __all__ = ["RadicalCylonExecutor"]

@@ -5,7 +5,9 @@ Besides its resources (``ranks``, ``cores_per_rank``, ...), an app may set
 * **table options** (:class:`TableOptions`): how the tables it returns are
   written, and how its table arguments are read;
 * **engine options** (:class:`EngineOptions`): the distributed engine's knobs;
-* ``walltime``: reserved (seconds; accepted and carried, not yet enforced).
+* ``walltime``: seconds the task may run before it fails with ``TaskTimeout``
+  (a ``walltime`` or ``running_time_min`` resource key, when given, wins; the
+  executor resolves them once, so ``ctx.options.walltime`` is the limit applied).
 
 ``@cylon_app(..., key=value)`` and the executor's ``table_options=`` are
 checked where they are given (:func:`check_app_options`,
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from .permissions import SHARING
-from .tableio.errors import TableError
+from .table_error import TableError
 
 FORMATS = ("parquet", "ipc")
 PARQUET_CODECS = ("none", "snappy", "lz4", "zstd", "gzip", "brotli")
@@ -299,7 +301,7 @@ _ENGINE_CHECKS: Dict[str, Callable[[Any], str]] = {
 
 # -- all of them ----------------------------------------------------------------------------------
 
-#: Options a later release will act on; accepted and carried with the task until then.
+#: Options that are neither table nor engine options: the task's time limit.
 RESERVED_KEYS = frozenset({"walltime"})
 #: Every option key a ``cylon_app`` accepts besides its resources.
 OPTION_KEYS = TABLE_KEYS | ENGINE_KEYS | RESERVED_KEYS
@@ -316,7 +318,8 @@ class Options:
     engine : EngineOptions
         The engine's knobs, environment defaults applied when the task started.
     walltime : float, optional
-        Reserved: seconds the task may run (not yet enforced).
+        Seconds the task may run (``None``: no limit): the limit the dispatcher
+        enforces, whether the app's option or a resource key set it.
     """
 
     table: TableOptions = field(default_factory=TableOptions)

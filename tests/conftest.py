@@ -66,7 +66,7 @@ def rcylon(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The 2-node Slurm test cluster (cluster/setup.sh); skips with what is missing where it cannot run."""
-    from tests import slurm_testbed
+    from tests.slurm import testbed as slurm_testbed
 
     reason = slurm_testbed.missing()
     if reason:

@@ -24,6 +24,6 @@ if __name__ == "__main__":
     parsl.load(parsl.Config(executors=[ex], run_dir=sys.argv[1], strategy="none"))
     assert busy(0).result() == 2
     busy(600)  # keeps both ranks busy while the client is killed
-    print(f"ADDRESS {ex._dispatcher.address}", flush=True)
+    print(f"ADDRESS {ex._own.dispatcher.address}", flush=True)
     print(f"SESSION {ex.session_id}", flush=True)
     time.sleep(3600)

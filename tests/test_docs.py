@@ -38,7 +38,7 @@ def test_site_has_quickstart_concepts_api_and_search(site):
 
 
 def test_troubleshooting_covers_every_doctor_check():
-    from parsl_rcylon.cli import Doctor
+    from parsl_rcylon.doctor import Doctor
 
     checks = [name[len("check_"):].replace("_", " ") for name in dir(Doctor) if name.startswith("check_")]
     text = (ROOT / "docs" / "troubleshooting.md").read_text()

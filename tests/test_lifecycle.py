@@ -157,7 +157,7 @@ def test_a_lost_pilot_fails_every_pending_task_at_once_and_a_new_executor_starts
         queued = [ex.submit(nap.func, {"ranks": 2}, 0) for _ in range(3)]
         time.sleep(1)
         t0 = time.monotonic()
-        ex._runtime._pmgr.cancel_pilots()  # as the batch system ending the job would
+        ex._own.runtime._pmgr.cancel_pilots()  # as the batch system ending the job would
         # The running task's ranks die with the pilot: it may fail as soon as their PIDs are gone.
         with pytest.raises((WorkerLost, ExecutorBroken)):
             running.result(timeout=60)

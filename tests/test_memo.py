@@ -17,6 +17,7 @@ def _run(run_dir: Path) -> list:
     return lines[0].split()[1:]
 
 
+@pytest.mark.timeout(860)  # two runs, each its own pilot; each run's 400 s deadline fires first
 def test_rerun_reuses_tables_of_finished_stages(tmp_path):
     first = _run(tmp_path)
     second = _run(tmp_path)

@@ -25,7 +25,8 @@ from parsl_rcylon.options import (
     TableOptions,
     check_table_options,
 )
-from parsl_rcylon.runtime.rank import run_task
+from parsl_rcylon.runtime.agent.rank import run_task
+from parsl_rcylon.runtime.wire.task import Task
 from parsl_rcylon.tableio.errors import TableError
 
 COMM = MPI.COMM_SELF
@@ -95,8 +96,7 @@ def test_options_reach_the_context_not_the_function():
         return {"args": args, "kwargs": kwargs, "walltime": ctx.options.walltime,
                 "rounds": ctx.options.engine.join_rounds, "format": ctx.options.table.format}
 
-    task = {"uid": "t-options", "name": "f", "cylon": True,
-            "options": {"walltime": 30, "join_rounds": 3, "format": "ipc"}}
+    task = Task("t-options", "f", True, {"walltime": 30, "join_rounds": 3, "format": "ipc"})
     report, blob = run_task(task, pack_apply_message(f, (1,), {"x": 2}), COMM)
     assert report["ok"], deserialize(blob)
     assert deserialize(blob) == {"args": (1,), "kwargs": {"x": 2}, "walltime": 30, "rounds": 3,

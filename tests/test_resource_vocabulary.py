@@ -14,7 +14,7 @@ from parsl.executors.errors import InvalidResourceSpecification
 
 from parsl_rcylon import PilotSpec, RadicalCylonExecutor, ResourceSpec, WorkerPool, cylon_app
 from parsl_rcylon.resources import KNOWN_KEYS
-from parsl_rcylon.runtime.placement import Placement
+from parsl_rcylon.runtime.client.placement import Placement
 
 PARSL_KEYS = {"num_ranks", "num_nodes", "ranks_per_node", "cores", "gpus", "memory", "disk", "running_time_min",
               "priority"}

@@ -27,6 +27,8 @@ FAULT_RATE = float(os.environ.get("SOAK_FAULT_RATE", "0.05"))
 RESULTS = os.environ.get("SOAK_RESULTS")  # where `make soak` wants its figures
 
 
+# Minutes by design: above the client's own deadline below, so that one reports a hang first.
+@pytest.mark.timeout(660 + TASKS * 6)
 def test_soak_mixed_tasks_with_injected_faults_and_retries(tmp_path):
     client = Path(__file__).with_name("soak_client.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(client.parent.parent), os.environ.get("PYTHONPATH", "")]))

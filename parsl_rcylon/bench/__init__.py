@@ -1,8 +1,7 @@
-"""Reproducible benchmarks of parsl_rcylon (``parsl-rcylon bench ...``).
+"""What the paper benchmark's ranks import: the pipeline stages (``stages``).
 
-``stages`` holds the pipeline stages shared by every mode (they run inside
-``cylon_app`` tasks and inside bare ``mpiexec`` jobs alike), ``ops_script``
-is the bare-metal/batch entry point run under ``mpiexec``, ``paper`` the
-reproduction of the Radical-Cylon paper's experiments and ``report`` its
-tables and figures.
+The harness itself (``benchmarks/paper.py``, its bare ``mpiexec`` job script
+``benchmarks/paper_job.py`` and its report) lives outside the package;
+``stages`` stays here because both the pilot's ranks (the stages run as
+``cylon_app`` tasks, pickled by reference) and the bare-metal jobs import it.
 """

@@ -3,9 +3,9 @@
 Each stage is a plain function of a :class:`~parsl_rcylon.context.CylonContext`
 and runs unchanged in two places:
 
-* inside a ``cylon_app`` task on a warm worker of the pilot (``paper.py``
+* inside a ``cylon_app`` task on a warm worker of the pilot (``benchmarks/paper.py``
   wraps these functions with ``cylon_app``), and
-* inside a bare ``mpiexec -n R python ops_script.py <stage>`` job, with a
+* inside a bare ``mpiexec -n R python benchmarks/paper_job.py <stage>`` job, with a
   context built on ``MPI.COMM_WORLD`` (the bare-metal and batch modes).
 
 So both modes read their inputs with the same ``TableRef.read_share``, run the

@@ -1,17 +1,33 @@
-"""Local join kernels: pyarrow's Acero hash join, or DuckDB where it is installed.
+"""The local kernels: which sort, join and group-by code runs on this machine.
 
-Both give exactly pyarrow ``Table.join``'s result (columns, names, types, null
-keys never matching); only the speed differs.  DuckDB joined the engine's
-hash buckets with less CPU than Acero (docs/engine.md), so it is used when
-importable and the tables' types survive its round trip exactly; otherwise,
-or with the engine option ``join_kernel="acero"``, Acero runs.
+**Join.** pyarrow's Acero hash join, or DuckDB (a requirement of the
+package, so installed by default).  Both give exactly pyarrow
+``Table.join``'s result (columns, names, types, null keys never matching);
+only the speed differs.  DuckDB joined the engine's hash buckets with less
+CPU than Acero (docs/engine.md), so it is used when importable and the
+tables' types survive its round trip exactly; otherwise, or with the engine
+option ``join_kernel="acero"``, Acero runs.
+
+**Sort.** The packed 64-bit codes of ``localsort`` are sorted by ``np.sort``
+where numpy has a fast SIMD sort for them, and by ``radixsort`` where it has
+not: on AMD family 25 CPUs with AVX-512 (Zen 4) numpy dispatches its AVX-512
+sort, whose memory-destination ``VPCOMPRESSQ`` is microcoded there (7x slower
+than numpy's AVX2 sort on the same CPU, docs/engine.md), and on CPUs with no
+SIMD sort for 64-bit integers.  The choice is made once per process from
+numpy's CPU features and ``/proc/cpuinfo`` (deterministic, no timing);
+``PARSL_RCYLON_SORT_KERNEL=numpy|radix`` overrides it.
+
+:func:`active_kernels` says which kernels run here (``parsl-rcylon doctor``
+prints it).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import platform
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
@@ -197,4 +213,158 @@ class _DuckJoin:
         return out
 
 
-__all__ = ["acero_join", "duckdb_join", "fetch_arrow"]
+# -- the sort kernel ---------------------------------------------------------------------------------
+
+#: Local sort kernels of the packed codes; ``auto`` picks one for this CPU.
+SORT_KERNELS = ("auto", "numpy", "radix")
+SORT_KERNEL_ENV = "PARSL_RCYLON_SORT_KERNEL"
+
+
+def numpy_simd_features() -> Dict[str, List[str]]:
+    """numpy's SIMD extensions here: ``baseline``, ``dispatch`` (built) and ``found`` (enabled at runtime)."""
+    try:
+        from numpy._core import _multiarray_umath as umath  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import _multiarray_umath as umath
+    features = getattr(umath, "__cpu_features__", {})
+    return {"baseline": list(getattr(umath, "__cpu_baseline__", [])),
+            "dispatch": list(getattr(umath, "__cpu_dispatch__", [])),
+            "found": [name for name, on in features.items() if on]}
+
+
+def cpu_model() -> Dict[str, Any]:
+    """``model``, ``vendor`` and ``family`` of this CPU from ``/proc/cpuinfo`` (what is known)."""
+    info: Dict[str, Any] = {"model": platform.processor() or platform.machine(), "vendor": None, "family": None}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                name, value = name.strip(), value.strip()
+                if name == "model name":
+                    info["model"] = value
+                elif name == "vendor_id":
+                    info["vendor"] = value
+                elif name == "cpu family":
+                    info["family"] = int(value)
+                elif not name and info["vendor"]:
+                    break  # the first processor's block is enough
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def numpy_sort_target(found: Sequence[str]) -> str:
+    """Which of numpy's sorts ``np.sort`` of int64/uint64 runs, from its enabled CPU features.
+
+    x86: x86-simd-sort's AVX-512 (``X86_V4``, before numpy 2.4 ``AVX512_SKX``)
+    or AVX2 (``X86_V3``/``AVX2``) paths, else numpy's scalar introsort;
+    aarch64: Highway's vqsort on ASIMD/SVE.
+    """
+    on = set(found)
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        if on & {"X86_V4", "AVX512_SKX"}:
+            return "avx512"
+        if on & {"X86_V3", "AVX2"}:
+            return "avx2"
+        return "scalar"
+    if machine in ("aarch64", "arm64") and on & {"ASIMD", "SVE"}:
+        return "highway"
+    return "scalar"
+
+
+def choose_sort_kernel(target: str, cpu: Dict[str, Any]) -> Tuple[str, str]:
+    """``(kernel, why)`` for numpy's sort ``target`` on ``cpu`` (the rule; no environment)."""
+    if target == "avx512" and cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25:
+        return "radix", ("numpy's AVX-512 sort on an AMD family 25 CPU (Zen 4) is slow: its memory-destination "
+                         "VPCOMPRESSQ is microcoded there")
+    if target == "scalar":
+        return "radix", "numpy has no SIMD sort for 64-bit integers on this CPU"
+    return "numpy", f"numpy's {target} sort"
+
+
+@functools.lru_cache(maxsize=1)
+def _auto_sort_kernel() -> Tuple[str, str]:
+    return choose_sort_kernel(numpy_sort_target(numpy_simd_features()["found"]), cpu_model())
+
+
+def sort_kernel() -> Tuple[str, str]:
+    """``(kernel, why)``: the local sort kernel in force now (``numpy`` or ``radix``).
+
+    ``PARSL_RCYLON_SORT_KERNEL`` (``auto``, ``numpy``, ``radix``) is read on
+    every call; ``auto`` (the default) takes the rule's choice for this CPU,
+    made once per process.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When the environment variable names no kernel.
+    """
+    value = os.environ.get(SORT_KERNEL_ENV, "auto").strip().lower() or "auto"
+    if value not in SORT_KERNELS:
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{SORT_KERNEL_ENV}={value!r}: use one of {', '.join(SORT_KERNELS)}")
+    if value != "auto":
+        return value, f"{SORT_KERNEL_ENV}={value}"
+    return _auto_sort_kernel()
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def active_kernels() -> Dict[str, Any]:
+    """The local kernels this process runs, and why: ``sort``, ``join``, ``groupby``, ``cpu``, ``numpy_simd``.
+
+    ``parsl-rcylon doctor`` prints it; ``benchmarks/ops.py`` records it.
+    """
+    import numpy as np
+
+    from ..options import EngineOptions
+
+    simd = numpy_simd_features()
+    target = numpy_sort_target(simd["found"])
+    try:
+        kernel, why = sort_kernel()
+    except Exception as err:  # a bad override: report it rather than fail the report
+        kernel, why = "numpy", f"{type(err).__name__}: {err}"
+    try:
+        import duckdb
+
+        duck: Optional[str] = duckdb.__version__
+    except ImportError:
+        duck = None
+    try:
+        choice = EngineOptions.resolve().join_kernel
+    except Exception:  # a bad PARSL_RCYLON_JOIN_KERNEL: the operations raise it, the report shows auto's
+        choice = "auto"
+    if choice == "acero" or duck is None:
+        join = {"kernel": "acero", "why": "join_kernel='acero'" if choice == "acero" else
+                "duckdb is not importable (pip install duckdb): Acero, about 1.8x slower here"}
+    else:
+        join = {"kernel": "duckdb", "why": f"duckdb {duck} (Acero for types DuckDB does not round-trip exactly "
+                "and float keys)"}
+    return {
+        "sort": {"kernel": kernel, "why": why, "numpy": np.__version__, "numpy_sort": target},
+        "join": join,
+        "groupby": {"kernel": "numpy bincount / pyarrow hash",
+                    "why": "np.bincount for one dense integer key with sum/mean/count, pyarrow's hash "
+                    "aggregation otherwise"},
+        "cpu": cpu_model(),
+        "numpy_simd": simd,
+    }
+
+
+def kernel_lines() -> List[str]:
+    """:func:`active_kernels` as short lines, for ``parsl-rcylon doctor``."""
+    k = active_kernels()
+    cpu = k["cpu"]
+    return [f"sort: {k['sort']['kernel']} ({k['sort']['why']}; numpy {k['sort']['numpy']}, "
+            f"SIMD found: {' '.join(k['numpy_simd']['found'][-4:]) or 'none'})",
+            f"join: {k['join']['kernel']} ({k['join']['why']})",
+            f"group-by: {k['groupby']['kernel']}",
+            f"cpu: {cpu['model']} (vendor {cpu['vendor']}, family {cpu['family']})"]
+
+
+__all__ = ["acero_join", "duckdb_join", "fetch_arrow", "active_kernels", "kernel_lines", "sort_kernel",
+           "choose_sort_kernel", "numpy_sort_target", "numpy_simd_features", "cpu_model", "SORT_KERNELS"]

@@ -7,16 +7,18 @@ descending), floats through their order-preserving bits, strings and binaries
 through eight bytes read big-endian (the first eight after the prefix all
 values share).  The codes of the keys are
 concatenated, most significant key first, above the row number, into one
-uint64 per row, and one ``np.sort`` of those (numpy's vectorised sort here:
-about 15 ns per key on this machine's AVX-512, against 470 ns per key for an
-argsort) orders the rows; the row number in the low bits makes the order
-stable.  When the codes do not fit in the bits above the row number (wide
-integer ranges, several wide keys, strings longer than 8 bytes) their top
-bits are kept; rows whose kept bits tie are then re-sorted exactly, by
-pyarrow's stable ``sort_indices`` on just those rows.  Because the kept bits
-never order two rows against the full keys, those re-sorted runs only move
-within their own positions.  Key types without a code (decimals,
-dictionaries, fixed-size binaries, ...) take pyarrow's ``sort_indices`` whole.
+uint64 per row, and one sort of those orders the rows; the row number in the
+low bits makes the order stable.  That sort is ``np.sort`` where numpy's SIMD
+sort is fast (about 11-15 ns per key with AVX2 or Intel's AVX-512, against
+470 ns per key for an argsort), ``radixsort.radix_sort`` where it is not
+(AMD Zen 4's AVX-512, no SIMD sort); ``kernels.sort_kernel`` chooses.
+When the codes do not fit in the bits above the row number (wide integer
+ranges, several wide keys, strings longer than 8 bytes) their top bits are
+kept; rows whose kept bits tie are then re-sorted exactly, by pyarrow's stable
+``sort_indices`` on just those rows. Because the kept bits never order two
+rows against the full keys, those re-sorted runs only move within their own
+positions. Key types without a code (decimals, dictionaries, fixed-size
+binaries, ...) take pyarrow's ``sort_indices`` whole.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import pyarrow.compute as pc
 
 from .errors import InvalidArgumentError
 from .hashing import fixed_width_values
+from .kernels import sort_kernel
+from .radixsort import Source, radix_sort, sort_source
 
 _PA_MAJOR = int(pa.__version__.split(".")[0])
 _U64 = np.uint64
@@ -226,6 +230,34 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     idx_bits = max(1, (n - 1).bit_length())
+    packed: Optional[np.ndarray] = None
+    if len(keys) == 1 and sort_kernel()[0] == "radix":
+        source = _int_source(combined(table.column(keys[0].name)), keys[0], idx_bits)
+        if source is not None:
+            # The radix kernel reads the packed codes block by block from the column itself:
+            # they never exist whole beside its partitioned copy.
+            read, used, exact = source
+            packed = sort_source(read, n, used + idx_bits)
+    if packed is None:
+        packed, exact = _packed_sorted(table, keys, n, idx_bits)
+        if packed is None:
+            return arrow_sort_indices(table, keys)
+    ties = None if exact else _tied(packed, idx_bits)
+    packed &= _U64((1 << idx_bits) - 1)
+    rows = packed.view(np.int64)
+    if ties is not None and ties.size:
+        # Runs of equal kept bits: re-sort just those rows by the full keys.
+        # They are in row order, pyarrow's sort is stable, and the kept bits
+        # agree with the full order, so each run stays within its positions.
+        tied_rows = rows[ties]
+        subset = table.select(list(dict.fromkeys(k.name for k in keys))).take(pa.array(tied_rows))
+        rows[ties] = tied_rows[arrow_sort_indices(subset, keys)]
+    return rows
+
+
+def _packed_sorted(table: pa.Table, keys: Sequence[SortKey], n: int, idx_bits: int
+                   ) -> Tuple[Optional[np.ndarray], bool]:
+    """``(the packed codes sorted, exact)``; None where the first key has no code."""
     room = 64 - idx_bits
     packed: Optional[np.ndarray] = None
     used, exact = 0, True
@@ -236,7 +268,7 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
         coded = key_codes(combined(table.column(key.name)), key)
         if coded is None:
             if packed is None:
-                return arrow_sort_indices(table, keys)
+                return None, False
             exact = False
             break
         codes, bits, key_exact = coded
@@ -259,18 +291,54 @@ def local_sort_indices(table: pa.Table, keys: Sequence[SortKey]) -> np.ndarray:
     for lo_row in range(0, n, _ROW_BLOCK):
         hi_row = min(n, lo_row + _ROW_BLOCK)
         packed[lo_row:hi_row] |= np.arange(lo_row, hi_row, dtype=_U64)
+    return sort_codes(packed, used + idx_bits), exact
+
+
+def _int_source(arr: pa.Array, key: SortKey, idx_bits: int) -> Optional[Tuple[Source, int, bool]]:
+    """``(source, bits kept, exact)``: the packed codes of one integer-like key without nulls, by block.
+
+    The same codes as :func:`key_codes` and the packing (offset binary from
+    the minimum, or to the maximum descending, its top bits where the range
+    does not fit, above the row number), read from the column's values where
+    they are needed.  None for other keys, or with nulls.
+    """
+    if not is_int_like(arr.type) or arr.null_count or not len(arr):
+        return None
+    values = int_values(arr)
+    signed = values.dtype.kind == "i"
+    bias = 1 << 63 if signed else 0
+    lo, hi = int(values.min()) + bias, int(values.max()) + bias
+    bits = (hi - lo).bit_length()
+    drop = max(0, bits + idx_bits - 64)  # the lowest bits that do not fit above the row number
+
+    def source(start: int, stop: int) -> np.ndarray:
+        if signed:
+            codes = values[start:stop].astype(np.int64).view(_U64)
+            codes ^= _U64(1 << 63)  # two's complement to offset binary
+        else:
+            codes = values[start:stop].astype(_U64)
+        if key.descending:
+            np.subtract(_U64(hi), codes, out=codes)
+        else:
+            codes -= _U64(lo)
+        if drop:
+            codes >>= _U64(drop)
+        codes <<= _U64(idx_bits)
+        codes |= np.arange(start, stop, dtype=_U64)
+        return codes
+
+    return source, bits - drop, drop == 0
+
+
+def sort_codes(packed: np.ndarray, bits: int, kernel: Optional[str] = None) -> np.ndarray:
+    """``packed`` (uint64 codes below ``2**bits``) sorted, by ``kernel`` or the one in force here.
+
+    May sort ``packed`` in place or return a new array.
+    """
+    if (kernel or sort_kernel()[0]) == "radix":
+        return radix_sort(packed, bits)
     packed.sort()
-    ties = None if exact else _tied(packed, idx_bits)
-    packed &= _U64((1 << idx_bits) - 1)
-    rows = packed.view(np.int64)
-    if ties is not None and ties.size:
-        # Runs of equal kept bits: re-sort just those rows by the full keys.
-        # They are in row order, pyarrow's sort is stable, and the kept bits
-        # agree with the full order, so each run stays within its positions.
-        tied_rows = rows[ties]
-        subset = table.select(list(dict.fromkeys(k.name for k in keys))).take(pa.array(tied_rows))
-        rows[ties] = tied_rows[arrow_sort_indices(subset, keys)]
-    return rows
+    return packed
 
 
 def _tied(packed: np.ndarray, idx_bits: int) -> np.ndarray:
@@ -291,4 +359,4 @@ def _tied(packed: np.ndarray, idx_bits: int) -> np.ndarray:
     return np.flatnonzero(tied)
 
 
-__all__: List[str] = ["SortKey", "local_sort_indices", "key_codes", "arrow_sort_indices"]
+__all__: List[str] = ["SortKey", "local_sort_indices", "key_codes", "arrow_sort_indices", "sort_codes"]

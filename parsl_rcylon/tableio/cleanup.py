@@ -267,4 +267,20 @@ def remove_stale_scratch(scratch_root: str, older_than: float = DEFAULT_OLDER_TH
     return report
 
 
-__all__ = ["CleanupReport", "DEFAULT_OLDER_THAN", "remove_stale_scratch", "remove_unfinished", "writer_alive"]
+def remove_leftovers(label: str, data_dir: str, scratch_root: str) -> CleanupReport:
+    """What an executor sweeps at start: dead writers' unfinished tables and dead ranks' scratch directories.
+
+    Writers killed in an earlier run (a rank SIGKILLed mid-write, a node lost)
+    leave temporary files and uncommitted tables; only certainly dead
+    writers' leftovers go.  ``label`` names the executor in the log.
+    """
+    report = remove_unfinished(data_dir)
+    report.extend(remove_stale_scratch(scratch_root))
+    if report.removed:
+        logger.warning("%s: removed %d leftover(s) of writers that died in an earlier run: %s", label,
+                       len(report.removed), report.removed[:10])
+    return report
+
+
+__all__ = ["CleanupReport", "DEFAULT_OLDER_THAN", "remove_leftovers", "remove_stale_scratch", "remove_unfinished",
+           "writer_alive"]

@@ -5,15 +5,7 @@ ranks, RP queues and Parsl's ``RemoteExceptionWrapper`` unchanged.
 """
 from __future__ import annotations
 
-
-class TableError(Exception):
-    """Base class: a table could not be written, read or handed over.
-
-    Parameters
-    ----------
-    message : str
-        What went wrong, naming the task, ranks, columns or file involved.
-    """
+from ..table_error import TableError
 
 
 class TableSchemaError(TableError):

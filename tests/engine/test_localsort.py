@@ -11,7 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parsl_rcylon.engine import radixsort
+from parsl_rcylon.engine.errors import InvalidArgumentError
+from parsl_rcylon.engine.kernels import choose_sort_kernel, numpy_sort_target, sort_kernel
 from parsl_rcylon.engine.localsort import SortKey, key_codes, local_sort_indices
+from parsl_rcylon.engine.radixsort import radix_sort
 
 KINDS = ["int64", "wide_int64", "uint64", "uint8", "int32", "float64", "float32", "string", "large_string",
          "binary", "bool", "timestamp", "date32", "decimal"]
@@ -66,9 +70,22 @@ def sort_cases(draw: Any) -> Dict[str, Any]:
             "sliced": sliced}
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(sort_cases())
-def test_local_sort_is_pyarrows_stable_sort(case: Dict[str, Any]) -> None:
+@pytest.fixture(params=["numpy", "radix"])
+def kernel(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each sort kernel in turn; the radix kernel with thresholds small enough that few rows reach every path
+    (partition blocks, grid chunks, buckets too big for a row, the skew fallback)."""
+    monkeypatch.setenv("PARSL_RCYLON_SORT_KERNEL", request.param)
+    if request.param == "radix":
+        for name, value in (("SMALL", 8), ("ROW_MAX", 4), ("BLOCK", 64), ("CHUNK", 16), ("TARGET", 2)):
+            monkeypatch.setattr(radixsort, name, value)
+    return request.param
+
+
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=sort_cases())
+def test_local_sort_is_pyarrows_stable_sort(kernel: str, case: Dict[str, Any]) -> None:
+    assert sort_kernel()[0] == kernel
     rng = np.random.default_rng(case["seed"])
     n = case["n"]
     table = pa.table({f"c{i}": column(k, n, rng, case["null_rate"]) for i, k in enumerate(case["kinds"])})
@@ -125,3 +142,100 @@ def test_strings_with_a_long_shared_prefix(kind: pa.DataType, descending: bool, 
     codes, _, _ = key_codes(table.column("k").combine_chunks(), SortKey("k", False, True))
     if not with_short:  # the codes tell the suffixes apart: few ties are left for pyarrow
         assert len(np.unique(codes)) > 250
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("shape", ["uniform", "skewed", "few"])
+def test_each_kernel_on_many_rows(kernel: str, descending: bool, shape: str) -> None:
+    # Two keys, nulls, NaN, ties, 40,000 rows: pyarrow's stable sort_indices decides.
+    rng = np.random.default_rng(11)
+    n = 40_000
+    if shape == "uniform":
+        first = rng.integers(-2**40, 2**40, n)
+    elif shape == "skewed":  # most keys in a sliver of the range: the top bits bucket them badly
+        first = np.minimum(rng.lognormal(0, 4, n) * 100, 2**50).astype(np.int64)
+    else:
+        first = rng.integers(0, 5, n)
+    second = rng.choice([0.5, -1.0, np.nan, 2.0, -0.0, 0.0], n)
+    table = pa.table({"a": pa.array(first, mask=rng.random(n) < 0.05),
+                      "b": pa.array(second, mask=rng.random(n) < 0.05)})
+    keys = [SortKey("a", descending, True), SortKey("b", not descending, False)]
+    want = pc.sort_indices(table, sort_keys=[(k.name, k.order, k.placement) for k in keys]).to_numpy()
+    assert np.array_equal(local_sort_indices(table, keys), want)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(n=st.integers(0, 3000), bits=st.integers(1, 64), shape=st.sampled_from(["uniform", "skewed", "three"]),
+       small=st.sampled_from([0, 1, 16]), row_max=st.sampled_from([1, 4, 64]), seed=st.integers(0, 2**32 - 1))
+def test_radix_sort_is_numpys_sort(n: int, bits: int, shape: str, small: int, row_max: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    high = (1 << bits) - 1
+    if shape == "uniform":
+        codes = rng.integers(0, high, n, dtype=np.uint64, endpoint=True)
+    elif shape == "skewed":
+        codes = np.minimum(rng.lognormal(0, 4, n) * 10, high).astype(np.uint64)
+    else:  # three values at the top of the range: every code in one of three buckets
+        codes = rng.integers(0, min(3, high + 1), n).astype(np.uint64) << np.uint64(max(0, bits - 2))
+    if bits < 60:  # bits above ``bits`` that every code shares
+        codes |= np.uint64(0b1011 << 60)
+    want = np.sort(codes)
+    assert np.array_equal(radix_sort(codes.copy(), bits, small, row_max), want)
+
+
+def test_radix_sort_splits_many_codes_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # More than 2 * TARGET * 2**16 codes take the two-level path; small blocks and chunks here.
+    monkeypatch.setattr(radixsort, "TARGET", 1)
+    monkeypatch.setattr(radixsort, "BLOCK", 1000)
+    monkeypatch.setattr(radixsort, "CHUNK", 500)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 2**64 - 1, 300_000, dtype=np.uint64, endpoint=True)
+    assert np.array_equal(radix_sort(codes.copy(), 64, 64, 8), np.sort(codes))
+
+
+@pytest.mark.parametrize("target, cpu, kernel", [
+    ("avx512", {"vendor": "AuthenticAMD", "family": 25}, "radix"),   # Zen 4: microcoded VPCOMPRESSQ
+    ("avx2", {"vendor": "AuthenticAMD", "family": 25}, "numpy"),     # Zen 3 (Frontier, Perlmutter)
+    ("avx512", {"vendor": "AuthenticAMD", "family": 26}, "numpy"),   # Zen 5
+    ("avx512", {"vendor": "GenuineIntel", "family": 6}, "numpy"),    # Intel's AVX-512
+    ("highway", {"vendor": None, "family": None}, "numpy"),          # aarch64
+    ("scalar", {"vendor": "GenuineIntel", "family": 6}, "radix"),    # no SIMD sort
+])
+def test_the_sort_kernel_rule(target: str, cpu: Dict[str, Any], kernel: str) -> None:
+    assert choose_sort_kernel(target, cpu)[0] == kernel
+
+
+def test_numpy_sort_target_follows_numpys_enabled_features() -> None:
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 feature names")
+    assert numpy_sort_target(["X86_V2", "X86_V3", "X86_V4"]) == "avx512"
+    assert numpy_sort_target(["AVX2", "AVX512_SKX"]) == "avx512"  # numpy < 2.4 names
+    assert numpy_sort_target(["X86_V2", "X86_V3"]) == "avx2"  # NPY_DISABLE_CPU_FEATURES="X86_V4 ..."
+    assert numpy_sort_target(["SSE42"]) == "scalar"
+
+
+def test_a_bad_sort_kernel_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARSL_RCYLON_SORT_KERNEL", "quick")
+    with pytest.raises(InvalidArgumentError, match="PARSL_RCYLON_SORT_KERNEL='quick': use one of auto, numpy, radix"):
+        sort_kernel()
+
+
+def test_numpys_avx2_sort_keeps_the_numpy_kernel() -> None:
+    # NPY_DISABLE_CPU_FEATURES turns numpy's AVX-512 dispatch off (as on a Zen 3): the rule must then
+    # keep np.sort, which is fast there, on any x86 CPU with AVX2.
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 feature names")
+    code = ("from parsl_rcylon.engine.kernels import *; f = numpy_simd_features()['found']; "
+            "print(numpy_sort_target(f), sort_kernel()[0], 'AVX2' in f)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PARSL_RCYLON_SORT_KERNEL"}
+    env["NPY_DISABLE_CPU_FEATURES"] = "X86_V4 AVX512_ICL AVX512_SPR AVX512_SKX"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    target, kernel, avx2 = out.stdout.split()
+    if avx2 != "True":
+        pytest.skip("no AVX2 on this CPU")
+    assert (target, kernel) == ("avx2", "numpy"), out.stdout + out.stderr

@@ -21,6 +21,8 @@ LAUNCH_TIMEOUT = int(os.environ.get("TRAIN_MPI_TIMEOUT", "300"))
 
 pytestmark = [
     pytest.mark.mpi,
+    # The first case of each rank count runs the launch for all of them.
+    pytest.mark.timeout(LAUNCH_TIMEOUT + 60),
     pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}"),
 ]
 

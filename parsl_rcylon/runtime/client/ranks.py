@@ -1,0 +1,145 @@
+"""The dispatcher's rank registry: which peer identity is which rank of which worker, and whether it lives.
+
+A rank is registered once, on its READY; from then on every message it sends
+refreshes its ``last_seen``.  :meth:`RankRegistry.silent_or_gone` names the
+first rank of a worker that has exited (its PID, where this host can see it)
+or has not answered for ``rank_timeout`` seconds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+
+import psutil
+
+from .placement import WorkerSlots
+
+
+@dataclass
+class RankEntry:
+    """One registered rank."""
+
+    identity: bytes
+    host: str
+    pid: int
+    local: bool  # whether this process can see the rank's PID
+    last_seen: float  # time.monotonic() of its last message
+
+
+class RankRegistry:
+    """Registered ranks by worker and by peer identity, and the RAPTOR masters."""
+
+    def __init__(self) -> None:
+        self._expected_masters: Set[str] = set()
+        self._masters: Dict[bytes, str] = {}  # identity -> master uid
+        self._by_identity: Dict[bytes, Tuple[str, int]] = {}  # identity -> (worker uid, rank)
+        self._by_worker: Dict[str, Dict[int, RankEntry]] = {}  # worker uid -> rank -> entry
+
+    def expect_master(self, master: str) -> None:
+        """Master ``master`` is about to start: it may register."""
+        self._expected_masters.add(master)
+
+    def master_ready(self, identity: bytes, master: str) -> bool:
+        """Register a master's READY (token already checked); False if this executor did not start it."""
+        if master not in self._expected_masters:
+            return False
+        self._masters[identity] = master
+        return True
+
+    def is_master(self, identity: bytes) -> bool:
+        return identity in self._masters
+
+    def masters(self) -> List[bytes]:
+        """Identities of the registered masters."""
+        return list(self._masters)
+
+    def expect(self, worker: str) -> None:
+        """Worker ``worker`` is about to start: its ranks may register."""
+        self._by_worker[worker] = {}
+
+    def has(self, worker: str, rank: int, identity: bytes) -> bool:
+        """Whether this rank, or this identity, has registered already."""
+        return rank in self._by_worker.get(worker, {}) or identity in self._by_identity
+
+    def refusal(self, identity: bytes, info: Mapping[str, Any], slots: Optional[WorkerSlots]) -> Optional[str]:
+        """Why a worker rank's READY (token already checked) is refused, or ``None``.
+
+        ``slots`` is the worker it names, as placement knows it (``None``: unknown).
+        """
+        missing = [k for k in ("worker", "rank", "size") if k not in info]
+        if missing:
+            return f"READY without {missing}"
+        uid, rank = info["worker"], info["rank"]
+        if slots is None or not slots.alive:
+            return f"READY from worker {uid!r}, which this executor is not running"
+        if info["size"] != slots.size or not 0 <= rank < slots.size:
+            return f"READY from rank {rank} of {info['size']} for worker {uid} of {slots.size} ranks"
+        if self.has(uid, rank, identity):
+            return f"READY for rank {rank} of worker {uid}, which has registered already"
+        return None
+
+    def register(self, identity: bytes, worker: str, rank: int, host: str, pid: int, local: bool) -> None:
+        """Register a rank; ``local``: it names this host, and its PID is judged only if visible here."""
+        # Same host name and a visible PID: a rank in another PID namespace
+        # (a container) is judged by its answers alone.
+        local = local and running(pid)
+        self._by_identity[identity] = (worker, rank)
+        self._by_worker[worker][rank] = RankEntry(identity, host, pid, local, time.monotonic())
+
+    def who(self, identity: bytes) -> Optional[Tuple[str, int]]:
+        """(worker uid, rank) of a registered peer."""
+        return self._by_identity.get(identity)
+
+    def heard(self, worker: str, rank: int) -> None:
+        self._by_worker[worker][rank].last_seen = time.monotonic()
+
+    def of(self, worker: str) -> Dict[int, RankEntry]:
+        """The registered ranks of ``worker`` (empty if none)."""
+        return self._by_worker.get(worker, {})
+
+    def workers(self) -> Iterator[Tuple[str, Dict[int, RankEntry]]]:
+        return iter(list(self._by_worker.items()))
+
+    def forget(self, worker: str) -> None:
+        """Worker ``worker`` is gone: forget its ranks."""
+        for entry in self._by_worker.pop(worker, {}).values():
+            self._by_identity.pop(entry.identity, None)
+
+    def silent_or_gone(self, worker: str, now: float, rank_timeout: float) -> Optional[str]:
+        """Why ``worker`` is lost (a rank exited or is silent), or ``None``."""
+        for rank, entry in list(self.of(worker).items()):
+            if entry.local and not running(entry.pid):
+                return f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
+            silent = now - entry.last_seen
+            if silent > rank_timeout:
+                return f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for {silent:.0f} s"
+        return None
+
+    def exited(self, worker: str) -> List[str]:
+        """The ranks of ``worker`` on this host whose processes are gone, in words."""
+        return [f"rank {r} (pid {e.pid} on {e.host}) exited"
+                for r, e in sorted(self.of(worker).items()) if e.local and not running(e.pid)]
+
+    def lost(self, worker: str) -> List[str]:
+        """What is known of a lost ``worker``'s ranks, in words: those here that exited, else the hosts they ran on.
+
+        Ranks on other hosts cannot be looked at from here; naming their hosts
+        says which node a worker lost with its node was on.
+        """
+        gone = self.exited(worker)
+        hosts = sorted({e.host for e in self.of(worker).values() if not e.local})
+        return gone or ([f"its ranks ran on {', '.join(hosts)}"] if hosts else [])
+
+
+def running(pid: Optional[int]) -> bool:
+    """Whether process ``pid`` of this host is alive (a zombie is not)."""
+    if pid is None:
+        return True  # not known yet: nothing to judge by
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+__all__ = ["RankEntry", "RankRegistry", "running"]

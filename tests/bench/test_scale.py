@@ -1,0 +1,36 @@
+"""benchmarks/scale.py in its quick mode: the simulation drives the real Placement to the end.
+
+Speed is the benchmark's business (its JSON and plot); here only that it runs,
+every accepted task starts, and its figures are sane.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scale():
+    spec = importlib.util.spec_from_file_location("scale_benchmark", ROOT / "benchmarks" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_scale_benchmark_runs_and_reports(tmp_path):
+    result = _scale().main(["--quick", "--out", str(tmp_path), "--no-plot"])
+    assert json.loads((tmp_path / "scale-quick.json").read_text())["quick"] is True
+    for sim in result["simulations"]:
+        for run in (sim["ours"], sim["first_fit"]):
+            assert run["complete"] and run["started"] == run["tasks"] - run["refused"] > 0
+            assert 0 < run["utilisation"] <= run["bound"] + 1e-9 <= 1 + 1e-9
+    q = result["deep_queue"]
+    assert q["complete"] and q["events"] > 0 and q["pass_ms_median"] > 0
+    for stream in result["streams"]:
+        assert stream["ours"]["big_tasks"] > 0
+    assert result["memory"]["bytes_per_queued_task"] > 0
+    costs = result["messages"]
+    assert set(costs["start_task_ms"]) == set(costs["start_task_ms_encoded_per_rank"]) == {"1", "64", "1024"}
+    assert costs["heartbeat_answer_us"] > 0
