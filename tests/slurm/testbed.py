@@ -20,7 +20,7 @@ from parsl_rcylon import RadicalCylonExecutor, WorkerPool
 from parsl_rcylon.slurm import SlurmCluster
 from tests.conftest import wait_for_no_processes
 
-CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster"
+CLUSTER_DIR = Path(__file__).resolve().parents[2] / "cluster"
 NODES = ("n1", "n2")
 #: Cores each test node claims (slurmd accepts more than the machine has: config_overrides).
 CPUS = int(os.environ.get("RCYLON_SLURM_CPUS", "3"))
