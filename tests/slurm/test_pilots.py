@@ -81,6 +81,8 @@ def test_scancel_of_the_pilot_job_fails_pending_tasks_with_pilot_lost_within_5_s
         slurm_cluster.close(ex, dfk)
 
 
+# About 70 s here; the bound is the sum of its own deadlines (start, results, the node's job ending, set-up again).
+@pytest.mark.timeout(900)
 def test_a_lost_node_fails_its_tasks_with_worker_lost_naming_it_and_the_pool_goes_on(slurm_cluster, tmp_path):
     # Two 1-rank workers of 2 cores: the master's core and one worker on one node, the other worker alone.
     pool = WorkerPool(name="each", ranks=1, workers=2, cores_per_rank=2)
@@ -108,6 +110,8 @@ def test_a_lost_node_fails_its_tasks_with_worker_lost_naming_it_and_the_pool_goe
         slurm_cluster.setup()  # the whole cluster afresh for the tests after
 
 
+# About 90 s here (a 1-minute job limit and Slurm's 30 s sweep); above its start, result and shutdown deadlines.
+@pytest.mark.timeout(600)
 def test_a_pilot_job_that_reaches_its_time_limit_fails_tasks_with_a_clear_error(slurm_cluster, tmp_path):
     ex, dfk = slurm_cluster.load(tmp_path, "MPIEXEC", _pair(), "timelimit", runtime=1)
     try:
