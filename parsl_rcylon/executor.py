@@ -158,7 +158,6 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
-
         self._ids = itertools.count()
         self._backend: Optional[TaskBackend] = None  # where tasks go: the dispatcher, or an attached pilot
         self._own: Optional[OwnPilots] = None  # the pilots start() starts (none when attached)
@@ -220,7 +219,6 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
         from .tableio.cleanup import remove_leftovers  # pyarrow-free, but only a start needs it
-
         remove_leftovers(self.label, self.data_dir, str(self.base_dir / "scratch"))
         own = self._own = OwnPilots(self.label, self.base_dir, self.pilots, pools, self.liveness, self.channel,
                                     self.address, self.timings)
@@ -302,8 +300,10 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             raise ExecutorShutdown(self, "submit() on an executor that is not running")
 
     def _dispatch(self, task: Task, payload: bytes) -> Future:
-        # Calls packed here and attached clients' calls: one scratch root, this executor's.
-        return self._backend.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
+        # One scratch root for calls packed here and attached clients' calls; Future.cancel() withdraws the task.
+        fut = self._backend.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
+        fut.add_done_callback(lambda f, backend=self._backend: f.cancelled() and backend.cancel(task.uid))
+        return fut
 
     def table_summary(self) -> Dict[str, Dict[str, int]]:
         """Per app: tables, rows and bytes written so far."""

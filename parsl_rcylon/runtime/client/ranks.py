@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import psutil
 
-from .placement import WorkerSlots
+from .slots import WorkerSlots
 
 
 @dataclass
