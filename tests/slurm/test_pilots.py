@@ -88,7 +88,9 @@ def test_a_lost_node_fails_its_tasks_with_worker_lost_naming_it_and_the_pool_goe
     pool = WorkerPool(name="each", ranks=1, workers=2, cores_per_rank=2)
     ex, dfk = slurm_cluster.load(tmp_path, "MPIEXEC", pool, "nodelost")
     try:
-        first = [host_after(30) for _ in range(2)]
+        # Slurm ends the whole job (steps on n1 too, "DUE TO NODE FAILURE") once it declares n2 down, about
+        # SlurmdTimeout (30 s) after the loss: the task on n1 and the one after it must end well before that.
+        first = [host_after(8) for _ in range(2)]
         deadline = time.monotonic() + 60
         while ex.status()["each"]["running"] < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
