@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv wheel-check
+.PHONY: venv up down cluster-up cluster-deps cluster-down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv wheel-check
 
 venv: $(STAMP)
 
@@ -31,6 +31,18 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(BIN)/parsl-rcylon down --run-dir runinfo/pilot
+
+# The 2-node Slurm test cluster on this machine (root; docs/hpc.md, "The test cluster").
+# `make test` needs neither: the tests marked slurm start it and stop it themselves.
+cluster-up:
+	bash cluster/setup.sh
+
+# Its packages only (slurm-wlm, munge; root): .ci/run installs them before `make test`.
+cluster-deps:
+	bash cluster/setup.sh --install-only
+
+cluster-down:
+	bash cluster/teardown.sh
 
 # The table-only pipeline (generate, join, sort, group-by).
 demo-tables: $(STAMP)

@@ -1,10 +1,9 @@
 """RadicalCylonExecutor: the Parsl adapter over warm Radical Pilot workers.
 
-Options are checked in groups (:mod:`.executor_options`); a call is admitted
-once (:mod:`.runtime.client.admission`), built into a
-:class:`~.runtime.wire.task.Task` once, and handed to the task backend: the
-dispatcher of the executor's own pilots (:mod:`.runtime.client.pilots`) or the
-client of an attached pilot server (:mod:`.runtime.attach`).
+Options are checked in groups (:mod:`.executor_options`); a call is admitted once
+(:mod:`.runtime.client.admission`), built into a :class:`~.runtime.wire.task.Task` once, and handed to the task
+backend: the dispatcher of the executor's own pilots (:mod:`.runtime.client.pilots`) or the client of an attached
+pilot server (:mod:`.runtime.attach`).
 """
 from __future__ import annotations
 
@@ -35,7 +34,6 @@ from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime.attach.client import AttachedPilot
 from .runtime.client.admission import Admission
 from .runtime.client.backend import TaskBackend
-from .runtime.client.pilot import pilot_description
 from .runtime.client.pilots import OwnPilots, PilotStartError
 from .runtime.wire.channel import ChannelOptions
 from .runtime.wire.task import Task
@@ -48,13 +46,11 @@ logger = logging.getLogger(__name__)
 class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     """Run Parsl apps as MPI tasks on warm RAPTOR workers inside a Radical Pilot pilot.
 
-    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and
-    the MPI workers of each pool, and returns once every worker rank is ready.
-    ``@cylon_app`` calls run on as many ranks of a worker as they ask for, with
-    a communicator of their own; plain ``python_app`` and ``bash_app`` calls
-    run on one rank, so a whole pipeline lives in one pilot.  The keywords
-    are checked in groups (:mod:`parsl_rcylon.executor_options`), whose
-    classes say more about each.
+    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and the MPI workers of each pool,
+    and returns once every worker rank is ready.  ``@cylon_app`` calls run on as many ranks of a worker as
+    they ask for, with a communicator of their own; plain ``python_app`` and ``bash_app`` calls run on one
+    rank, so a whole pipeline lives in one pilot.  The keywords are checked in groups
+    (:mod:`parsl_rcylon.executor_options`), whose classes say more about each.
 
     Parameters
     ----------
@@ -77,7 +73,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         Shared directory for tables (default ``<run_dir>/<label>/data``); table
         defaults (``format``, ...); the run's modes, ``private`` or ``group``.
     address : str, optional
-        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name).
+        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name); given,
+        the client listens on it alone.
     heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace, max_worker_restarts
         Liveness (:class:`~parsl_rcylon.runtime.client.pilots.Liveness`): seconds
         between heartbeats; silence after which the pilot's processes end
@@ -198,10 +195,13 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         """The pools that live in ``pilot``."""
         return self.allocation.pools_of(pilot)
 
+    @ParslExecutor.run_dir.setter  # type: ignore[attr-defined]
+    def run_dir(self, value: str) -> None:  # the first value, ParslExecutor's default, is not the run's
+        self._run_dir_set, self._run_dir = hasattr(self, "_run_dir"), value
+
     def pilot_descriptions(self) -> Dict[str, Dict[str, Any]]:
-        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing."""
-        return {spec.name: pilot_description(spec, self.pools_of(spec), str(self.base_dir / "sandbox"))
-                for spec in self.pilots}
+        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name (sandbox ``<run_dir>/`` until set)."""
+        return self.allocation.pilot_descriptions(self.base_dir if self._run_dir_set else Path("<run_dir>", self.label))
 
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
@@ -214,7 +214,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             OwnPilots.preflight(self.pilots, pools)
         except PilotStartError as err:
             raise StartupError(self, str(err)) from None
-        descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
+        descriptions = self.allocation.pilot_descriptions(self.base_dir)  # a pool that cannot be placed fails here
         make_run_dirs(self.run_dir, self.base_dir, self.sharing)  # Parsl made runinfo/NNN with the umask
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)

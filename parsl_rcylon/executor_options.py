@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .options import check_table_options
 from .permissions import modes
 from .resources import PilotSpec, WorkerPool
+from .runtime.client.pilot import pilot_description
 from .runtime.client.pilots import Liveness
 from .runtime.wire.channel import ChannelOptions
 
@@ -68,6 +70,11 @@ class Allocation:
         """The pools that live in ``pilot`` (a pool naming no pilot lives in the first)."""
         first = self.pilots[0].name
         return [p for p in self.pools if (p.pilot or first) == pilot.name]
+
+    def pilot_descriptions(self, base_dir: Path) -> Dict[str, Dict[str, Any]]:
+        """The ``PilotDescription`` keys of each pilot, by name, sandboxes under ``base_dir``; submits nothing."""
+        return {spec.name: pilot_description(spec, self.pools_of(spec), str(Path(base_dir) / "sandbox"))
+                for spec in self.pilots}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ...permissions import make_dir, write_private
 from ...resources import WorkerPool
 from ..client.admission import Admission
 from ..wire import protocol
-from ..wire.channel import ChannelOptions, ServerChannel
+from ..wire.channel import ChannelOptions, ServerChannel, bind_address
 from ..wire.task import Task
 from .info import _POOL_FIELDS, ATTACH_DIR, IDLE_TIMEOUT, INFO_FILE, PilotInfo
 
@@ -72,7 +72,7 @@ class PilotServer:
         self._threshold = executor.heartbeat_threshold
         self._ctx = zmq.Context()
         attach_dir = make_dir(self.run_dir / ATTACH_DIR, "private")
-        self._channel = ServerChannel(self._ctx, attach_dir, "127.0.0.1" if executor.is_local else "*",
+        self._channel = ServerChannel(self._ctx, attach_dir, bind_address(executor.address, executor.is_local),
                                       None if executor.is_local else executor.address,
                                       port_range=executor.channel.port_range, encrypted=True,
                                       max_frame_bytes=executor.channel.max_frame_bytes)

@@ -61,6 +61,50 @@ def mpi_bin_dir() -> Optional[str]:
     return str(Path(found).parent) if found else None
 
 
+def with_mpi_path(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` with this interpreter's ``mpiexec`` directory first on ``PATH`` for each launch method.
+
+    Only where the virtualenv holds an ``mpiexec`` (the ``mpich`` wheel's, which ``mpi4py`` was
+    built against): a site's own MPI is left to its modules.  Batch pilots need it as much as
+    local ones; RP looks ``mpiexec`` up with the virtualenv removed from ``PATH``.
+    """
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "mpiexec").exists():
+        return cfg
+    line = f"export PATH={venv_bin}:$PATH"
+    methods = dict(cfg.get("launch_methods") or {})
+    for name, lm in methods.items():
+        if name == "order" or not isinstance(lm, dict):
+            continue
+        pre = list(lm.get("pre_exec_cached") or [])
+        if line not in pre:
+            methods[name] = dict(lm, pre_exec_cached=[line] + pre)
+    return dict(cfg, launch_methods=methods) if methods else cfg
+
+
+def advertise_interface(configs: List[Dict[str, Any]]) -> Optional[str]:
+    """Make RP's client listeners advertise the pilots' ``network_interface`` where this host has it.
+
+    RP advertises the first non-loopback interface unless told; a cluster whose agents
+    reach the client over one interface (``lo`` on a one-machine test cluster, ``ib0``)
+    says so in its resource configuration.  The client's bridges read ``RADICAL_DEFAULT_IFACE``;
+    this process's cached default is set too.
+    """
+    import psutil
+
+    if os.environ.get("RADICAL_DEFAULT_IFACE"):
+        return os.environ["RADICAL_DEFAULT_IFACE"]
+    have = set(psutil.net_if_addrs())
+    iface = next((c["network_interface"] for c in configs if c.get("network_interface") in have), None)
+    if iface:
+        import radical.utils as ru
+
+        os.environ["RADICAL_DEFAULT_IFACE"] = iface
+        ru.DefaultConfig().iface = [iface]
+        logger.info("Radical Pilot client advertises interface %s", iface)
+    return iface
+
+
 def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> List[Path]:
     """Write the user resource configs that RP deep-merges over its own.
 

@@ -121,6 +121,16 @@ class RankRegistry:
         return [f"rank {r} (pid {e.pid} on {e.host}) exited"
                 for r, e in sorted(self.of(worker).items()) if e.local and not running(e.pid)]
 
+    def lost(self, worker: str) -> List[str]:
+        """What is known of a lost ``worker``'s ranks, in words: those here that exited, else the hosts they ran on.
+
+        Ranks on other hosts cannot be looked at from here; naming their hosts
+        says which node a worker lost with its node was on.
+        """
+        gone = self.exited(worker)
+        hosts = sorted({e.host for e in self.of(worker).values() if not e.local})
+        return gone or ([f"its ranks ran on {', '.join(hosts)}"] if hosts else [])
+
 
 def ranks_per_host(workers: Iterable[WorkerSlots]) -> Dict[str, Dict[str, int]]:
     """Per pool, the registered ranks per host of the live ``workers``."""

@@ -112,7 +112,7 @@ class Recovery:
         if w is None or not w.alive:
             return
         if not reason.startswith("rank "):  # RP's word came first: name the ranks that are gone, if any
-            reason = "; ".join(self._ranks.exited(uid) + [reason])
+            reason = "; ".join(self._ranks.lost(uid) + [reason])
         logger.error("worker %s lost: %s", uid, reason)
         ready = w.ready
         for tid in self._placement.lose_worker(uid):

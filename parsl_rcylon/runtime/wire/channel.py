@@ -230,6 +230,20 @@ class ServerChannel:
             self._auth = None
 
 
+def bind_address(address: Optional[str], local: bool) -> str:
+    """Where a listener binds: only where its peers are told to connect.
+
+    ``address`` (a host name or IP the peers connect to) names one interface, and
+    the listener binds there alone; without one, loopback for local pilots and
+    every interface (``*``) for batch pilots, whose ranks may come from any.
+    """
+    if not address:
+        return "127.0.0.1" if local else "*"
+    import socket
+
+    return socket.gethostbyname(address)
+
+
 def _start_authenticator(context: zmq.Context, public: bytes):
     from zmq.auth.thread import ThreadAuthenticator
 
