@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv
+.PHONY: venv up down cluster-up cluster-deps cluster-down docs demo demo-tables train-large test test-fast lint soak bench bench-train bench-paper-quick clean-venv wheel-check
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned: it takes the CPU build on local disk; the `train`
 	# extra's range is then already satisfied and pulls nothing more.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[local,test,bench,train,examples,docs]'
+	$(BIN)/python -m pip install -q -e '.[local,test,bench,train,examples,docs,monitoring,browser,release]'
 	touch $(STAMP)
 
 # The preprocessing-then-training workflow on the real 2013 NYC flights:
@@ -32,6 +32,18 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/parsl-rcylon down --run-dir runinfo/pilot
 
+# The 2-node Slurm test cluster on this machine (root; docs/hpc.md, "The test cluster").
+# `make test` needs neither: the tests marked slurm start it and stop it themselves.
+cluster-up:
+	bash cluster/setup.sh
+
+# Its packages only (slurm-wlm, munge; root): .ci/run installs them before `make test`.
+cluster-deps:
+	bash cluster/setup.sh --install-only
+
+cluster-down:
+	bash cluster/teardown.sh
+
 # The table-only pipeline (generate, join, sort, group-by).
 demo-tables: $(STAMP)
 	$(BIN)/python workflows/demo.py
@@ -44,6 +56,12 @@ train-large: $(STAMP)
 # warning fails the build, a broken internal link or anchor among them.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The wheel and sdist as users get them (about 2 minutes with pip's cache warm):
+# twine check, the wheel installed into a fresh venv outside the checkout, then
+# `parsl-rcylon doctor` and the quickstart run there (.ci/wheel-check).
+wheel-check: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash .ci/wheel-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check parsl_rcylon tests workflows benchmarks

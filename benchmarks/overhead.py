@@ -14,6 +14,11 @@ calls so that both see the same background load.
 * Attached start: a pilot started as ``parsl-rcylon up`` does, then
   ``--attached`` times ``parsl.load`` with ``attach=`` to the first result.
 
+With ``--rp both`` the cold cycles alternate between Radical Pilot as this
+project adjusts it (``runtime/rp_adjust/``) and stock RP
+(``RCYLON_RP_STOCK=1``), each with its own idle cost and census of
+listening sockets (RP's and MPI's, on loopback or beyond).
+
 With ``--encryption both`` the cold cycles alternate between the
 authenticated, encrypted channel (the default) and ``encrypted=False``, so
 the cost of CurveZMQ is measured side by side too.
@@ -41,7 +46,8 @@ import psutil
 from parsl import python_app
 
 from parsl_rcylon import RadicalCylonExecutor, cylon_app
-from parsl_rcylon.runtime.processes import component, session_processes
+from parsl_rcylon.runtime import rp_adjust
+from parsl_rcylon.runtime.processes import component, listening_sockets, session_processes
 from parsl_rcylon.serving import down, up
 
 BREAKDOWN = ("session", "managers", "pilot", "task_manager", "bootstrap", "agent", "workers")
@@ -111,9 +117,11 @@ def idle_cost(sid: str, seconds: float) -> dict:
     for row in per_process:
         by_kind[row["process"]] = round(by_kind.get(row["process"], 0.0) + row["cores"], 4)
     total = sum(r["cores"] for r in per_process)
+    sockets = {k: len(v) for k, v in listening_sockets(procs.values()).items()}
     _progress(f"idle: {total:.3f} cores over {seconds:.0f} s in {len(per_process)} processes; top: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in list(by_kind.items())[:6]))
-    return {"seconds": seconds, "total_cores": total, "processes": len(per_process), "by_process": per_process,
+              + ", ".join(f"{k} {v:.3f}" for k, v in list(by_kind.items())[:6]) + f"; listening sockets {sockets}")
+    return {"seconds": seconds, "total_cores": total, "processes": len(per_process), "sockets": sockets,
+            "by_process": per_process,
             "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))}
 
 
@@ -160,8 +168,12 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
 
 
 def run_cycle(run_dir: str, calls: int, throughput_tasks: int, baseline_script: str, measure_tasks: bool,
-              encrypted: bool = True, idle_s: float = 0.0, ranks: int = 4) -> dict:
-    out: dict = {"encrypted": encrypted}
+              encrypted: bool = True, idle_s: float = 0.0, ranks: int = 4, rp: str = "adjusted") -> dict:
+    out: dict = {"encrypted": encrypted, "rp": rp}
+    if rp == "stock":
+        os.environ[rp_adjust.ENV_STOCK] = "1"
+    else:
+        os.environ.pop(rp_adjust.ENV_STOCK, None)
     t0 = time.perf_counter()
     ex = RadicalCylonExecutor(label="bench", encrypted=encrypted, worker_ranks=ranks)
     dfk = parsl.load(parsl.Config(executors=[ex], run_dir=run_dir, strategy="none", initialize_logging=False))
@@ -201,6 +213,7 @@ def run_cycle(run_dir: str, calls: int, throughput_tasks: int, baseline_script: 
         parsl.clear()
         out["cleanup_s"] = time.perf_counter() - t
         out["shutdown_s"] = ex.timings.get("shutdown")
+        os.environ.pop(rp_adjust.ENV_STOCK, None)
     _progress(f"cycle: first result {out['first_result_s']:.1f} s, shutdown {out['shutdown_s']:.1f} s")
     return out
 
@@ -280,8 +293,12 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="skip the plain Radical Pilot baseline")
     parser.add_argument("--encryption", choices=["on", "off", "both"], default="on",
                         help="channel configurations to measure (both: alternating cycles)")
+    parser.add_argument("--rp", choices=["adjusted", "stock", "both"], default="adjusted",
+                        help="Radical Pilot as runtime/rp_adjust/ adjusts it, stock, or both (alternating cycles)")
     args = parser.parse_args()
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.encryption]
+    enc = {"on": [True], "off": [False], "both": [True, False]}[args.encryption]
+    rps = {"adjusted": ["adjusted"], "stock": ["stock"], "both": ["adjusted", "stock"]}[args.rp]
+    modes = [(e, r) for e in enc for r in rps]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plain, attached, idle = [], None, None
@@ -291,15 +308,16 @@ def main() -> None:
         _mpiexec_once(script)  # warm the page cache for both sides
         cycles = []
         for i in range(args.cycles):
-            for encrypted in modes:
-                _progress(f"cycle {i + 1}/{args.cycles}, encrypted={encrypted}")
-                cycles.append(run_cycle(os.path.join(tmp, f"run{i}-{encrypted}"), args.calls, args.tasks, script,
-                                        measure_tasks=i < args.measured_cycles, encrypted=encrypted,
-                                        idle_s=args.idle if i == 0 and encrypted == modes[0] else 0.0,
-                                        ranks=args.ranks))
+            for encrypted, rp in modes:
+                _progress(f"cycle {i + 1}/{args.cycles}, encrypted={encrypted}, rp={rp}")
+                cycles.append(run_cycle(os.path.join(tmp, f"run{i}-{encrypted}-{rp}"), args.calls, args.tasks,
+                                        script, measure_tasks=i < args.measured_cycles, encrypted=encrypted,
+                                        idle_s=args.idle if i == 0 and encrypted == enc[0] else 0.0,
+                                        ranks=args.ranks, rp=rp))
             if not args.no_plain:
                 plain.append(plain_rp(os.path.join(tmp, f"plain{i}"), args.ranks))
-        idle = next((c.pop("idle") for c in cycles if "idle" in c), None)
+        idles = {c["rp"]: c.pop("idle") for c in cycles if "idle" in c}
+        idle = idles.get(rps[0])
         if args.attached:
             attached = attached_starts(tmp, args.attached, args.ranks)
     med = statistics.median
@@ -310,9 +328,13 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg": os.getloadavg()},
         "targets": TARGETS,
-        "summary": summarize([c for c in cycles if c["encrypted"] == modes[0]]),
-        "modes": {("encrypted" if m else "unencrypted"): summarize([c for c in cycles if c["encrypted"] == m])
-                  for m in modes},
+        "summary": summarize([c for c in cycles if (c["encrypted"], c["rp"]) == modes[0]]),
+        "modes": {f"{'encrypted' if e else 'unencrypted'}, {r} RP": dict(
+                      summarize([c for c in cycles if (c["encrypted"], c["rp"]) == (e, r)]),
+                      idle_cores=idles[r]["total_cores"] if r in idles and e == enc[0] else None,
+                      sockets=idles[r]["sockets"] if r in idles and e == enc[0] else None)
+                  for e, r in modes},
+        "idle_by_rp": idles,
         "plain_rp": {
             "runs": plain,
             "median_s": {k: med([p[k] for p in ok_plain]) for k in ok_plain[0] if k != "sid"} if ok_plain else {},

@@ -29,13 +29,14 @@ _EXPORTS: Dict[str, str] = {
     "PilotSpec": "resources",
     "ResourceSpec": "resources",
     "WorkerPool": "resources",
+    "SlurmCluster": "slurm",
     "TableRef": "table",
 }
 
 __all__ = [
     "CylonApp", "CylonContext", "ExecutorBroken", "ExecutorShutdown", "PilotLost", "PilotSpec", "RadicalCylonError",
-    "RadicalCylonExecutor", "ResourceSpec", "ResultError", "StartupError", "TableRef", "TaskTimeout", "WorkerLost",
-    "WorkerPool", "cylon_app",
+    "RadicalCylonExecutor", "ResourceSpec", "ResultError", "SlurmCluster", "StartupError", "TableRef", "TaskTimeout",
+    "WorkerLost", "WorkerPool", "cylon_app",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .executor import RadicalCylonExecutor
     from .resources import PilotSpec, ResourceSpec, WorkerPool
+    from .slurm import SlurmCluster
     from .table import TableRef
 
 

@@ -1,10 +1,9 @@
 """RadicalCylonExecutor: the Parsl adapter over warm Radical Pilot workers.
 
-Options are checked in groups (:mod:`.executor_options`); a call is admitted
-once (:mod:`.runtime.client.admission`), built into a
-:class:`~.runtime.wire.task.Task` once, and handed to the task backend: the
-dispatcher of the executor's own pilots (:mod:`.runtime.client.pilots`) or the
-client of an attached pilot server (:mod:`.runtime.attach`).
+Options are checked in groups (:mod:`.executor_options`); a call is admitted once
+(:mod:`.runtime.client.admission`), built into a :class:`~.runtime.wire.task.Task` once, and handed to the task
+backend: the dispatcher of the executor's own pilots (:mod:`.runtime.client.pilots`) or the client of an attached
+pilot server (:mod:`.runtime.attach`).
 """
 from __future__ import annotations
 
@@ -28,14 +27,13 @@ from parsl.utils import RepresentationMixin
 
 from .errors import ExecutorShutdown, StartupError
 from .executor_options import Allocation, DataOptions, Liveness
-from .monitoring import PrivateFilesystemRadio, app_function
-from .permissions import make_dir
+from .monitoring import PrivateFilesystemRadio, app_function, report_nodes
+from .permissions import make_dir, make_run_dirs
 from .progress import Progress, TaskBoard
 from .resources import PilotSpec, ResourceSpec, WorkerPool
 from .runtime.attach.client import AttachedPilot
 from .runtime.client.admission import Admission
 from .runtime.client.backend import TaskBackend
-from .runtime.client.pilot import pilot_description
 from .runtime.client.pilots import OwnPilots, PilotStartError
 from .runtime.wire.channel import ChannelOptions
 from .runtime.wire.task import Task
@@ -48,13 +46,11 @@ logger = logging.getLogger(__name__)
 class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
     """Run Parsl apps as MPI tasks on warm RAPTOR workers inside a Radical Pilot pilot.
 
-    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and
-    the MPI workers of each pool, and returns once every worker rank is ready.
-    ``@cylon_app`` calls run on as many ranks of a worker as they ask for, with
-    a communicator of their own; plain ``python_app`` and ``bash_app`` calls
-    run on one rank, so a whole pipeline lives in one pilot.  The keywords
-    are checked in groups (:mod:`parsl_rcylon.executor_options`), whose
-    classes say more about each.
+    ``start()`` opens a Radical Pilot session, one pilot, a RAPTOR master and the MPI workers of each pool,
+    and returns once every worker rank is ready.  ``@cylon_app`` calls run on as many ranks of a worker as
+    they ask for, with a communicator of their own; plain ``python_app`` and ``bash_app`` calls run on one
+    rank, so a whole pipeline lives in one pilot.  The keywords are checked in groups
+    (:mod:`parsl_rcylon.executor_options`), whose classes say more about each.
 
     Parameters
     ----------
@@ -77,7 +73,8 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         Shared directory for tables (default ``<run_dir>/<label>/data``); table
         defaults (``format``, ...); the run's modes, ``private`` or ``group``.
     address : str, optional
-        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name).
+        Address ranks reach this process at (default: ``127.0.0.1`` locally, else this host's name); given,
+        the client listens on it alone.
     heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace, max_worker_restarts
         Liveness (:class:`~parsl_rcylon.runtime.client.pilots.Liveness`): seconds
         between heartbeats; silence after which the pilot's processes end
@@ -98,10 +95,9 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         connects to it (in well under a second) instead of starting a pilot,
         and ``shutdown()`` leaves it running.  Pools come from that pilot;
         options about the pilot itself are ignored (see ``docs/attach.md``).
-    working_dir : str, optional
-        Directory every task runs in (as HTEX's ``working_dir``); by default
-        the client's current directory at submission.  On a cluster it must
-        be on a filesystem the nodes share (:mod:`parsl_rcylon.workdir`).
+    working_dir, task_dir : str, optional
+        Parsl's staging directory (its data providers download into it), which never moves a task; the
+        directory every task runs in, by default the client's cwd at submission (:mod:`parsl_rcylon.workdir`).
     remote_monitoring_radio : RadioConfig, optional
         How tasks report to a ``MonitoringHub`` (:mod:`parsl_rcylon.monitoring`).
     progress : bool
@@ -136,6 +132,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         max_worker_restarts: Optional[int] = None,
         attach: Optional[str] = None,
         working_dir: Optional[str] = None,
+        task_dir: Optional[str] = None,
         remote_monitoring_radio: Optional[RadioConfig] = None,
         progress: bool = False,
         max_message_bytes: Optional[int] = None,
@@ -151,17 +148,16 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         self.liveness = Liveness(heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace,
                                  max_worker_restarts)
         self.channel = ChannelOptions(encrypted, port_range, max_frame_bytes)
-        self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing)
+        self.data = DataOptions(f"executor {label!r}", data_dir, dict(table_options or {}), sharing, task_dir)
         keywords = inspect.signature(RadicalCylonExecutor.__init__).parameters
         vars(self).update({k: v for k, v in locals().items() if k in keywords and k != "self"})
         self.pools: List[WorkerPool] = list(self.allocation.pools)
         self.pilots: List[PilotSpec] = list(self.allocation.pilots)
         self.pilot_options, self.table_options = dict(pilot_options or {}), self.data.table_options
-        self.working_dir = os.path.abspath(working_dir) if working_dir else None
-        self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio()
+        self.task_dir = self.data.task_dir  # absolute; working_dir stays as given, as Parsl's staging directory
+        self.remote_monitoring_radio = remote_monitoring_radio or PrivateFilesystemRadio(sharing)
         self.task_board = TaskBoard()
         self._progress: Optional[Progress] = None
-
         self._ids = itertools.count()
         self._backend: Optional[TaskBackend] = None  # where tasks go: the dispatcher, or an attached pilot
         self._own: Optional[OwnPilots] = None  # the pilots start() starts (none when attached)
@@ -199,10 +195,13 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         """The pools that live in ``pilot``."""
         return self.allocation.pools_of(pilot)
 
+    @ParslExecutor.run_dir.setter  # type: ignore[attr-defined]
+    def run_dir(self, value: str) -> None:  # the first value, ParslExecutor's default, is not the run's
+        self._run_dir_set, self._run_dir = hasattr(self, "_run_dir"), value
+
     def pilot_descriptions(self) -> Dict[str, Dict[str, Any]]:
-        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name; submits nothing."""
-        return {spec.name: pilot_description(spec, self.pools_of(spec), str(self.base_dir / "sandbox"))
-                for spec in self.pilots}
+        """The ``PilotDescription`` keys ``start()`` will submit, by pilot name (sandbox ``<run_dir>/`` until set)."""
+        return self.allocation.pilot_descriptions(self.base_dir if self._run_dir_set else Path("<run_dir>", self.label))
 
     def start(self) -> None:
         """Start session, pilot, master and workers; return when every rank is ready."""
@@ -215,12 +214,11 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             OwnPilots.preflight(self.pilots, pools)
         except PilotStartError as err:
             raise StartupError(self, str(err)) from None
-        descriptions = self.pilot_descriptions()  # a pool that cannot be placed fails here, before any job
-        make_dir(self.base_dir, self.sharing)
+        descriptions = self.allocation.pilot_descriptions(self.base_dir)  # a pool that cannot be placed fails here
+        make_run_dirs(self.run_dir, self.base_dir, self.sharing)  # Parsl made runinfo/NNN with the umask
         self.data_dir = self.data_dir or str(self.base_dir / "data")
         make_dir(self.data_dir, self.sharing)
         from .tableio.cleanup import remove_leftovers  # pyarrow-free, but only a start needs it
-
         remove_leftovers(self.label, self.data_dir, str(self.base_dir / "scratch"))
         own = self._own = OwnPilots(self.label, self.base_dir, self.pilots, pools, self.liveness, self.channel,
                                     self.address, self.timings)
@@ -232,6 +230,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             if isinstance(exc, PilotStartError):
                 raise StartupError(self, str(exc)) from exc.__cause__
             raise
+        report_nodes(self, own.dispatcher.rank_hosts())  # as HTEX's interchange reports its managers
         self._started(t0, "ready")
 
     def _attach(self, t0: float) -> None:
@@ -257,8 +256,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
 
     def _on_start(self, uid: str) -> None:
         self.task_board.started(uid)
-        hook = self._start_hooks.pop(uid, None)
-        if hook is not None:
+        if (hook := self._start_hooks.pop(uid, None)) is not None:
             hook()
 
     def validate_resource_specification(self, spec: Dict[str, Any], cylon: bool = True,
@@ -276,7 +274,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         kwargs.pop("parsl_resource_specification", None)
         options = dict(self.table_options, **getattr(func, "__rcylon_options__", {}))
         task = Task.build(uid, name, cylon, options, spec, data_dir=self.data_dir,
-                          cwd=task_working_dir(self.working_dir))
+                          cwd=task_working_dir(self.task_dir))
         fut = self._dispatch(task, pack_apply_message(func, args, kwargs))
         fut.parsl_executor_task_id = uid  # type: ignore[attr-defined]
         self.task_board.submitted(uid, name, fut)
@@ -302,8 +300,10 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
             raise ExecutorShutdown(self, "submit() on an executor that is not running")
 
     def _dispatch(self, task: Task, payload: bytes) -> Future:
-        # Calls packed here and attached clients' calls: one scratch root, this executor's.
-        return self._backend.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
+        # One scratch root for calls packed here and attached clients' calls; Future.cancel() withdraws the task.
+        fut = self._backend.submit(dataclasses.replace(task, scratch_dir=str(self.base_dir / "scratch")), payload)
+        fut.add_done_callback(lambda f, backend=self._backend: f.cancelled() and backend.cancel(task.uid))
+        return fut
 
     def table_summary(self) -> Dict[str, Dict[str, int]]:
         """Per app: tables, rows and bytes written so far."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .options import check_table_options
 from .permissions import modes
 from .resources import PilotSpec, WorkerPool
+from .runtime.client.pilot import pilot_description
 from .runtime.client.pilots import Liveness
 from .runtime.wire.channel import ChannelOptions
 
@@ -69,10 +71,15 @@ class Allocation:
         first = self.pilots[0].name
         return [p for p in self.pools if (p.pilot or first) == pilot.name]
 
+    def pilot_descriptions(self, base_dir: Path) -> Dict[str, Dict[str, Any]]:
+        """The ``PilotDescription`` keys of each pilot, by name, sandboxes under ``base_dir``; submits nothing."""
+        return {spec.name: pilot_description(spec, self.pools_of(spec), str(Path(base_dir) / "sandbox"))
+                for spec in self.pilots}
+
 
 @dataclass(frozen=True)
 class DataOptions:
-    """Where tables go and who may read them.
+    """Where tables go, who may read them, and where tasks run.
 
     Parameters
     ----------
@@ -84,14 +91,24 @@ class DataOptions:
         Defaults for tables written by tasks; ``sharing`` defaults to the run's.
     sharing : {"private", "group"}
         Modes of the run directory and everything in it.
+    task_dir : str, optional
+        Directory every task runs in, made absolute against the current
+        directory now; ``None``: the client's current directory at each
+        submission (:mod:`~parsl_rcylon.workdir`).  Not Parsl's
+        ``working_dir``, which is the staging directory of its data providers.
     """
 
     where: str
     data_dir: Optional[str] = None
     table_options: Dict[str, Any] = field(default_factory=dict)
     sharing: str = "private"
+    task_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.task_dir is not None:
+            if not self.task_dir:
+                raise ValueError(f"{self.where}: task_dir must name a directory, got ''")
+            object.__setattr__(self, "task_dir", os.path.abspath(self.task_dir))
         modes(self.sharing)  # raises on an unknown level
         options = check_table_options(self.table_options, f"{self.where}: table_options")
         options.setdefault("sharing", self.sharing)  # tables follow the run unless told otherwise

@@ -1,11 +1,16 @@
 """The directory tasks run in: the client's working directory, as with Parsl's own executors.
 
 Parsl's local executors run apps in the submitting process's working
-directory, and HTEX runs them in its ``working_dir``; scripts rely on it:
-relative paths in python apps, a ``bash_app``'s ``stdout=``/``stderr=``,
-``outputs=[File("out.txt")]``.  Worker ranks live in the pilot's sandbox, so
-each task names the directory it must run in and its rank enters it for the
-task (and leaves it after: the next task may name another).
+directory; scripts rely on it: relative paths in python apps, a
+``bash_app``'s ``stdout=``/``stderr=``, ``outputs=[File("out.txt")]``.
+Worker ranks live in the pilot's sandbox, so each task names the directory
+it must run in (the client's cwd at submission, or the executor's
+``task_dir``) and its rank enters it for the task (and leaves it after: the
+next task may name another).
+
+This is not the executor's ``working_dir``: in Parsl that is the staging
+directory its data providers download into (and Parsl may set it after
+``parsl.load``), so it never moves a task.
 
 On a cluster the directory must be on a filesystem the compute nodes share
 with the client (as the executor's ``data_dir`` must); a rank that cannot
@@ -51,8 +56,8 @@ def working_directory(path: Optional[str], task: str) -> Iterator[None]:
     except OSError as exc:
         raise WorkingDirectoryError(
             f"task {task}: cannot run in working directory {path!r} on host {socket.gethostname()}: "
-            f"{exc.strerror or exc}; the executor's working_dir (by default the client's current "
-            f"directory) must exist on a filesystem the worker nodes share") from None
+            f"{exc.strerror or exc}; the directory tasks run in (the executor's task_dir, by default the "
+            f"client's current directory) must exist on a filesystem the worker nodes share") from None
     try:
         yield
     finally:

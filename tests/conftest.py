@@ -61,3 +61,22 @@ def rcylon(tmp_path_factory):
     assert not left, f"processes of session {sid} left after shutdown: {left}"
     _, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, f"processes the executor started left after shutdown: {[p.pid for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The 2-node Slurm test cluster (cluster/setup.sh); skips with what is missing where it cannot run."""
+    from tests.slurm import testbed as slurm_testbed
+
+    reason = slurm_testbed.missing()
+    if reason:
+        pytest.skip(reason)
+    try:
+        started = slurm_testbed.setup()
+    except slurm_testbed.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield slurm_testbed
+    finally:
+        if started:
+            slurm_testbed.teardown()

@@ -17,6 +17,7 @@ from parsl_rcylon.runtime.wire.channel import ChannelOptions
     (lambda: Liveness(cancel_grace=0), "cancel_grace must be positive"),
     (lambda: Liveness(max_worker_restarts=-1), "max_worker_restarts must be >= 0"),
     (lambda: DataOptions("ex", sharing="world"), "world"),
+    (lambda: DataOptions("ex", task_dir=""), "ex: task_dir must name a directory"),
     (lambda: Allocation([PilotSpec()], [WorkerPool(name="a"), WorkerPool(name="a")]), "pool names must be unique"),
     (lambda: Allocation([PilotSpec()], [WorkerPool(name="a", pilot="gpu")]), "names pilot 'gpu'; pilots are"),
     (lambda: RadicalCylonExecutor(worker_ranks=2, pools=[WorkerPool(name="a")]), "either worker_ranks or pools"),

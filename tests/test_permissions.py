@@ -57,3 +57,48 @@ def test_open_new_refuses_an_existing_file(tmp_path):
 def test_unknown_sharing_level_names_the_choices():
     with pytest.raises(ValueError, match="group.*private"):
         modes("world")
+
+
+def test_a_log_is_never_written_through_a_link_nor_into_a_planted_file(tmp_path, umask):
+    from parsl_rcylon.permissions import open_log
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    os.chmod(victim, 0o644)
+    link = tmp_path / "guard.log"
+    os.symlink(victim, link)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        open_log(link)
+    assert victim.read_text() == "mine\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+    fifo = tmp_path / "pilot.log"
+    os.mkfifo(fifo)
+    with pytest.raises(PermissionError, match="not a regular file"):
+        open_log(fifo)  # opened without waiting for a reader, then refused
+    log = tmp_path / "ok.log"
+    with os.fdopen(open_log(log), "ab") as f:
+        f.write(b"one\n")
+    with os.fdopen(open_log(log), "ab") as f:
+        f.write(b"two\n")
+    assert log.read_bytes() == b"one\ntwo\n" and stat.S_IMODE(os.stat(log).st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_log_file_of_another_user_is_refused(tmp_path):
+    from parsl_rcylon.permissions import open_log
+
+    planted = tmp_path / "guard.log"
+    planted.write_text("")
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(PermissionError, match="not a regular file of this user"):
+        open_log(planted)
+
+
+def test_rp_configuration_files_are_private_whatever_the_umask(tmp_path, umask):
+    from parsl_rcylon.runtime import rp_adjust
+    from parsl_rcylon.runtime.client import config
+
+    written = config.write_user_config(tmp_path / "radical_config")
+    written.append(rp_adjust.write_agent_config(tmp_path / "radical_config"))
+    for path in written:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700, path.parent

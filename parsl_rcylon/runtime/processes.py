@@ -24,7 +24,9 @@ or a shell in the pilot sandbox is not the run's: a process belongs to the
 session only when it is this user's (real uid) and
 
 1. its environment has ``RP_SESSION_ID`` equal to the session id, or
-2. one of its arguments *is* the session id, or
+2. one of its arguments *is* the session id and it is one of RP's programs
+   (``radical-pilot-*`` or a ``bootstrap_*.sh``): a user's ``du -s <sid>``,
+   ``tar cf x.tar <sid>`` or ``watch ls <sid>`` is not the run's, or
 3. it works in a directory of the session and is recognisably RP's: its
    title starts with ``rp.``, or it is a shell running a script that lies in
    a directory of the session, or
@@ -99,7 +101,7 @@ class _Session:
 
     def claims(self, proc: psutil.Process) -> bool:
         argv: Sequence[str] = proc.info.get("cmdline") or ()
-        if self.sid in argv:
+        if self.sid in argv and _rp_program(argv):
             return True
         try:
             cwd = proc.cwd()
@@ -125,6 +127,19 @@ class _Session:
             return False
         path = os.path.realpath(os.path.join(cwd, script))
         return os.path.isfile(path) and self.is_session_dir(path)
+
+
+def _rp_program(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs one of RP's programs that take the session id as an argument.
+
+    They run as ``python .../radical-pilot-bridge <sid> ...`` (an entry point
+    through its interpreter) or ``/bin/bash -l .../bootstrap_0.sh ... -s <sid>``.
+    """
+    for arg in argv[:3]:
+        name = os.path.basename(arg)
+        if name.startswith("radical-pilot-") or (name.startswith("bootstrap_") and name.endswith(".sh")):
+            return True
+    return False
 
 
 def _shell_script(argv: Sequence[str]) -> Optional[str]:
@@ -218,3 +233,34 @@ def _cpu_seconds(proc: psutil.Process) -> float:
         return t.user + t.system
     except psutil.Error:
         return 0.0
+
+
+def _ephemeral_low() -> int:
+    """Lowest port the kernel hands out to sockets bound to port 0 (MPI's ranks do)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        return int(f.read().split()[0])
+
+
+def listening_sockets(procs: Iterable[psutil.Process]) -> Dict[str, list]:
+    """The session's listening sockets: RP's (ZeroMQ, bound at ports from 10000 up by radical.utils)
+    and MPI's (hydra's PMI port, held by ``mpiexec`` and inherited by the ranks, and the ranks' own
+    sockets on ephemeral ports), each split into loopback and beyond."""
+    mpi_ports = set()
+    found = []
+    for proc in procs:
+        try:
+            name = proc.name()
+            conns = [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+        if name in ("mpiexec", "mpiexec.hydra", "hydra_pmi_proxy"):
+            mpi_ports.update(c.laddr.port for c in conns)
+        found += [(proc.pid, name, c.laddr) for c in conns]
+    low = _ephemeral_low()
+    out: dict = {"rp": [], "rp_beyond_loopback": [], "mpi": [], "mpi_beyond_loopback": []}
+    for pid, name, addr in found:
+        kind = "mpi" if addr.port in mpi_ports or addr.port >= low else "rp"
+        out[kind].append((pid, name, addr))
+        if addr.ip not in ("127.0.0.1", "::1"):
+            out[f"{kind}_beyond_loopback"].append((pid, name, addr))
+    return out

@@ -24,7 +24,7 @@ from ..engine.schemas import schema_difference
 from ..engine.shares import share_bounds
 from ..options import VERIFY_LEVELS
 from ..tableio.errors import ManifestError, TableCorruptError, TableError, TableSchemaError
-from ..tableio.formats import file_crc, inspect_parquet, read_pieces
+from ..tableio.formats import check_footer_rows, file_crc, inspect_parquet, read_pieces
 from ..tableio.manifest import Manifest, Partition, check_partition_names, schema_to_text
 from ..tableio.names import MANIFEST_NAME, PART_RE
 
@@ -154,6 +154,7 @@ class TableRef:
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state["_manifest"] = self._manifest.to_json()
+        state.pop("_rows_checked", None)  # checked where the plan is made, by whoever unpickles it
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -224,10 +225,24 @@ class TableRef:
             raise TableCorruptError(f"{path}: file is {size} bytes but the manifest says {part.nbytes} "
                                     "(truncated, or replaced after it was written)")
 
+    def _check_row_counts(self) -> None:
+        """Check every partition's row counts against its Parquet footer, once per handle, before a plan.
+
+        Every footer is read (a wide table costs one small read per file per
+        rank): a share plan cut from a count the files do not hold would be
+        wrong on every rank, not only on the one that reads the bad file.
+        """
+        if self.__dict__.get("_rows_checked") or self.format != "parquet":
+            return
+        for part in self._manifest.partitions:
+            check_footer_rows(self._file(part), part)
+        self._rows_checked = True
+
     def _read_range(self, start: int, stop: int, columns: Optional[Sequence[str]], filter: Any,
                     verify: str, use_threads: bool = True) -> pa.Table:
         if verify not in VERIFY_LEVELS:
             raise TableError(f"verify={verify!r}: expected one of {VERIFY_LEVELS}")
+        self._check_row_counts()
         if columns is not None:
             columns = list(columns)
             missing = [c for c in columns if c not in self.schema.names]
@@ -273,6 +288,7 @@ class TableRef:
         concatenation in rank order is :meth:`read`.  Only the row groups that
         overlap the share are read.
         """
+        self._check_row_counts()
         start, stop = share_bounds(self.num_rows, rank, size)
         return self._read_range(start, stop, columns, filter, verify)
 

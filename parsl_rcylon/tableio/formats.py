@@ -416,3 +416,23 @@ def file_crc(path: str) -> int:
         return _crc(mm, 0, mm.size())
     finally:
         mm.close()
+
+
+def check_footer_rows(path: str, part: Partition) -> None:
+    """Raise :class:`TableCorruptError` naming ``path`` unless its Parquet footer holds ``part``'s rows.
+
+    Reads the footer only (``pyarrow.parquet.read_metadata``).  The manifest's
+    counts are what share plans are cut from: a forged or stale count
+    (``num_rows`` of 10**15) would hand ranks wrong shares before any of the
+    file's bytes is read.
+    """
+    try:
+        md = pq.read_metadata(path)
+    except FileNotFoundError:
+        raise TableCorruptError(f"{path}: file is missing") from None
+    except (OSError, pa.ArrowException) as err:
+        raise TableCorruptError(f"{path}: not a readable Parquet file: {err}") from None
+    found = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
+    if md.num_rows != part.num_rows or found != tuple(part.row_groups):
+        raise TableCorruptError(f"{path}: footer holds {md.num_rows} rows in row groups of {list(found)[:8]} "
+                                f"but the manifest says {part.num_rows} rows in {list(part.row_groups)[:8]}")

@@ -218,6 +218,12 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, pa.ArrowException) as err:
             raise ManifestError(f"{where}: malformed manifest: {err!r}") from err
+        for part in manifest.partitions:
+            # A partition's rows are its row groups' rows: a count that is not their sum (or a
+            # negative one) would skew every share plan cut from it.
+            if part.num_rows != sum(part.row_groups) or min(part.row_groups, default=0) < 0:
+                raise ManifestError(f"{where}: partition {part.file!r} claims {part.num_rows} rows but its row "
+                                    f"groups hold {sum(part.row_groups)} ({list(part.row_groups)[:8]})")
         if manifest.num_rows != obj.get("num_rows"):
             raise ManifestError(f"{where}: manifest row count {obj.get('num_rows')} does not match "
                                 f"its partitions ({manifest.num_rows})")

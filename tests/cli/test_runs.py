@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -17,7 +19,11 @@ from parsl_rcylon.runtime.processes import session_processes
 
 def _sleeper(tag: str) -> subprocess.Popen:
     """A harmless process whose command line carries ``tag`` (as RP's processes carry their session id)."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", tag], cwd="/")
+    # named as RP's entry points are: the session id as an argument claims only RP's own programs
+    script = Path(tempfile.gettempdir()) / f"rcylon-test-bin-{os.getuid()}" / "radical-pilot-component"
+    script.parent.mkdir(mode=0o700, exist_ok=True)
+    script.write_text("import time; time.sleep(300)\n")
+    return subprocess.Popen([sys.executable, str(script), tag], cwd="/")
 
 
 def _wait_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:

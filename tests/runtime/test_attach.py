@@ -142,6 +142,18 @@ def test_down_ends_the_pilot_and_fails_attached_futures(tmp_path):
         release.touch()
         assert fut.result(timeout=30) == 2
         assert ex.task_board.snapshot()["hold"].done == 1
+        # Cancelling an attached future withdraws the task at the server: a waiting one leaves its queue,
+        # a running one is interrupted on its ranks (and its worker is not replaced).
+        blocker = ex.submit(hold.func, {"ranks": 2}, str(tmp_path / "never"))
+        _wait(lambda: ex.status()["default"]["busy"] == 2, what="the blocker to run")
+        queued = ex.submit(total.func, {"ranks": 2})
+        _wait(lambda: ex.status()["default"]["queued"] == 1, what="a task to wait at the server")
+        assert queued.cancel()
+        _wait(lambda: ex.status()["default"]["queued"] == 0, what="the cancelled task to leave the server's queue")
+        assert ex.status()["default"]["busy"] == 2
+        assert blocker.cancel()
+        _wait(lambda: ex.status()["default"]["busy"] == 0, what="the cancelled task's ranks to be freed")
+        assert "restarts" not in ex.status()["default"], "interrupted on its ranks, not ended with its worker"
         # A wrong token is refused (compared in constant time), even one that is not ASCII, and the
         # server goes on serving; the run's token is welcomed.
         credentials = json.loads((pilot_dir / ATTACH_DIR / "keys" / "channel.json").read_text())

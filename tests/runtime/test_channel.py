@@ -228,3 +228,45 @@ def test_a_readable_channel_file_is_refused(tmp_path):
         server.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def _channel_file(tmp_path, encrypted: bool) -> str:
+    ctx = zmq.Context()
+    try:
+        server = ServerChannel(ctx, tmp_path, encrypted=encrypted)
+        server.close()
+        return server.channel_file
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_channel_file_without_keys_is_refused_unless_unencrypted_was_asked(tmp_path):
+    path = _channel_file(tmp_path, encrypted=True)
+    data = json.load(open(path))
+    del data["curve"], data["encrypted"]  # keys removed: it would silently become an unencrypted channel
+    os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, json.dumps(data).encode())
+    os.close(fd)
+    for asked in (None, True):
+        with pytest.raises(ChannelError, match="no CurveZMQ keys"):
+            ClientCredentials.load(path, encrypted=asked)
+    assert not ClientCredentials.load(path, encrypted=False).encrypted
+    # the executor's own unencrypted file says so, and is accepted unless keys were required
+    plain = _channel_file(tmp_path / "plain", encrypted=False)
+    assert not ClientCredentials.load(plain).encrypted
+    with pytest.raises(ChannelError, match="no CurveZMQ keys"):
+        ClientCredentials.load(plain, encrypted=True)
+
+
+def test_a_channel_file_is_checked_on_the_open_file_never_through_a_link(tmp_path):
+    path = _channel_file(tmp_path, encrypted=True)
+    link = tmp_path / "link.json"
+    os.symlink(path, link)  # a private file of this user, but reached through a link
+    with pytest.raises(ChannelError, match="symbolic link"):
+        ClientCredentials.load(str(link))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ChannelError, match="not a regular file"):
+        ClientCredentials.load(str(fifo))  # opened without waiting for a writer, then refused
+    assert ClientCredentials.load(path).encrypted

@@ -194,10 +194,52 @@ def test_a_failed_loop_breaks_the_dispatcher_with_its_cause(dispatcher):
         later.result()
 
 
+def test_a_cancelled_waiting_task_never_starts_and_a_cancelled_running_one_is_stopped(dispatcher):
+    replacements = []
+
+    def replace(old, new):  # the executor would start a worker like the old one: here an answering rank
+        proc = start_rank(dispatcher, new, mode="answer")
+        dispatcher.test_ranks.append(proc)
+        replacements.append(proc)
+
+    dispatcher.on_replace = replace
+    proc = one_rank(dispatcher)
+    running = _submit_and_wait_running(proc, dispatcher)
+    queued = dispatcher.submit(task("t2", ResourceSpec(ranks=1), "queued"), b"")
+    after = dispatcher.submit(task("t3", ResourceSpec(ranks=1), "after"), b"")
+    assert queued.cancel()
+    dispatcher.cancel("t2")  # as the executor does when its future is cancelled
+    _wait_for(lambda: dispatcher.stats()["default"]["queued"] == 1, "t2 to leave the queue")
+    assert running.cancel()
+    dispatcher.cancel("t1")
+    assert expect_line(proc, "CANCEL") == "CANCEL t1"
+    # The rank sits on, as a rank that ignores the interrupt: after cancel_grace its worker is replaced,
+    # and the replacement runs the task behind, never the withdrawn one.
+    assert after.result(timeout=30) == "after"
+    assert expect_line(replacements[0], "TASK") == "TASK t3"
+    assert queued.cancelled() and running.cancelled()
+
+
+def test_a_task_that_ends_after_its_future_was_cancelled_breaks_nothing(dispatcher):
+    one_rank(dispatcher, mode="answer")
+    futs = [dispatcher.submit(task(f"t{i}", ResourceSpec(ranks=1), f"app{i}"), b"") for i in range(20)]
+    for fut in futs[::2]:
+        fut.cancel()  # the result arrives later, or already came: neither may raise in the loop
+    assert [f.result(timeout=10) for f in futs[1::2]] == [f"app{i}" for i in range(1, 20, 2)]
+    assert dispatcher.submit(task("later", ResourceSpec(ranks=1), "later"), b"").result(timeout=10) == "later"
+
+
+def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_the_dispatcher_keeps_the_task_backend_contract(dispatcher):
     from parsl_rcylon.runtime.attach.client import AttachedPilot
     from parsl_rcylon.runtime.client.backend import TaskBackend
 
     assert isinstance(dispatcher, TaskBackend)
-    for name in ("submit", "stats", "stop"):
+    for name in ("submit", "cancel", "stats", "stop"):
         assert callable(getattr(AttachedPilot, name)), name

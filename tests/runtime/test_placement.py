@@ -150,6 +150,33 @@ def test_a_reservation_lets_short_tasks_backfill_onto_its_ranks_and_no_long_ones
     assert sorted(x.uid for x in p.place(now=70)) == ["long", "unknown"]
 
 
+def test_a_withdrawn_task_never_starts_and_the_one_behind_it_moves_up():
+    p = _placement(("w", ["h"] * 2))
+    _submit(p, "running", ranks=2)
+    _started(p)
+    for uid in ("a", "b", "c"):
+        _submit(p, uid, ranks=1)
+    assert p.withdraw("b") and p.withdraw("a"), "one behind the oldest of its shape, then the oldest"
+    assert not p.withdraw("b") and not p.withdraw("running"), "only waiting tasks can be withdrawn"
+    assert p.waiting() == ["c"]
+    p.finish("running")
+    assert list(_started(p)) == ["c"]
+    assert p.stats()["default"]["queued"] == 0
+
+
+def test_withdrawing_a_reserved_task_gives_its_held_ranks_back():
+    p = _placement(("w", ["h"] * 4), limit=0)
+    _submit(p, "running", ranks=2, walltime=100)
+    _started(p)
+    _submit(p, "big", ranks=4)
+    assert p.place(now=1) == [] and "big" in p.reservations()
+    _submit(p, "long", ranks=2)
+    assert p.place(now=2) == [], "the free ranks are held for big, and long has no walltime"
+    assert p.withdraw("big")
+    assert p.reservations() == {}
+    assert [x.uid for x in p.place(now=3)] == ["long"], "the held ranks are free again"
+
+
 def test_a_starved_task_does_not_drain_the_pool():
     """Ranks that the reservation does not need keep running new work."""
     p = _placement(("w", ["a"] * 4 + ["b"] * 4), limit=0)

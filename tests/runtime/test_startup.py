@@ -6,17 +6,17 @@ import types
 
 import pytest
 
-from parsl_rcylon.runtime import startup
+from parsl_rcylon.runtime import rp_adjust
 from parsl_rcylon.runtime.wire import protocol
 
 
 def test_rp_reads_the_lean_agent_config_with_its_bridges(tmp_path, monkeypatch):
     import radical.utils as ru
 
-    startup.write_agent_config(tmp_path)
+    rp_adjust.write_agent_config(tmp_path)
     monkeypatch.setenv("RADICAL_CONFIG_USER_DIR", str(tmp_path))
-    cfg = ru.Config("radical.pilot", category="agent", name=startup.resource_keys()["agent_config"])
-    assert set(cfg["bridges"]) == set(startup.LEAN_AGENT_CONFIG["bridges"])
+    cfg = ru.Config("radical.pilot", category="agent", name=rp_adjust.resource_keys()["agent_config"])
+    assert set(cfg["bridges"]) == set(rp_adjust.LEAN_AGENT_CONFIG["bridges"])
     assert set(cfg["components"]) == {"agent_staging_input", "agent_scheduling", "agent_executing",
                                       "agent_staging_output"}
     # every bridge RP's own components publish to or read from is still there
@@ -30,7 +30,7 @@ def test_rp_reads_the_lean_agent_config_with_its_bridges(tmp_path, monkeypatch):
 
 def test_settle_caps_only_the_module_and_only_inside():
     module = types.SimpleNamespace(time=time)
-    with startup.settle(module, cap=0.01):
+    with rp_adjust.settle(module, cap=0.01):
         t = time.monotonic()
         module.time.sleep(5)
         assert time.monotonic() - t < 1
@@ -39,11 +39,11 @@ def test_settle_caps_only_the_module_and_only_inside():
 
 
 def test_profiling_is_off_unless_asked(monkeypatch):
-    monkeypatch.delenv(startup.ENV_PROFILE, raising=False)
-    assert startup.client_environment() == {"RADICAL_PROFILE": "False"}
-    assert startup.task_environment()["RP_PROF_TGT"]  # MPIWorker reads it unconditionally
-    monkeypatch.setenv(startup.ENV_PROFILE, "1")
-    assert startup.client_environment() == {} and startup.task_environment() == {}
+    monkeypatch.delenv(rp_adjust.ENV_PROFILE, raising=False)
+    assert rp_adjust.client_environment() == {"RADICAL_PROFILE": "False"}
+    assert rp_adjust.task_environment()["RP_PROF_TGT"]  # MPIWorker reads it unconditionally
+    monkeypatch.setenv(rp_adjust.ENV_PROFILE, "1")
+    assert rp_adjust.client_environment() == {} and "RP_PROF_TGT" not in rp_adjust.task_environment()
 
 
 @pytest.mark.parametrize("frames", [

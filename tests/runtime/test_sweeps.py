@@ -10,6 +10,7 @@ session id.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def _foreign(procs: Processes, sid: str, base: Path, session: Path, pilot: Path,
         procs.titled("rp.agent_executing.0000", other),      # another session's component
         procs.titled("rp.agent_scheduling.0000", lookalike),  # a directory that only contains the id
         procs.titled("agent.rp.0000", session),              # not an RP title
+        # a du/tar/watch of the session directory: the id as an operand, from the run's directory
+        procs.start([sys.executable, "-c", SLEEP, "-s", sid], base),
+        procs.start([sys.executable, "-c", SLEEP, "cf", f"{sid}.tar", sid], base),
     ]
 
 
@@ -145,13 +149,25 @@ def _rp_like(procs: Processes, sid: str, session: Path, pilot: Path, task: Path,
     titled = procs.titled("rp.agent_executing.0000", pilot, with_child=True)
     launcher = procs.start(["/usr/bin/bash", str(launch)], task)
     _wait_for(lambda: launcher.children(), "the launch script's child")
+    bootstrap = procs.start(["/bin/bash", str(_entry_point(pilot, "bootstrap_0.sh", shell=True)), "-s", sid],
+                            pilot.parent)  # the pilot's bootstrap
+    _wait_for(lambda: [c for c in bootstrap.children() if c.name() == "sleep"], "the bootstrap's sleep")
     return [
         procs.titled("rp.control_pubsub", session),  # a bridge, renamed, in the client session dir
         titled, titled.child,                             # a component, and what it started elsewhere
         launcher, *launcher.children(),                   # a task's launch script and its command
         procs.start([sys.executable, "-c", SLEEP], Path("/"), env={"RP_SESSION_ID": sid}),  # mpiexec, ranks
-        procs.start([sys.executable, "-c", SLEEP, sid, "reg-url", "bridge"], Path("/")),  # a bridge, untitled
+        procs.start([sys.executable, str(_entry_point(session.parent, "radical-pilot-bridge")), sid, "reg-url",
+                     "bridge"], Path("/")),  # a bridge, before it renames itself
+        bootstrap, *bootstrap.children(),
     ]
+
+
+def _entry_point(where: Path, name: str, shell: bool = False) -> Path:
+    """A stand-in for one of RP's programs that take the session id as an argument."""
+    path = where / name
+    path.write_text("sleep 300\n" if shell else SLEEP + "\n")
+    return path
 
 
 def test_only_the_sessions_processes_match(procs, run, tmp_path):
@@ -237,7 +253,11 @@ def _bystanders(procs: Processes, sid: str, session: Path, pilot: Path) -> List[
         procs.start(["sleep", "300"], pilot),
         procs.start(["sh", "-c", f"sleep 300; echo {pilot}"], pilot),
         procs.start([sys.executable, "-c", SLEEP, f"--notes={session}/notes.txt"], session),
+        # a du/tar of the session directory, by its name, from the run's directory
+        procs.start([sys.executable, "-c", SLEEP, "-s", sid], session.parent),
     ]
+    if shutil.which("watch"):  # a real one, watching the session directory by its name
+        started.append(procs.start(["watch", "-n", "60", "ls", sid], session.parent, env={"TERM": "xterm"}))
     time.sleep(0.5)
     assert _dead(started) == [], "a bystander ended by itself"
     return started
@@ -288,7 +308,10 @@ def test_a_users_processes_in_the_session_directories_survive_shutdown(procs, tm
         before = _mentioning(sid)
         found = _pids(session_processes(sid, ex.base_dir))
         theirs = _pids(bystanders) | {c.pid for p in bystanders for c in p.children(recursive=True)}
-        mentioning = (before & _mentioning(sid)) - theirs
+        # The client's guard carries the id too, but is the client's own: it is ended by the
+        # client (or ends itself), not swept, and sweeps only RP's programs by their arguments.
+        guard = ex._own.hygiene._guard.pid
+        mentioning = (before & _mentioning(sid)) - theirs - {guard}
         assert len(found) > 10 and not found & theirs
         # Every process the old substring rule saw throughout, bystanders aside, is still found.
         assert mentioning - found == set(), [psutil.Process(p).cmdline() for p in mentioning - found]

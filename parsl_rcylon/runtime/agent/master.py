@@ -20,7 +20,7 @@ import radical.pilot.raptor.master as rp_master
 import zmq
 
 from parsl_rcylon.runtime.processes import end_processes, session_processes
-from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.rp_adjust import settle
 from parsl_rcylon.runtime.wire import protocol
 from parsl_rcylon.runtime.wire.channel import ClientCredentials
 

@@ -34,8 +34,9 @@ import zmq
 from radical.pilot.raptor.worker import Worker
 
 from parsl_rcylon.runtime.agent.interrupt import Interrupter
+from parsl_rcylon.runtime.agent.pmi import MissingPMI, missing_pmi
 from parsl_rcylon.runtime.agent.rank import run_task
-from parsl_rcylon.runtime.startup import settle
+from parsl_rcylon.runtime.rp_adjust import settle
 from parsl_rcylon.runtime.wire import protocol
 from parsl_rcylon.runtime.wire.channel import ClientCredentials
 from parsl_rcylon.runtime.wire.task import Assignment, Task
@@ -57,6 +58,9 @@ class CylonWorker(rp.raptor.MPIWorker):
         self._group = self._world.Get_group()
         self._rank = self._world.rank
         self._ranks = self._world.size
+        problem = missing_pmi(self._ranks, os.environ)
+        if problem:
+            raise MissingPMI(problem)
         self._manager = self._rank == 0
         # Registration and heartbeats with the master come from RAPTOR's
         # base worker; MPIWorker's own rank queues are not used here.

@@ -14,7 +14,7 @@ from parsl.serialize import deserialize
 
 from ...errors import ExecutorBroken, ExecutorShutdown, PilotLost
 from ..client import config as rp_config
-from ..client.backend import ResultCallback, StartCallback
+from ..client.backend import ResultCallback, StartCallback, reject, resolve
 from ..wire import protocol
 from ..wire.channel import ChannelError, ClientCredentials
 from ..wire.task import Task
@@ -61,7 +61,8 @@ class AttachedPilot:
             raise AttachError(f"the pilot server of {run_dir} (pid {info.pid}) is not running; "
                               f"start one with `parsl-rcylon up --run-dir {run_dir}`")
         try:
-            credentials = ClientCredentials.load(str(Path(run_dir) / ATTACH_DIR / "keys" / "channel.json"))
+            credentials = ClientCredentials.load(str(Path(run_dir) / ATTACH_DIR / "keys" / "channel.json"),
+                                                 encrypted=True)  # the pilot server always encrypts
         except ChannelError as err:
             raise AttachError(str(err)) from err
         client = cls(info, credentials)
@@ -86,6 +87,14 @@ class AttachedPilot:
             self._names[task.uid] = task.name
             self._post(protocol.pack(protocol.SUBMIT, dict(task.submit_header(), path=self._path), payload))
         return fut
+
+    def cancel(self, uid: str) -> None:
+        """Withdraw task ``uid`` at the server (its future was cancelled): out of its queue, or its ranks stopped."""
+        with self._lock:
+            if self._futures.pop(uid, None) is None or self._stopping:
+                return
+            self._names.pop(uid, None)
+            self._post(protocol.pack(protocol.CANCEL, {"uid": uid, "reason": "cancelled by the attached client"}))
 
     def stats(self) -> Dict[str, Dict[str, int]]:
         """The server's pools: ranks, busy, idle, queued, running (every client's tasks)."""
@@ -176,14 +185,14 @@ class AttachedPilot:
             try:  # the server was authenticated (CurveZMQ, pinned key) and the header checked
                 value = deserialize(bytes(message.blob))
             except Exception as err:
-                fut.set_exception(RuntimeError(f"task {header['uid']}: undecodable outcome ({err})"))
+                reject(fut, RuntimeError(f"task {header['uid']}: undecodable outcome ({err})"))
                 return True
             if header["ok"]:
                 if self.on_result is not None:
                     self.on_result(name, value)  # the executor's table ledger, as for its own tasks
-                fut.set_result(value)
+                resolve(fut, value)
             else:
-                fut.set_exception(value)
+                reject(fut, value)
         elif kind == protocol.STOP:
             self._break(f"the pilot server at {self.info.run_dir} shut down")
             return False
@@ -203,4 +212,4 @@ class AttachedPilot:
                 self._refusal = exc
         for fut in futures.values():
             if not fut.done():
-                fut.set_exception(exc)
+                reject(fut, exc)

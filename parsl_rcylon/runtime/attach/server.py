@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
@@ -21,7 +21,7 @@ from ...permissions import make_dir, write_private
 from ...resources import WorkerPool
 from ..client.admission import Admission
 from ..wire import protocol
-from ..wire.channel import ChannelOptions, ServerChannel
+from ..wire.channel import ChannelOptions, ServerChannel, bind_address
 from ..wire.task import Task
 from .info import _POOL_FIELDS, ATTACH_DIR, IDLE_TIMEOUT, INFO_FILE, PilotInfo
 
@@ -72,7 +72,7 @@ class PilotServer:
         self._threshold = executor.heartbeat_threshold
         self._ctx = zmq.Context()
         attach_dir = make_dir(self.run_dir / ATTACH_DIR, "private")
-        self._channel = ServerChannel(self._ctx, attach_dir, "127.0.0.1" if executor.is_local else "*",
+        self._channel = ServerChannel(self._ctx, attach_dir, bind_address(executor.address, executor.is_local),
                                       None if executor.is_local else executor.address,
                                       port_range=executor.channel.port_range, encrypted=True,
                                       max_frame_bytes=executor.channel.max_frame_bytes)
@@ -85,6 +85,8 @@ class PilotServer:
         self._done_lock = threading.Lock()
         self._clients: Dict[bytes, float] = {}  # identity -> last heard (monotonic)
         self._running: Dict[str, bytes] = {}    # server task uid -> client identity
+        self._futures: Dict[str, Future] = {}    # server task uid -> the executor's future
+        self._of_client: Dict[bytes, Dict[str, str]] = {}  # client identity -> its task uid -> server task uid
         self._ids = itertools.count()
         self._stop = threading.Event()
         self.info = PilotInfo(
@@ -174,9 +176,15 @@ class PilotServer:
             self._send(identity, protocol.ALIVE, {"pools": self.executor.status()})
         elif kind == protocol.SUBMIT:
             self._submit(identity, dict(header), bytes(message.blob))
+        elif kind == protocol.CANCEL:
+            uid = self._of_client.get(identity, {}).get(header["uid"])
+            if uid is not None:
+                self._futures[uid].cancel()
         elif kind == protocol.DETACH:
             del self._clients[identity]
-            logger.info("client detached (%d attached)", len(self._clients))
+            abandoned = self._abandon(identity)
+            logger.info("client detached (%d attached%s)", len(self._clients),
+                        f"; {abandoned} of its tasks cancelled" if abandoned else "")
         else:
             logger.warning("dropped %s from an attached client", protocol.name(kind))
 
@@ -192,6 +200,8 @@ class PilotServer:
             self._send_outcome(identity, client_uid, False, serialize(exc))
             return
         self._running[uid] = identity
+        self._futures[uid] = fut
+        self._of_client.setdefault(identity, {})[client_uid] = uid
         fut.add_done_callback(lambda f: self._done(uid, client_uid, f))
 
     def _started(self, uid: str, client_uid: str) -> None:
@@ -201,6 +211,11 @@ class PilotServer:
 
     def _done(self, uid: str, client_uid: str, fut: Future) -> None:
         # The dispatcher's thread: hand the outcome to the serving loop, which owns the socket.
+        if fut.cancelled():
+            ok, blob = False, serialize(CancelledError(f"task {client_uid} was cancelled"))
+            with self._done_lock:
+                self._done_push.send_multipart([uid.encode(), json.dumps([client_uid, ok]).encode(), blob])
+            return
         exc = fut.exception()
         try:
             ok, blob = (True, serialize(fut.result())) if exc is None else (False, serialize(exc))
@@ -218,7 +233,10 @@ class PilotServer:
             if identity in self._clients:
                 self._send(identity, protocol.STARTED, {"uid": client_uid})
             return
-        identity = self._running.pop(frames[0].decode(), None)
+        uid = frames[0].decode()
+        identity = self._running.pop(uid, None)
+        self._futures.pop(uid, None)
+        self._of_client.get(identity, {}).pop(client_uid, None)
         if identity in self._clients:
             self._send_outcome(identity, client_uid, ok, frames[2])
 
@@ -231,13 +249,21 @@ class PilotServer:
             self._sock.send_multipart([identity] + protocol.pack(kind, header, blob))
         except zmq.ZMQError as err:  # the client is gone (ROUTER_MANDATORY)
             logger.info("client gone: %s", err)
-            self._clients.pop(identity, None)
+            if self._clients.pop(identity, None) is not None:
+                self._abandon(identity)
 
     def _drop_silent(self, now: float) -> None:
         for identity, heard in list(self._clients.items()):
             if now - heard > self._threshold:
-                logger.warning("client silent for %.0f s: dropped", now - heard)
                 del self._clients[identity]
+                abandoned = self._abandon(identity)
+                logger.warning("client silent for %.0f s: dropped%s", now - heard,
+                               f"; {abandoned} of its tasks cancelled" if abandoned else "")
+
+    def _abandon(self, identity: bytes) -> int:
+        """Cancel the tasks of a client that is gone: nobody would read their outcomes."""
+        uids = self._of_client.pop(identity, {}).values()
+        return sum(self._futures[uid].cancel() for uid in uids if uid in self._futures)
 
     def _farewell(self) -> None:
         for identity in list(self._clients):

@@ -3,12 +3,12 @@
 The executor holds one :class:`TaskBackend`: the
 :class:`~.dispatcher.Dispatcher` when it started its own pilots, or the
 :class:`~..attach.client.AttachedPilot` when it attached to a pilot server.
-It submits tasks, reads per-pool figures for its status and progress view,
+It submits tasks, withdraws those whose future was cancelled, reads per-pool figures for its status and progress view,
 is told when a task starts and when one succeeds, and stops it at shutdown.
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, Dict, Optional, Protocol, runtime_checkable
 
 from ..wire.task import Task
@@ -29,6 +29,9 @@ class TaskBackend(Protocol):
     def submit(self, task: Task, payload: bytes) -> Future:
         """Queue ``task``; the future resolves to its value or fails with its exception."""
 
+    def cancel(self, uid: str) -> None:
+        """Withdraw task ``uid`` (its future was cancelled): out of the queue, or its ranks told to stop."""
+
     def stats(self) -> Dict[str, Dict[str, int]]:
         """Per pool: ``ranks``, ``busy``, ``idle``, ``queued``, ``running`` (and ``restarts`` where any)."""
 
@@ -36,4 +39,22 @@ class TaskBackend(Protocol):
         """Stop taking tasks; those still waiting fail with ``ExecutorShutdown``."""
 
 
-__all__ = ["ResultCallback", "StartCallback", "TaskBackend"]
+def resolve(fut: Future, value: Any) -> bool:
+    """Give ``fut`` its value, unless it is already done (its caller may cancel it at any moment)."""
+    try:
+        fut.set_result(value)
+        return True
+    except InvalidStateError:
+        return False
+
+
+def reject(fut: Future, error: BaseException) -> bool:
+    """Fail ``fut`` with ``error``, unless it is already done (cancelled by its caller, or failed before)."""
+    try:
+        fut.set_exception(error)
+        return True
+    except InvalidStateError:
+        return False
+
+
+__all__ = ["ResultCallback", "StartCallback", "TaskBackend", "reject", "resolve"]

@@ -17,28 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from ...permissions import make_dir, write_private
+from ..rp_adjust import RadicalVersionError, check_versions  # noqa: F401  (RadicalVersionError re-exported)
+
 logger = logging.getLogger(__name__)
 
 #: Radical Pilot releases this runtime was written and tested against.
 SUPPORTED_RP = ((1, 103), (1, 104))
 
 
-class RadicalVersionError(RuntimeError):
-    """The installed Radical Pilot is outside the tested release range."""
-
-
 def check_radical_version() -> str:
-    """Return the Radical Pilot version, or raise if it is not supported."""
-    import radical.pilot as rp
-
-    version = rp.version_short if hasattr(rp, "version_short") else rp.version
-    parts = tuple(int(p) for p in str(version).split(".")[:2])
-    if not SUPPORTED_RP[0] <= parts < SUPPORTED_RP[1]:
-        raise RadicalVersionError(
-            f"parsl_rcylon needs radical.pilot >=1.103,<1.104 (found {version}); "
-            "install the tested release with: pip install 'radical.pilot>=1.103,<1.104'"
-        )
-    return str(version)
+    """Return the Radical Pilot version, or raise :class:`RadicalVersionError` (see ``rp_adjust``)."""
+    return check_versions()["radical.pilot"]
 
 
 def python_environment() -> Dict[str, str]:
@@ -71,6 +61,50 @@ def mpi_bin_dir() -> Optional[str]:
     return str(Path(found).parent) if found else None
 
 
+def with_mpi_path(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` with this interpreter's ``mpiexec`` directory first on ``PATH`` for each launch method.
+
+    Only where the virtualenv holds an ``mpiexec`` (the ``mpich`` wheel's, which ``mpi4py`` was
+    built against): a site's own MPI is left to its modules.  Batch pilots need it as much as
+    local ones; RP looks ``mpiexec`` up with the virtualenv removed from ``PATH``.
+    """
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "mpiexec").exists():
+        return cfg
+    line = f"export PATH={venv_bin}:$PATH"
+    methods = dict(cfg.get("launch_methods") or {})
+    for name, lm in methods.items():
+        if name == "order" or not isinstance(lm, dict):
+            continue
+        pre = list(lm.get("pre_exec_cached") or [])
+        if line not in pre:
+            methods[name] = dict(lm, pre_exec_cached=[line] + pre)
+    return dict(cfg, launch_methods=methods) if methods else cfg
+
+
+def advertise_interface(configs: List[Dict[str, Any]]) -> Optional[str]:
+    """Make RP's client listeners advertise the pilots' ``network_interface`` where this host has it.
+
+    RP advertises the first non-loopback interface unless told; a cluster whose agents
+    reach the client over one interface (``lo`` on a one-machine test cluster, ``ib0``)
+    says so in its resource configuration.  The client's bridges read ``RADICAL_DEFAULT_IFACE``;
+    this process's cached default is set too.
+    """
+    import psutil
+
+    if os.environ.get("RADICAL_DEFAULT_IFACE"):
+        return os.environ["RADICAL_DEFAULT_IFACE"]
+    have = set(psutil.net_if_addrs())
+    iface = next((c["network_interface"] for c in configs if c.get("network_interface") in have), None)
+    if iface:
+        import radical.utils as ru
+
+        os.environ["RADICAL_DEFAULT_IFACE"] = iface
+        ru.DefaultConfig().iface = [iface]
+        logger.info("Radical Pilot client advertises interface %s", iface)
+    return iface
+
+
 def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> List[Path]:
     """Write the user resource configs that RP deep-merges over its own.
 
@@ -80,7 +114,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     ``mpiexec`` that matches this interpreter's mpi4py.
     """
     target = config_dir / ".radical" / "pilot" / "configs"
-    target.mkdir(parents=True, exist_ok=True)
+    make_dir(target)
     localhost: Dict[str, Any] = {
         "launch_methods": {"order": ["FORK", "MPIEXEC"], "FORK": {}, "MPIEXEC": {}},
     }
@@ -96,7 +130,7 @@ def write_user_config(config_dir: Path, overrides: Optional[Dict[str, Any]] = No
     written = []
     for site, machines in sites.items():
         path = target / f"resource_{site}.json"
-        path.write_text(json.dumps(machines, indent=2))
+        write_private(path, json.dumps(machines, indent=2).encode())
         written.append(path)
     return written
 
@@ -138,7 +172,7 @@ def home_for_launcher(base: Path) -> Iterator[None]:
     """
     old = os.environ.get("HOME")
     home = base / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    make_dir(home)
     os.environ["HOME"] = str(home)
     try:
         yield

@@ -31,21 +31,23 @@ import secrets
 import socket
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 
-from ...errors import ExecutorBroken, ExecutorShutdown, ResultError, TaskTimeout, WorkerLost
+from ...errors import ExecutorShutdown, ResultError
 from ..wire import protocol
 from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
+from .backend import reject, resolve
 from .heap import HeapGuard
 from .mailbox import Mailbox
 from .placement import Placed, Placement
-from .ranks import RankRegistry
-from .restarts import Lineage, RestartPolicy, start_replacement
+from .ranks import RankRegistry, ranks_per_host
+from .recovery import Recovery
+from .restarts import Lineage, RestartPolicy
 from .running import RunningTask
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ logger = logging.getLogger(__name__)
 _LOUD_DROPS = 20
 
 
-class Dispatcher:
+class Dispatcher(Recovery):
     """Sends tasks to worker ranks, watches the ranks, routes results to futures, and recovers from faults.
 
     Parameters
@@ -85,6 +87,7 @@ class Dispatcher:
         self._router = self._channel.socket
         self.address = self._channel.address
         self.channel_file = self._channel.channel_file
+        self.encrypted = channel.encrypted  # the pilot's processes refuse a key-less channel file unless False
         self._mailbox = Mailbox(self._ctx, f"rcylon-wake-{id(self)}")
         self._period = heartbeat_period
         self._rank_timeout = rank_timeout
@@ -156,6 +159,14 @@ class Dispatcher:
         fut.set_exception(self._refusal)
         return fut
 
+    def cancel(self, uid: str) -> None:
+        """Withdraw task ``uid``: a waiting one leaves the queue, a running one's ranks are told to stop.
+
+        The ranks of a running task get ``cancel_grace`` seconds to report, as
+        after a failure; its future is not touched (the caller cancelled it).
+        """
+        self._post("cancel", uid)
+
     def worker_failed(self, uid: str, reason: str, replace: bool = True) -> None:
         """Worker ``uid`` ended; its tasks fail, and another starts in its place unless ``replace`` is False."""
         self._post("worker_failed", (uid, reason, replace))
@@ -172,6 +183,11 @@ class Dispatcher:
                 view.setdefault(pool, {"ranks": 0, "busy": 0, "idle": 0, "queued": 0, "running": 0})
                 view[pool]["restarts"] = count
             return view
+
+    def rank_hosts(self) -> Dict[str, Dict[str, int]]:
+        """Per pool, ranks per host of the live workers (monitoring reports them as Parsl nodes)."""
+        with self._lock:
+            return ranks_per_host(self._placement.workers())
 
     def stop(self, reason: str = "executor shut down") -> None:
         """Tell every rank and master to stop, fail what is left, end the thread."""
@@ -236,7 +252,7 @@ class Dispatcher:
             self._break(RuntimeError("the dispatcher loop ended"))
         for kind, body in self._mailbox.take():
             if kind == "submit" and not body.future.done():
-                body.future.set_exception(self._refusal)
+                reject(body.future, self._refusal)
 
     def _receive(self) -> bool:
         """Read and act on the next message from a peer; False when none waits.
@@ -278,7 +294,6 @@ class Dispatcher:
             logger.debug("cannot reach %r: %s", identity, err)
             return False
 
-
     def _broadcast(self, kind: bytes) -> None:
         for uid, ranks in self._ranks.workers():
             w = self._placement.worker(uid)
@@ -287,15 +302,6 @@ class Dispatcher:
                     self._send(entry.identity, kind)
         for ident in self._ranks.masters():
             self._send(ident, kind)
-
-    def _check_ranks(self) -> None:
-        now = time.monotonic()
-        for uid, _ in self._ranks.workers():
-            w = self._placement.worker(uid)
-            if w is not None and w.alive:
-                reason = self._ranks.silent_or_gone(uid, now, self._rank_timeout)
-                if reason:
-                    self._on_worker_failed((uid, reason, True))
 
     def _on_message(self, identity: bytes, message: protocol.Message) -> None:
         kind, header = message.kind, message.header
@@ -342,13 +348,25 @@ class Dispatcher:
 
     def _on_submit(self, task: RunningTask) -> None:
         if self._refusal is not None:
-            task.future.set_exception(self._refusal)
+            reject(task.future, self._refusal)
             return
         if not self._placement.accepts(task.spec):
-            task.future.set_exception(task.cannot_hold(self._placement))
+            reject(task.future, task.cannot_hold(self._placement))
             return
         self._tasks[task.uid] = task
         self._placement.enqueue(task.uid, task.spec)
+
+    def _on_cancel(self, uid: str) -> None:
+        task = self._tasks.get(uid)
+        if task is None:
+            return
+        if task.placed is None:
+            self._placement.withdraw(uid)
+            del self._tasks[uid]
+            logger.info("task %s (%s) cancelled while waiting", uid, task.name)
+            return
+        logger.info("task %s (%s) cancelled while running: its ranks are told to stop", uid, task.name)
+        self._task_failed(task, CancelledError(f"task {uid} ({task.name}) was cancelled"))
 
     def _on_report(self, identity: bytes, seen: Tuple[str, int], message: protocol.Message) -> None:
         header = message.header
@@ -372,24 +390,6 @@ class Dispatcher:
             if not task.pending_ranks:
                 self._finish(task)
 
-    def _task_failed(self, task: RunningTask, error: BaseException) -> None:
-        """Fail the task's future at once; the ranks still at work get ``cancel_grace`` to finish."""
-        if task.error is not None:
-            return
-        task.error = error
-        if not task.future.done():
-            task.future.set_exception(error)
-        self._cancel(task, str(error))
-
-    def _cancel(self, task: RunningTask, reason: str) -> None:
-        if task.settle_by is None:
-            task.settle_by = time.monotonic() + self._grace
-        ranks = self._ranks.of(task.placed.worker)
-        for i in task.pending_ranks - task.failed_ranks:
-            entry = ranks.get(task.placed.ranks[i])
-            if entry is not None:
-                self._send(entry.identity, protocol.CANCEL, {"uid": task.uid, "reason": reason[:500]})
-
     def _finish(self, task: RunningTask) -> None:
         del self._tasks[task.uid]
         del self._active[task.uid]
@@ -400,88 +400,10 @@ class Dispatcher:
                 if self.on_result is not None:
                     self.on_result(task.name, value)
             except Exception as exc:
-                task.future.set_exception(exc if isinstance(exc, ResultError) else ResultError(
+                reject(task.future, exc if isinstance(exc, ResultError) else ResultError(
                     None, f"result of task {task.uid} cannot be deserialized: {exc!r}"))
                 return
-            task.future.set_result(value)
-
-    def _next_timer(self) -> float:
-        timers = [t for task in self._active.values() for t in (task.deadline, task.settle_by) if t is not None]
-        return min(timers, default=float("inf"))
-
-    def _check_timers(self, now: float) -> None:
-        for task in list(self._active.values()):
-            if task.deadline is not None and now >= task.deadline:
-                task.deadline = None
-                self._task_failed(task, TaskTimeout(None, f"task {task.uid} ({task.name}) ran longer than its "
-                                                          f"walltime of {task.call.walltime:g} s and was stopped"))
-            if task.settle_by is not None and now >= task.settle_by and task.uid in self._active:
-                waiting = sorted(task.placed.ranks[i] for i in task.pending_ranks)
-                self._replace(task.placed.worker,
-                              f"rank(s) {waiting} did not finish task {task.uid} ({task.name}) within "
-                              f"{self._grace:g} s of its failure (blocked in a collective with a failed rank?)")
-
-    def _replace(self, uid: str, reason: str) -> None:
-        """End worker ``uid`` (its ranks exit at once) and start another like it."""
-        for entry in self._ranks.of(uid).values():
-            self._send(entry.identity, protocol.EXIT, {"reason": reason[:500]})
-        self._on_worker_failed((uid, reason, True))
-
-    def _on_worker_failed(self, args: Tuple[str, str, bool]) -> None:
-        uid, reason, replace = args
-        w = self._placement.worker(uid)
-        if w is None or not w.alive:
-            return
-        if not reason.startswith("rank "):  # RP's word came first: name the ranks that are gone, if any
-            reason = "; ".join(self._ranks.exited(uid) + [reason])
-        logger.error("worker %s lost: %s", uid, reason)
-        ready = w.ready
-        for tid in self._placement.lose_worker(uid):
-            self._active.pop(tid, None)
-            task = self._tasks.pop(tid)
-            if not task.future.done():
-                task.future.set_exception(WorkerLost(None, f"task {tid} ({task.name}) lost its worker {uid}: "
-                                                           f"{reason}"))
-        self._ranks.forget(uid)
-        if replace:
-            self._start_replacement(uid, ready)
-        if not self._placement.any_alive():
-            self._break(WorkerLost(None, f"no MPI worker is left (last lost: {uid}: {reason})"))
-            return
-        for tid in self._placement.unplaceable():
-            task = self._tasks.pop(tid)
-            task.future.set_exception(WorkerLost(None, f"task {tid} needs {task.spec.ranks} ranks; "
-                                                       f"no live worker can hold it after {uid} was lost"))
-        self._ready_cond.notify_all()
-
-    def _start_replacement(self, uid: str, was_ready: bool) -> None:
-        if self.on_replace is None or self._refusal is not None:
-            return
-        replacement = self._restart_policy.replacement(uid, was_ready)
-        if replacement is None:
-            return
-        new, lineage = replacement
-        self.expect_worker(new, lineage.size, lineage.pool, lineage.gpus_per_rank, lineage.cores_per_rank)
-        self._placement.forget_worker(uid)
-        start_replacement(uid, new, self.on_replace, self.worker_failed)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        """Fail every waiting and running task with ``exc``, and every later one."""
-        with self._refusal_lock:
-            self._refusal = exc
-        self._active.clear()
-        for uid in self._placement.clear():
-            task = self._tasks.pop(uid)
-            if not task.future.done():
-                task.future.set_exception(exc)
-
-    def _break(self, cause: BaseException, reason: Optional[str] = None) -> None:
-        """Enter the broken state: no task can run any more, because of ``cause``."""
-        self._fail_all(ExecutorBroken.because(cause, reason))
-        with self._ready_cond:
-            self._ready_cond.notify_all()
-
-    _on_break = _break  # fail(): a pilot ended
+            resolve(task.future, value)
 
     def _shutdown_ranks(self, reason: str) -> None:
         self._broadcast(protocol.STOP)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import psutil
 
+from ...permissions import open_log
 from ..guard import process_spec
 from ..processes import end_processes, end_session
 
@@ -90,7 +91,7 @@ class ClientHygiene:
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
         args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(self.base_dir),
                 process_spec(psutil.Process()), *(process_spec(p) for p in self._forks)]
-        with open(self.base_dir / "guard.log", "ab") as log:
+        with os.fdopen(open_log(self.base_dir / "guard.log"), "ab") as log:
             self._guard = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=str(self.base_dir), env=env, start_new_session=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from ...resources import PilotSpec, WorkerPool
-from ..wire.channel import ChannelOptions
+from ..wire.channel import ChannelOptions, bind_address
 from . import config as rp_config
 from .dispatcher import Dispatcher
 from .gpus import missing_local_gpus
@@ -87,7 +87,7 @@ class OwnPilots:
                                     liveness.heartbeat_period, liveness.heartbeat_threshold, timings)
         self.runtime.prepare()
         local = all(p.is_local for p in pilots)
-        bind = "127.0.0.1" if local else "*"
+        bind = bind_address(address, local)
         advertised = address or ("127.0.0.1" if local else socket.getfqdn())
         self.dispatcher = Dispatcher(base_dir, bind, advertised, heartbeat_period=liveness.heartbeat_period,
                                      rank_timeout=liveness.rank_timeout, cancel_grace=liveness.cancel_grace,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 import psutil
 
-from .placement import WorkerSlots
+from .slots import WorkerSlots
 
 
 @dataclass
@@ -121,6 +121,27 @@ class RankRegistry:
         return [f"rank {r} (pid {e.pid} on {e.host}) exited"
                 for r, e in sorted(self.of(worker).items()) if e.local and not running(e.pid)]
 
+    def lost(self, worker: str) -> List[str]:
+        """What is known of a lost ``worker``'s ranks, in words: those here that exited, else the hosts they ran on.
+
+        Ranks on other hosts cannot be looked at from here; naming their hosts
+        says which node a worker lost with its node was on.
+        """
+        gone = self.exited(worker)
+        hosts = sorted({e.host for e in self.of(worker).values() if not e.local})
+        return gone or ([f"its ranks ran on {', '.join(hosts)}"] if hosts else [])
+
+
+def ranks_per_host(workers: Iterable[WorkerSlots]) -> Dict[str, Dict[str, int]]:
+    """Per pool, the registered ranks per host of the live ``workers``."""
+    view: Dict[str, Dict[str, int]] = {}
+    for w in workers:
+        if w.alive:
+            for host in w.hosts.values():
+                per_host = view.setdefault(w.pool, {})
+                per_host[host] = per_host.get(host, 0) + 1
+    return view
+
 
 def running(pid: Optional[int]) -> bool:
     """Whether process ``pid`` of this host is alive (a zombie is not)."""
@@ -132,4 +153,4 @@ def running(pid: Optional[int]) -> bool:
         return False
 
 
-__all__ = ["RankEntry", "RankRegistry", "running"]
+__all__ = ["RankEntry", "RankRegistry", "ranks_per_host", "running"]

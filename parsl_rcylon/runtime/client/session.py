@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ...resources import PilotSpec, WorkerPool
-from .. import startup
+from .. import rp_adjust, startup
 from ..layout import pilot_logs, task_logs
 from ..wire import protocol
-from ..wire.channel import ENV_CHANNEL
+from ..wire.channel import ENV_CHANNEL, ENV_ENCRYPTED
 from . import config as rp_config
+from . import slurmjobs
 from .dispatcher import Dispatcher
 from .pilot import PoolPlacement, local_overrides, place_pools, resource_config, worker_description
 
@@ -69,6 +69,9 @@ class PilotRuntime:
         self._descriptions: Dict[str, Dict[str, Any]] = {}  # worker uid -> its task description keys
         self._failure: Optional[str] = None
         self._closing = False
+        self._ended: set = set()  # uids of pilots known to have ended
+        self._slurm_sandboxes: Dict[str, str] = {}  # Slurm pilots' sandboxes, by PilotSpec name
+        self._slurm_watch: Optional[slurmjobs.SlurmJobWatch] = None
 
     @property
     def is_local(self) -> bool:
@@ -82,9 +85,11 @@ class PilotRuntime:
 
     def prepare(self) -> None:
         """Write the RP configuration under ``base_dir`` and point RP at it and at this interpreter."""
-        env = rp_config.prepare_environment(self.base_dir, self._resource_overrides())
-        startup.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
-        os.environ.update(startup.client_environment())
+        overrides = self._resource_overrides()
+        env = rp_config.prepare_environment(self.base_dir, overrides)
+        rp_adjust.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
+        os.environ.update(rp_adjust.client_environment())
+        rp_config.advertise_interface([resource_config(spec) for spec in self.pilots if not spec.is_local])
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -94,7 +99,8 @@ class PilotRuntime:
         """
         import radical.pilot as rp
 
-        with rp_config.home_for_launcher(self.base_dir) if self.is_local else nullcontext():
+        # PSI/J writes every pilot's job script under $HOME (sbatch scripts too): keep them in the run.
+        with rp_config.home_for_launcher(self.base_dir), rp_adjust.adjusted(self.base_dir, self.is_local):
             self._session = rp.Session(cfg={"base": str(self.base_dir)})
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
@@ -120,10 +126,12 @@ class PilotRuntime:
         t1 = time.monotonic()
         submitted = self._pmgr.submit_pilots([rp.PilotDescription(descriptions[p.name]) for p in self.pilots])
         self._pilots = {spec.name: pilot for spec, pilot in zip(self.pilots, submitted, strict=True)}
+        self._watch_slurm_jobs(descriptions)
         # The task manager starts while the pilots boot: its components need
         # nothing from them, and the pilots' seconds hide its own.
         t = time.monotonic()
-        self._tmgr = rp.TaskManager(session=self._session)
+        with rp_adjust.adjusted(self.base_dir, self.is_local):
+            self._tmgr = rp.TaskManager(session=self._session)
         self.timings["task_manager"] = time.monotonic() - t  # inside "pilot", not after it
         self._tmgr.register_callback(self._task_state_cb)
         self._tmgr.add_pilots(submitted)
@@ -136,7 +144,8 @@ class PilotRuntime:
         self.timings.update(timeline.breakdown())
         for pilot in submitted:
             if self._failure is None and pilot.state != rp.PMGR_ACTIVE:
-                self._failure = f"pilot {pilot.uid} is {pilot.state}" + _tail_files(pilot_logs(pilot))
+                self._failure = f"pilot {pilot.uid} is {pilot.state}" + self._slurm_view() \
+                    + _tail_files(pilot_logs(pilot))
         t2 = time.monotonic()
         self.dispatcher.wait_ready(max(1.0, timeout - (t2 - t0)), lambda: self._failure)
         self.timings["workers"] = time.monotonic() - t2
@@ -145,7 +154,7 @@ class PilotRuntime:
         """Why the start failed: ``exc`` with where RP stalled and the tails of the pilots' logs."""
         reason = str(exc)
         if isinstance(exc, TimeoutError):
-            reason += self._task_states()
+            reason += self._task_states() + self._slurm_view()
         if self._pilots and "pilot" not in reason:
             reason += "".join(_tail_files(pilot_logs(p)) for p in self._pilots.values())
         return reason
@@ -160,31 +169,50 @@ class PilotRuntime:
         return "; Radical Pilot task states: " + ", ".join(f"{uid} {state}" for uid, state in states.items()) \
             if states else ""
 
+    def _watch_slurm_jobs(self, descriptions: Mapping[str, Dict[str, Any]]) -> None:
+        # Slurm says at once that a pilot's job ended (scancel, time limit, a node failed);
+        # RP hears it from PSI/J's polling tens of seconds later.
+        self._slurm_sandboxes = {
+            spec.name: descriptions[spec.name]["sandbox"] for spec in self.pilots
+            if not spec.is_local and str(resource_config(spec).get("resource_manager", "")).upper() == "SLURM"}
+        if self._slurm_sandboxes and slurmjobs.available():
+            self._slurm_watch = slurmjobs.SlurmJobWatch(self._slurm_sandboxes, self._slurm_job_ended).start()
+
+    def _slurm_view(self) -> str:
+        return slurmjobs.describe_jobs(self._slurm_sandboxes) if self._slurm_sandboxes else ""
+
+    def _slurm_job_ended(self, name: str, reason: str) -> None:
+        pilot = self._pilots.get(name)
+        if pilot is not None and not self._closing:
+            self._pilot_ended(pilot.uid, f"pilot {pilot.uid} ({name!r}) ended: {reason}")
+
     def _resource_overrides(self) -> Dict[str, Any]:
         overrides: Dict[str, Any] = {}
         for spec in self.pilots:
             if spec.is_local:
-                need = dict(local_overrides(self.pools[spec.name]), **startup.resource_keys())
+                need = dict(local_overrides(self.pools[spec.name]), **rp_adjust.resource_keys(local=True))
                 have = overrides.get(spec.resource, {})
                 for key in ("cores_per_node", "gpus_per_node"):
                     need[key] = max(need[key], have.get(key, 0))
                 overrides[spec.resource] = need
             elif spec.resource_config:
-                overrides[spec.resource] = dict(spec.resource_config)
+                overrides[spec.resource] = rp_config.with_mpi_path(dict(spec.resource_config))
         return overrides
 
     def _environment(self) -> Dict[str, str]:
         env = {
             protocol.ENV_ADDRESS: self.dispatcher.address,
             ENV_CHANNEL: self.dispatcher.channel_file,
+            ENV_ENCRYPTED: "1" if self.dispatcher.encrypted else "0",
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
-            **startup.task_environment(),
+            **rp_adjust.task_environment(self.is_local),
         }
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
-        path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        path = rp_adjust.task_path()
+        path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in path]
         path += [p for p in rp_config.user_import_path() if p not in path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         return env
@@ -257,16 +285,24 @@ class PilotRuntime:
     def _pilot_state_cb(self, pilot, state) -> None:
         if state not in _FINAL or self._closing:
             return
-        reason = f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot))
+        self._pilot_ended(pilot.uid, f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot)))
+
+    def _pilot_ended(self, uid: str, reason: str) -> None:
+        # Once per pilot, whichever hears first: RP's state callback or the Slurm watch.
+        if uid in self._ended:
+            return
+        self._ended.add(uid)
         self._failure = self._failure or reason
-        if all(p.state in _FINAL for p in self._pilots.values()):
+        if self.dispatcher is None:
+            return
+        if all(p.uid in self._ended or p.state in _FINAL for p in self._pilots.values()):
             from ...errors import PilotLost
 
             self.dispatcher.fail(PilotLost(None, reason))
             return
-        for uid, task in list(self._workers.items()):
-            if task.pilot == pilot.uid:
-                self.dispatcher.worker_failed(uid, reason, replace=False)
+        for wid, task in list(self._workers.items()):
+            if task.pilot == uid:
+                self.dispatcher.worker_failed(wid, reason, replace=False)
 
     def _task_state_cb(self, task, state) -> None:
         if task.uid not in self._workers and task.uid not in self._masters:
@@ -288,13 +324,15 @@ class PilotRuntime:
     def stop_watching(self) -> None:
         """From now on, workers and pilots that end are expected: the executor is shutting down."""
         self._closing = True
+        if self._slurm_watch is not None:
+            self._slurm_watch.stop()
 
     def close(self) -> None:
         """Close the task manager, the pilot manager (ending the pilots) and the session, in that order.
 
         That order takes about 4.5 s; the others wait on RP's timeouts.
         """
-        self._closing = True
+        self.stop_watching()
         closers = (("tmgr", self._tmgr, {}), ("pmgr", self._pmgr, {"terminate": True}),
                    ("session", self._session, {"download": False}))
         for what, obj, kwargs in closers:

@@ -22,10 +22,12 @@ the port may connect, read tasks in transit and try to register (see
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 CHANNEL_FILE = "channel.json"
 #: Environment variable that points the pilot's processes at it.
 ENV_CHANNEL = "RCYLON_CHANNEL_FILE"
+#: "0" when the executor was made with ``encrypted=False`` (its pilot's processes then accept no keys).
+ENV_ENCRYPTED = "RCYLON_CHANNEL_ENCRYPTED"
 #: ZAP domain of the executor's socket.
 _DOMAIN = "rcylon"
 
@@ -77,21 +81,40 @@ class ClientCredentials:
             sock.curve_serverkey = self.server_public
 
     @classmethod
-    def load(cls, path: str) -> ClientCredentials:
-        """Read ``path``; refuse it unless it is a private file of this user."""
+    def load(cls, path: str, encrypted: Optional[bool] = None) -> ClientCredentials:
+        """Read ``path``; refuse it unless it is a private regular file of this user.
+
+        The checks are made on the open file (``fstat`` of a descriptor opened
+        with ``O_NOFOLLOW``), so the file cannot be swapped for a link or
+        another file between the check and the read.  A file without CurveZMQ
+        keys is refused unless the channel was made unencrypted on purpose:
+        ``encrypted=False`` here, or (``encrypted=None``) the file itself says
+        so, as the executor writes it for ``encrypted=False``.
+        """
         try:
-            st = os.stat(path)
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as err:
-            raise ChannelError(f"cannot read the channel file {path}: {err}") from err
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise ChannelError(f"{path}: the channel file must belong to this user and be private "
-                               f"(mode {oct(st.st_mode & 0o777)})")
+            # O_NONBLOCK: a FIFO planted at the path is opened (and refused below) instead of waited on
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as err:
+            why = "it is a symbolic link" if err.errno == errno.ELOOP else err
+            raise ChannelError(f"cannot read the channel file {path}: {why}") from err
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ChannelError(f"{path}: the channel file must belong to this user and be private "
+                                   f"(owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}, "
+                                   f"{'a regular file' if stat.S_ISREG(st.st_mode) else 'not a regular file'})")
+            try:
+                data = json.loads(f.read(1 << 20).decode("utf-8"))
+            except (OSError, ValueError) as err:
+                raise ChannelError(f"cannot read the channel file {path}: {err}") from err
         try:
             token = str(data["token"])
             keys = data.get("curve")
             if not keys:
+                unencrypted_on_purpose = encrypted is False or (encrypted is None and data.get("encrypted") is False)
+                if not unencrypted_on_purpose:
+                    raise ChannelError(f"{path}: the channel file has no CurveZMQ keys (an unencrypted channel); "
+                                       "refused unless the executor was made with encrypted=False")
                 return cls(token=token)
             return cls(token=token, server_public=keys["server_public"].encode("ascii"),
                        public=keys["public"].encode("ascii"), secret=keys["secret"].encode("ascii"))
@@ -100,11 +123,12 @@ class ClientCredentials:
 
     @classmethod
     def from_environment(cls) -> ClientCredentials:
-        """The credentials named by ``RCYLON_CHANNEL_FILE``."""
+        """The credentials named by ``RCYLON_CHANNEL_FILE``, encrypted as ``RCYLON_CHANNEL_ENCRYPTED`` says (1/0)."""
         path = os.environ.get(ENV_CHANNEL)
         if not path:
             raise ChannelError(f"{ENV_CHANNEL} is not set: this process was not started by an executor")
-        return cls.load(path)
+        flag = os.environ.get(ENV_ENCRYPTED)
+        return cls.load(path, encrypted=None if flag is None else flag != "0")
 
 
 class _AdmitOne:
@@ -206,6 +230,20 @@ class ServerChannel:
             self._auth = None
 
 
+def bind_address(address: Optional[str], local: bool) -> str:
+    """Where a listener binds: only where its peers are told to connect.
+
+    ``address`` (a host name or IP the peers connect to) names one interface, and
+    the listener binds there alone; without one, loopback for local pilots and
+    every interface (``*``) for batch pilots, whose ranks may come from any.
+    """
+    if not address:
+        return "127.0.0.1" if local else "*"
+    import socket
+
+    return socket.gethostbyname(address)
+
+
 def _start_authenticator(context: zmq.Context, public: bytes):
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -216,7 +254,7 @@ def _start_authenticator(context: zmq.Context, public: bytes):
 
 
 def _to_json(credentials: ClientCredentials) -> dict:
-    out: dict = {"token": credentials.token}
+    out: dict = {"token": credentials.token, "encrypted": credentials.encrypted}
     if credentials.encrypted:
         out["curve"] = {"server_public": credentials.server_public.decode("ascii"),
                         "public": credentials.public.decode("ascii"),

@@ -1,0 +1,252 @@
+"""Radical Pilot's adjustments (``runtime/rp_adjust/``): each proven in a live pilot, and the version guard.
+
+The live checks share one 2-rank local pilot: its RP processes listen on
+loopback only, its bootstrap made no DNS lookup or ping, RP left no
+``/tmp/rp.agent_cfg.*``, and its idle bridges wake rarely.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import parsl
+import psutil
+import pytest
+
+from parsl_rcylon import RadicalCylonExecutor, cylon_app
+from parsl_rcylon.runtime import rp_adjust
+from parsl_rcylon.runtime.layout import sandbox_path
+from parsl_rcylon.runtime.processes import listening_sockets, session_processes
+
+
+def _hook_env(**extra: str) -> dict:
+    env = dict(os.environ, **extra)
+    env[rp_adjust.ENV_ADJUST] = str(rp_adjust.PACKAGE_DIR)
+    env["PYTHONPATH"] = os.pathsep.join([str(rp_adjust.HOOK_DIR), env.get("PYTHONPATH", "")])
+    env.pop(rp_adjust.ENV_STOCK, None)
+    return env
+
+
+def _fake_dist(tmp_path, name: str, version: str):
+    info = tmp_path / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return tmp_path
+
+
+def test_the_installed_release_is_the_one_written_for():
+    found = rp_adjust.check_versions()
+    assert found["radical.pilot"].startswith("1.103.") and found["radical.utils"].startswith("1.103.")
+
+
+def test_another_release_is_refused_with_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(_fake_dist(tmp_path, "radical.utils", "1.110.0")))
+    monkeypatch.delenv(rp_adjust.ENV_STOCK, raising=False)
+    with pytest.raises(rp_adjust.RadicalVersionError, match=r"radical.utils 1.103.x \(found 1.110.0\)") as err:
+        rp_adjust.check_versions()
+    assert rp_adjust.ENV_STOCK in str(err.value) and "insecure" in str(err.value)
+    monkeypatch.setenv(rp_adjust.ENV_STOCK, "1")
+    assert rp_adjust.check_versions()["radical.utils"] == "1.110.0"
+
+
+def test_an_rp_process_on_another_release_refuses_to_start(tmp_path):
+    # the hook runs first in every RP process of a session: a process with another radical.utils ends
+    fake = _fake_dist(tmp_path, "radical.utils", "1.110.0")
+    env = _hook_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(rp_adjust.HOOK_DIR), str(fake), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-c", "import radical.utils; print('started')"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "started" not in proc.stdout
+    assert "radical.utils 1.103.x (found 1.110.0)" in proc.stderr
+
+
+def test_the_hook_loads_the_package_by_path_and_nothing_of_parsl_rcylon():
+    # every RP process of a session pays for the hook: it loads rp_adjust's modules, not the project
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], env=_hook_env(), capture_output=True, text=True,
+                            timeout=60, check=True).stdout.split()
+    assert {"_rcylon_rp_adjust.install", "_rcylon_rp_adjust.sockets", "_rcylon_rp_adjust.polling"} <= set(loaded)
+    assert not [m for m in loaded if m.split(".")[0] in ("parsl", "parsl_rcylon", "radical")], loaded
+
+
+def test_the_hook_binds_rp_bridges_of_a_process_to_loopback(tmp_path):
+    # an RP bridge process of its own, started with the hook's variables, as RP starts them
+    script = textwrap.dedent("""
+        import psutil, radical.utils as ru
+        s = ru.zmq.Server(); s.start()
+        ps = ru.zmq.PubSub(channel="t_ps", cfg={"uid": "t_ps", "path": "."}); ps.start()
+        q = ru.zmq.Queue(channel="t_q", cfg={"uid": "t_q", "path": "."}); q.start()
+        print(s.addr, ps.addr_pub, ps.addr_sub, q.addr_put, q.addr_get)
+        print(*sorted({c.laddr.ip for c in psutil.Process().net_connections() if c.status == "LISTEN"}))
+    """)
+    env = _hook_env(**{rp_adjust.ENV_BIND: rp_adjust.LOOPBACK})
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, check=True).stdout.splitlines()
+    assert all(a.startswith("tcp://127.0.0.1:") for a in out[0].split()), out
+    assert out[1] == "127.0.0.1"
+
+
+# -- a live pilot ------------------------------------------------------------------------------------
+
+@cylon_app(ranks=2)
+def _allreduce(ctx):
+    return ctx.comm.allreduce(1)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A 2-rank local pilot, with what was in /tmp before it started."""
+    agent_cfgs = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "rp.agent_cfg.*")))
+    run_dir = tmp_path_factory.mktemp("runinfo")
+    ex = RadicalCylonExecutor(label="adj", worker_ranks=2)
+    dfk = parsl.load(parsl.Config(executors=[ex], run_dir=str(run_dir), strategy="none"))
+    try:
+        assert _allreduce().result(timeout=120) == 2
+        yield ex, agent_cfgs
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
+def _session_tree(ex) -> list:
+    procs = {p.pid: p for p in session_processes(ex.session_id, ex.base_dir)}
+    for p in psutil.Process().children(recursive=True):
+        procs.setdefault(p.pid, p)
+    return list(procs.values())
+
+
+@pytest.mark.integration
+def test_no_rp_socket_of_a_local_pilot_listens_beyond_loopback(live):
+    # MPI's sockets (hydra's PMI port, the ranks' netmod) are MPICH's, not RP's: docs/security.md
+    ex, _ = live
+    sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
+    assert len(sockets["rp"]) >= 20, f"only {len(sockets['rp'])} RP sockets found: is the session's tree complete?"
+    assert not sockets["rp_beyond_loopback"], f"RP sockets listening beyond loopback: {sockets}"
+
+
+@pytest.mark.integration
+def test_the_bootstrap_made_no_dns_lookup_nor_ping(live):
+    ex, _ = live
+    pilot = next(iter(ex._own.runtime._pilots.values()))
+    log = (sandbox_path(pilot) / "bootstrap_0.out").read_text()
+    assert "rcylon: skipped 'ping -c 1" in log
+    assert "rcylon: skipped 'dig +short 0.pool.ntp.org'" in log  # the bootstrap sends its stderr there too
+    assert "packets transmitted" not in log and "bytes from" not in log
+
+
+@pytest.mark.integration
+def test_rp_leaves_no_agent_config_in_tmp(live):
+    ex, before = live
+    after = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "rp.agent_cfg.*")))
+    assert after == before
+    assert list((ex.base_dir / "tmp").glob("rp.agent_cfg.*")), "the agent configuration went elsewhere"
+
+
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` (psutil counts the main thread's only)."""
+    total = 0
+    for task in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            with open(task) as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+        except OSError:
+            pass
+    return total
+
+
+@pytest.mark.integration
+def test_idle_rp_bridges_wait_on_their_sockets(live):
+    # Stock RP's queue and pubsub bridges wake every 10-30 ms while idle (>= 100 wake-ups a
+    # second each); adjusted, a bridge wakes for its stop flag, its heartbeat and little else.
+    ex, _ = live
+    bridges = []
+    for p in session_processes(ex.session_id, ex.base_dir):
+        try:
+            if any(kind in " ".join(p.cmdline()) for kind in ("_queue", "_pubsub")):
+                bridges.append(p)
+        except psutil.Error:  # ended meanwhile (a zombie of RP's start-up)
+            continue
+    assert len(bridges) >= 8, [p.name() for p in bridges]
+    before = {p.pid: _wakeups(p.pid) for p in bridges}
+    time.sleep(3.0)
+    rates = {" ".join(p.cmdline()[:1]) or p.pid: (_wakeups(p.pid) - before[p.pid]) / 3.0 for p in bridges}
+    # measured on a live pilot: adjusted 22-26 a second per bridge process (78 for the busiest),
+    # stock 117 (no getter) to ~670 (one getter) in benchmarks/rp_bridges.py
+    assert max(rates.values()) < 100, rates
+
+
+# -- as another local user ------------------------------------------------------------------------
+
+#: Run as the stranger with the system Python (the project's virtualenv may be in root's home).
+STRANGER = textwrap.dedent("""
+    import json, os, socket, sys
+    victim, host, base = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[7]) == victim:  # LISTEN, and the victim's: found as an attacker finds them
+                ports.add(int(f[1].split(":")[1], 16))
+    reached = []
+    for port in sorted(ports):
+        s = socket.socket()
+        s.settimeout(0.5)
+        if s.connect_ex((host, port)) == 0:
+            reached.append(port)
+        s.close()
+    tried = {}
+    for what, act in (("rename the executor directory", lambda: os.rename(base, base + ".aside")),
+                      ("list the run directory", lambda: os.listdir(os.path.dirname(base)))):
+        try:
+            act()
+            tried[what] = "done"
+        except OSError as err:
+            tried[what] = type(err).__name__
+    print(json.dumps({"ports": sorted(ports), "reached": reached, "tried": tried}))
+""")
+
+
+def _stranger():
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a second local user needs root")
+    name = "rcylonstranger"
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
+                       capture_output=True)
+        return pwd.getpwnam(name)
+
+
+def _host_address() -> str:
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    pytest.skip("this machine has no address beyond loopback")
+
+
+@pytest.mark.integration
+def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(live):
+    ex, _ = live
+    stranger = _stranger()
+    host = _host_address()
+    sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
+    out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
+                         user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",
+                         env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    rp_ports = {addr.port for _, _, addr in sockets["rp"]}
+    assert rp_ports <= set(found["ports"]), "the stranger sees the victim's ports as an attacker would"
+    # (the victim's other services, root's when the tests run as root, are not this session's)
+    assert not set(found["reached"]) & rp_ports, f"RP ports reached from another user at {host}: {found}"
+    assert set(found["tried"].values()) == {"PermissionError"}, found["tried"]
+    assert _allreduce().result(timeout=60) == 2  # and the run goes on
