@@ -7,8 +7,8 @@ last.  A client with 10^5 queued tasks holds some 4 objects per task in the
 dispatcher alone (its ``RunningTask``, the ``Task`` and its spec, the
 placement's entry) and many more in Parsl's task records, so a full
 collection there walks millions of objects.  ``benchmarks/scale.py`` at 9,408
-nodes with 10^5 queued: a full collection of 100 ms landed in a placement
-pass of 108 ms (no pass did more than 15 ms of its own work); on another
+nodes with 10^5 queued: a full collection of 93 ms landed in a placement
+pass of 99 ms (no pass did more than 11 ms of its own work); on another
 thread it would have stopped the loop all the same, holding the GIL.
 
 When the dispatcher becomes busy (tasks wait or run), :class:`HeapGuard`
