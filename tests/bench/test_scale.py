@@ -1,4 +1,5 @@
-"""benchmarks/scale.py in its quick mode: the simulation drives the real Placement to the end.
+"""benchmarks/scale.py in its quick mode: the simulation drives the real Placement to the end, and the real
+dispatcher runs tasks on fake ranks.
 
 Speed is the benchmark's business (its JSON and plot); here only that it runs,
 every accepted task starts, and its figures are sane.
@@ -34,3 +35,9 @@ def test_quick_scale_benchmark_runs_and_reports(tmp_path):
     costs = result["messages"]
     assert set(costs["start_task_ms"]) == set(costs["start_task_ms_encoded_per_rank"]) == {"1", "64", "1024"}
     assert costs["heartbeat_answer_us"] > 0
+    guarded = result["deep_queue_heap_guard"]
+    assert guarded["complete"] and guarded["heap_guard"] and guarded["events"] == q["events"]
+    # the real dispatcher with fake ranks: a burst of 2,000 submissions (over the wake-up socket's
+    # high-water mark of 1,000) all start on the fake ranks and complete
+    (load,) = result["dispatch_load"]
+    assert load["ranks"] == 64 and load["tasks"] == 2000 and load["tasks_per_s"] > 0

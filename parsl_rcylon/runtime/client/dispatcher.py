@@ -42,6 +42,7 @@ from ..wire import protocol
 from ..wire.channel import ChannelOptions, ServerChannel
 from ..wire.task import Assignment, Task
 from .backend import reject, resolve
+from .heap import HeapGuard
 from .mailbox import Mailbox
 from .placement import Placed, Placement
 from .ranks import RankRegistry, ranks_per_host
@@ -208,6 +209,7 @@ class Dispatcher(Recovery):
         poller.register(self._mailbox.pull, zmq.POLLIN)
         next_beat = time.monotonic()
         next_report = time.monotonic() + self.report_period
+        heap = HeapGuard()  # a full garbage collection over a deep queue would stall this loop (heap.py)
         try:
             while True:
                 wait = min(next_beat, self._next_timer()) - time.monotonic()
@@ -228,6 +230,7 @@ class Dispatcher(Recovery):
                         getattr(self, f"_on_{kind}")(body)
                     self._schedule()
                     now = time.monotonic()
+                    heap.tick(self._placement.busy(), now)
                     self._check_timers(now)
                     if now >= next_beat:
                         self._check_ranks()
@@ -240,6 +243,7 @@ class Dispatcher(Recovery):
             logger.exception("dispatcher loop failed")
             self._break(exc, f"the dispatcher loop failed: {exc!r}")
         finally:
+            heap.close()
             self._refuse_queued()
 
     def _refuse_queued(self) -> None:

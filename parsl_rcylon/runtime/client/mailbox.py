@@ -5,6 +5,11 @@ through a :class:`Mailbox`: :meth:`Mailbox.post` queues a command and sends a
 byte on an in-process PUSH socket whose PULL end the owner polls beside its
 other sockets; the owner then :meth:`Mailbox.drain`\\ s the wake-ups and
 takes the commands in order (:meth:`Mailbox.take`).
+
+At most one wake-up is in flight: a post while one waits unread only
+queues, since the owner takes every queued command once woken.  (One byte per
+post filled the PUSH socket's high-water mark, 1,000, in any burst the owner
+had not caught up with, and the next post failed with ``zmq.Again``.)
 """
 from __future__ import annotations
 
@@ -34,19 +39,23 @@ class Mailbox:
         self._push.connect(address)
         self._lock = threading.Lock()
         self._closed = False
+        self._woken = False  # a wake-up byte is on its way and not yet drained
         self._commands: queue.Queue[Tuple[str, Any]] = queue.Queue()
 
     def post(self, kind: str, body: Any = None) -> None:
         """Queue a command and wake the owner (any thread; after :meth:`close` the command only queues)."""
         self._commands.put((kind, body))
         with self._lock:
-            if not self._closed:
+            if not self._closed and not self._woken:
+                self._woken = True
                 self._push.send(b"", flags=zmq.NOBLOCK)
 
     def drain(self) -> None:
-        """Consume the wake-ups the owner's poll reported (the owner's thread)."""
-        while self.pull.poll(0):
-            self.pull.recv()
+        """Consume the wake-up the owner's poll reported (the owner's thread); then :meth:`take`."""
+        with self._lock:
+            self._woken = False  # a post from here on wakes the owner again
+            while self.pull.poll(0):
+                self.pull.recv()
 
     def take(self) -> Iterator[Tuple[str, Any]]:
         """The commands queued so far, in order (the owner's thread)."""

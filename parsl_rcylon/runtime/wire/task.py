@@ -11,6 +11,7 @@ classes' fields (:func:`wire_schema`), so a field is added in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -139,6 +140,7 @@ class Assignment:
         return cls(ranks=tuple(header["ranks"]), tag=header["tag"], cores=header.get("cores", 1))
 
 
+@functools.cache  # once per class: the dispatcher encodes every task it starts
 def _wire_fields(cls: type) -> Tuple[dataclasses.Field, ...]:
     return tuple(f for f in dataclasses.fields(cls) if f.metadata.get("wire", True))
 

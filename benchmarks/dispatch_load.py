@@ -1,0 +1,242 @@
+"""Load test of the real dispatcher: thousands of fake ranks over its CurveZMQ ROUTER, tasks fed directly.
+
+The real :class:`~parsl_rcylon.runtime.client.dispatcher.Dispatcher` (its
+loop, placement, rank registry, encrypted authenticated channel, liveness)
+runs in this process; its ranks are fake: a few *fake host* processes, each
+holding many DEALER sockets, one per rank, with the rank's own identity,
+keys, ``READY``, ``ALIVE`` answers to every heartbeat and, for every
+``TASK``, an immediate ``RESULT`` (rank 0's value is a serialized ``None``).
+No Parsl DataFlowKernel: :meth:`Dispatcher.submit` is called directly with
+prebuilt one-rank tasks, all at once, and the clock runs from the first
+submission to the last future resolved.  Each fake host process holds up to
+512 ranks and reports them on nodes of 56 (Frontier's cores per node) named
+for it, not this host, so ranks are judged by their answers alone, as ranks on
+other nodes are.
+
+Per rank count: seconds until every rank registered; the client process's
+CPU while idle with every rank heartbeating (liveness alone: the
+dispatcher's heartbeats and the ranks' answers, ZeroMQ's I/O thread and
+CurveZMQ included), in % of a core and microseconds per rank per second;
+one-rank tasks started and completed per second, and the client's CPU per
+task.  Fake hosts share this machine's cores with the dispatcher.
+
+    python benchmarks/dispatch_load.py [--ranks 256,1024,4096] [--tasks 30000] [--out benchmarks/results]
+
+Writes ``dispatch_load.json`` and ``dispatch_load.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import zmq
+
+TARGET_TASKS_PER_S = 10_000.0
+RANKS_PER_HOST = 512  # ranks one fake host process holds (its sockets, its poll)
+CORES_PER_NODE = 56  # ranks a fake node reports: a fake host process holds several such nodes
+
+
+# -- a fake host: many ranks in one process ------------------------------------------------------------
+
+
+def fake_host(address: str, channel_file: str, worker: str, size: int, first: int, count: int,
+              host: str) -> None:
+    """Ranks ``first`` .. ``first + count - 1`` of ``worker``: register, answer heartbeats and tasks.
+
+    They report nodes of :data:`CORES_PER_NODE` ranks, named ``host-0``, ``host-1``, ...
+    """
+    from parsl.serialize import serialize
+
+    from parsl_rcylon.runtime.wire import protocol
+    from parsl_rcylon.runtime.wire.channel import ClientCredentials
+
+    credentials = ClientCredentials.load(channel_file)
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    socks: Dict[zmq.Socket, int] = {}
+    for rank in range(first, first + count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"{worker}/{rank}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        credentials.apply(sock)
+        sock.connect(address)
+        sock.send_multipart(protocol.pack(protocol.READY, {
+            "token": credentials.token, "worker": worker, "rank": rank, "size": size, "pid": os.getpid(),
+            "host": f"{host}-{(rank - first) // CORES_PER_NODE}", "gpus": [], "pool": "default"}))
+        socks[sock] = rank
+        poller.register(sock, zmq.POLLIN)
+    alive = protocol.pack(protocol.ALIVE)
+    value = serialize(None)
+    left = len(socks)
+    parent = os.getppid()
+    while left:
+        events = poller.poll(timeout=1000)
+        if not events and os.getppid() != parent:  # the load test died without a STOP
+            break
+        for sock, _ in events:
+            while True:
+                try:
+                    frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                kind = frames[0]
+                if kind == protocol.HEARTBEAT:
+                    sock.send_multipart(alive)
+                elif kind == protocol.TASK:  # one-rank tasks only: this rank is task rank 0
+                    # the uid by hand, not json.loads: the fake ranks share the machine with the dispatcher
+                    raw = frames[1]
+                    at = raw.index(b'"uid":"') + 7
+                    uid = raw[at:raw.index(b'"', at)]
+                    sock.send_multipart([protocol.RESULT, b'{"uid":"' + uid + b'","rank":0,"ok":true}', value])
+                elif kind in (protocol.STOP, protocol.EXIT):
+                    poller.unregister(sock)
+                    sock.close()
+                    left -= 1
+                    break
+    ctx.term()
+
+
+# -- the load test ---------------------------------------------------------------------------------------
+
+
+def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 2.0) -> Dict[str, Any]:
+    """One dispatcher, ``ranks`` fake ranks in one worker; idle liveness cost, then ``tasks`` one-rank tasks."""
+    from parsl_rcylon.resources import ResourceSpec
+    from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+    from parsl_rcylon.runtime.wire.task import Task
+
+    procs: List[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Dispatcher(tmp, heartbeat_period=heartbeat_period, rank_timeout=120.0)
+        d.start()
+        try:
+            d.expect_worker("w", ranks)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+            t0 = time.perf_counter()
+            for k, first in enumerate(range(0, ranks, RANKS_PER_HOST)):
+                count = min(RANKS_PER_HOST, ranks - first)
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--fake-host", d.address, d.channel_file, "w", str(ranks),
+                     str(first), str(count), f"fake-{socket.gethostname()}-{k}"], env=env))
+            failed = lambda: next((f"fake host {p.args[-1]} exited ({p.returncode})"  # noqa: E731
+                                   for p in procs if p.poll() is not None), None)
+            d.wait_ready(600, failed)
+            ready_s = time.perf_counter() - t0
+            time.sleep(heartbeat_period)  # the first heartbeats after registration
+            c0, w0 = time.process_time(), time.perf_counter()
+            time.sleep(idle_s)
+            idle_cpu = (time.process_time() - c0) / (time.perf_counter() - w0)
+            spec = ResourceSpec(ranks=1)
+            calls = [Task.build(f"t{i}", "noop", False, {}, spec) for i in range(tasks)]
+            done = threading.Event()
+            count = [0]
+            lock = threading.Lock()
+
+            def one_done(_fut) -> None:
+                with lock:
+                    count[0] += 1
+                    if count[0] == tasks:
+                        done.set()
+
+            c0, w0 = time.process_time(), time.perf_counter()
+            futs = []
+            for call in calls:
+                fut = d.submit(call, b"x" * 64)
+                fut.add_done_callback(one_done)
+                futs.append(fut)
+            fed_s = time.perf_counter() - w0
+            if not done.wait(timeout=600):
+                raise RuntimeError(f"only {count[0]} of {tasks} tasks completed in 600 s")
+            wall = time.perf_counter() - w0
+            cpu = time.process_time() - c0
+            errors = [f.exception() for f in futs if f.exception() is not None]
+            if errors:
+                raise RuntimeError(f"{len(errors)} tasks failed, the first with {errors[0]!r}")
+        finally:
+            try:
+                d.stop()
+            finally:
+                _end(procs)
+    return {"ranks": ranks, "fake_hosts": len(procs), "tasks": tasks, "ready_s": ready_s,
+            "idle_client_cpu_core_fraction": idle_cpu,
+            "liveness_us_per_rank_per_s": idle_cpu / ranks * 1e6,
+            "submit_s": fed_s, "wall_s": wall, "tasks_per_s": tasks / wall,
+            "client_cpu_s": cpu, "client_cpu_us_per_task": cpu / tasks * 1e6}
+
+
+def _end(procs: List[subprocess.Popen]) -> None:
+    """The fake hosts leave on the dispatcher's STOP; any that does not within 20 s is killed."""
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def plot(result: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["runs"]
+    labels = [f"{r['ranks']:,}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    ax.bar(labels, [r["tasks_per_s"] for r in rows])
+    ax.axhline(TARGET_TASKS_PER_S, color="r", ls="--", lw=1, label=f"{TARGET_TASKS_PER_S:,.0f} tasks/s target")
+    ax.set_xlabel("fake ranks")
+    ax.set_ylabel("one-rank tasks started and completed per s")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar(labels, [r["idle_client_cpu_core_fraction"] * 100 for r in rows])
+    ax.set_xlabel("fake ranks")
+    ax.set_ylabel("client CPU while idle (liveness), % of a core")
+    fig.suptitle(f"The real dispatcher with fake ranks on this machine ({os.cpu_count()} cores, shared)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", default="256,1024,4096", help="comma-separated fake rank counts")
+    parser.add_argument("--tasks", type=int, default=30000)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle liveness measured")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    runs = []
+    for r in (int(x) for x in args.ranks.split(",")):
+        row = run(r, args.tasks, args.idle)
+        runs.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(runs, key=lambda r: r["ranks"])
+    result = {"cpu_count": os.cpu_count(), "ranks_per_fake_host": RANKS_PER_HOST, "runs": runs,
+              "target": {"tasks_per_s_at_most_ranks": best["tasks_per_s"], "target": TARGET_TASKS_PER_S,
+                         "median_tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs)}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dispatch_load.json").write_text(json.dumps(result, indent=2))
+    if not args.no_plot:
+        plot(result, out / "dispatch_load.png")
+    print(json.dumps(result["target"]))
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--fake-host":
+        a = sys.argv[2:]
+        fake_host(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6])
+    else:
+        main(sys.argv[1:])
