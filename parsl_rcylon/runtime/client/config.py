@@ -170,14 +170,35 @@ def home_for_launcher(base: Path) -> Iterator[None]:
     the run directory.  The pilot inherits it; the client's ``sys.path`` is
     passed to the workers explicitly, so user-site packages stay importable.
     """
-    old = os.environ.get("HOME")
     home = base / "home"
     make_dir(home)
-    os.environ["HOME"] = str(home)
+    with environment({"HOME": str(home)}):
+        yield
+
+
+def batch_environment(configs: List[Dict[str, Any]]) -> Dict[str, str]:
+    """What the batch system's submit command reads, for pilots of these resource configurations.
+
+    Slurm ends a whole job when one of its nodes fails unless it was
+    submitted with ``--no-kill``; RP's PSI/J launcher passes no such option,
+    and ``sbatch`` reads it from ``SBATCH_NO_KILL``.  So a pilot's pools go on
+    with the nodes left, the lost node's tasks failing with ``WorkerLost``.
+    A value the user set wins.
+    """
+    wanted = {"SBATCH_NO_KILL": "1"} if any(c.get("resource_manager") == "SLURM" for c in configs) else {}
+    return {key: value for key, value in wanted.items() if key not in os.environ}
+
+
+@contextlib.contextmanager
+def environment(values: Dict[str, str]) -> Iterator[None]:
+    """Run the body with ``values`` in ``os.environ``; RP's component processes started there inherit them."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("HOME", None)
-        else:
-            os.environ["HOME"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -63,6 +63,7 @@ class PilotRuntime:
         self._session = None
         self._pmgr = None
         self._tmgr = None
+        self._batch_env: Dict[str, str] = {}  # what sbatch reads, for batch pilots (prepare())
         self._pilots: Dict[str, Any] = {}   # PilotSpec name -> rp.Pilot
         self._workers: Dict[str, Any] = {}  # worker uid -> rp.Task
         self._masters: Dict[str, Any] = {}  # master uid -> rp.Task
@@ -89,7 +90,9 @@ class PilotRuntime:
         env = rp_config.prepare_environment(self.base_dir, overrides)
         rp_adjust.write_agent_config(Path(env["RADICAL_CONFIG_USER_DIR"]))
         os.environ.update(rp_adjust.client_environment())
-        rp_config.advertise_interface([resource_config(spec) for spec in self.pilots if not spec.is_local])
+        batch = [resource_config(spec) for spec in self.pilots if not spec.is_local]
+        rp_config.advertise_interface(batch)
+        self._batch_env = rp_config.batch_environment(batch)
 
     def open_session(self, started: float) -> None:
         """Open the session and its pilot and task managers.
@@ -100,7 +103,8 @@ class PilotRuntime:
         import radical.pilot as rp
 
         # PSI/J writes every pilot's job script under $HOME (sbatch scripts too): keep them in the run.
-        with rp_config.home_for_launcher(self.base_dir), rp_adjust.adjusted(self.base_dir, self.is_local):
+        with rp_config.home_for_launcher(self.base_dir), rp_config.environment(self._batch_env), \
+                rp_adjust.adjusted(self.base_dir, self.is_local):
             self._session = rp.Session(cfg={"base": str(self.base_dir)})
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
