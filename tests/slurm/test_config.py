@@ -80,3 +80,14 @@ def test_srun_without_a_pmi_is_recognised():
     assert missing_pmi(2, no_pmi) is None                            # a world of 2 is fine
     assert missing_pmi(1, {"SLURM_STEP_NUM_TASKS": "1"}) is None    # one task: nothing to meet
     assert missing_pmi(1, {}) is None                                # not under srun
+
+
+def test_slurm_pilots_are_submitted_with_no_kill_unless_the_user_said_otherwise(monkeypatch):
+    from parsl_rcylon.runtime.client.config import batch_environment
+
+    slurm = SlurmCluster("mysite.cluster", cores_per_node=4).resource_config()
+    monkeypatch.delenv("SBATCH_NO_KILL", raising=False)
+    assert batch_environment([slurm]) == {"SBATCH_NO_KILL": "1"}
+    assert batch_environment([{"resource_manager": "PBSPRO"}]) == {} and batch_environment([]) == {}
+    monkeypatch.setenv("SBATCH_NO_KILL", "0")
+    assert batch_environment([slurm]) == {}, "the user's own setting wins"
