@@ -421,17 +421,29 @@ def file_crc(path: str) -> int:
 def check_footer_rows(path: str, part: Partition) -> None:
     """Raise :class:`TableCorruptError` naming ``path`` unless its Parquet footer holds ``part``'s rows.
 
-    Reads the footer only (``pyarrow.parquet.read_metadata``).  The manifest's
-    counts are what share plans are cut from: a forged or stale count
-    (``num_rows`` of 10**15) would hand ranks wrong shares before any of the
-    file's bytes is read.
+    Reads the footer only.  The manifest's counts are what share plans are
+    cut from: a forged or stale count (``num_rows`` of 10**15) would hand
+    ranks wrong shares before any of the file's bytes is read.  A file of
+    another size than the manifest says, or whose footer does not match its
+    checksum, is refused as the reader refuses it.  A missing file passes:
+    the ranks whose share is in it report it, and the task's agreement fails
+    the others.
     """
     try:
-        md = pq.read_metadata(path)
+        mm = pa.memory_map(path, "r")
     except FileNotFoundError:
-        raise TableCorruptError(f"{path}: file is missing") from None
+        return
     except (OSError, pa.ArrowException) as err:
-        raise TableCorruptError(f"{path}: not a readable Parquet file: {err}") from None
+        raise TableCorruptError(f"{path}: cannot open: {err}") from None
+    try:
+        if mm.size() != part.nbytes:
+            raise TableCorruptError(f"{path}: file is {mm.size()} bytes but the manifest says {part.nbytes} "
+                                    "(truncated, or replaced after it was written)")
+        if part.tail is not None:
+            _check_segment(mm, part.tail, path, "the footer")
+        md, _ = _parquet_footer(mm, path)
+    finally:
+        mm.close()
     found = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
     if md.num_rows != part.num_rows or found != tuple(part.row_groups):
         raise TableCorruptError(f"{path}: footer holds {md.num_rows} rows in row groups of {list(found)[:8]} "
