@@ -80,3 +80,9 @@ def slurm_cluster():
     finally:
         if started:
             slurm_testbed.teardown()
+
+
+def pytest_collection_modifyitems(config, items):
+    # The Slurm cluster's tests run first, before the session's own pilot (the `rcylon` fixture) is up:
+    # its loaded DFK would refuse theirs, and two RP sessions at once can cross-talk.
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
