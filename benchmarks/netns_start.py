@@ -53,7 +53,10 @@ def start(run_dir: str, rp: str, ranks: int, netns: bool, timeout: float) -> dic
         script = 'ip link set lo up && exec "$@"'
         child = ["unshare", "--net", "--", "sh", "-c", script, "sh"] + child
     t0 = time.perf_counter()
-    done = subprocess.run(child, capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run(child, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        return {"netns": netns, "rp": rp, "ok": False, "wall_s": timeout, "error": f"timed out: {err}"}
     wall = time.perf_counter() - t0
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(MARK)]
     if done.returncode != 0 or not lines:
@@ -104,6 +107,28 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write(out: Path, args: argparse.Namespace, starts: list) -> dict:
+    """Write ``netns_start.json`` with the starts so far; return it."""
+    try:
+        import ntplib  # noqa: F401  (radical.utils syncs its clock over NTP when it is installed)
+        has_ntplib = True
+    except ImportError:
+        has_ntplib = False
+    result = {
+        "benchmark": "netns_start",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg": os.getloadavg(),
+                    # what stock RP's bootstrap would run: absent tools fail at once instead of waiting
+                    "dig": shutil.which("dig"), "ping": shutil.which("ping"), "ntplib": has_ntplib},
+        "ranks": args.ranks,
+        "summary": summarize(starts),
+        "starts": starts,
+    }
+    (out / "netns_start.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
@@ -120,7 +145,9 @@ def main() -> None:
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         sys.exit("netns_start: needs root, unshare(1) and ip(8) to make a loopback-only network namespace")
     rps = ["adjusted", "stock"] if args.rp == "both" else [args.rp]
-    starts = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    starts: list = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for rp in rps:
@@ -130,18 +157,7 @@ def main() -> None:
                     _progress(f"repeat {i + 1}/{args.repeats}, rp={rp}, "
                               f"{'loopback only' if netns else 'host network'}: "
                               + (f"first result {s['first_result_s']:.2f} s" if s["ok"] else "FAILED"))
-    result = {
-        "benchmark": "netns_start",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg": os.getloadavg()},
-        "ranks": args.ranks,
-        "summary": summarize(starts),
-        "starts": starts,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "netns_start.json").write_text(json.dumps(result, indent=2))
+                    result = write(out, args, starts)  # after every start: an interrupted run keeps its figures
     plot(result, out / "netns_start.png")
     print(json.dumps(result["summary"], indent=2))
     failed = [s for s in starts if not s["ok"]]
