@@ -88,10 +88,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     """End the pilot ``up`` started, and wait until its processes are gone."""
+    from .runtime.attach import AttachError
     from .serving import down
 
     t0 = time.monotonic()
-    info = down(args.run_dir)
+    try:
+        info = down(args.run_dir)
+    except AttachError as err:
+        raise CliError(str(err)) from err
     if info is None:
         _say(f"no pilot is up at {Path(args.run_dir).resolve()}")
         return 1

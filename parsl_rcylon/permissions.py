@@ -147,6 +147,46 @@ def open_log(path: PathLike, sharing: str = "private") -> int:
     return fd
 
 
+class PrivateFileError(PermissionError):
+    """A file trusted with secrets or instructions is a link, not a regular file, someone else's, or not private."""
+
+
+def read_private(path: PathLike, what: str = "file", limit: int = 1 << 20) -> bytes:
+    """The content of ``path`` (at most ``limit`` bytes), only if it is a private regular file of this user.
+
+    The checks are made on the open file (``fstat`` of a descriptor opened
+    with ``O_NOFOLLOW``), so the file cannot be swapped for a link or another
+    file between the check and the read.  ``what`` names the file in the
+    error (``"channel file"``, ``"pilot description"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    PrivateFileError
+        A link, a FIFO or other non-regular file, a file of another user, or
+        one that its group or others may read or write.
+    """
+    try:
+        # O_NONBLOCK: a FIFO planted at the path is opened (and refused below) instead of waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        why = "it is a symbolic link" if err.errno == errno.ELOOP else err
+        raise PrivateFileError(f"cannot read the {what} {os.fspath(path)}: {why}") from err
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PrivateFileError(f"{os.fspath(path)}: the {what} must belong to this user and be private "
+                                   f"(owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}, "
+                                   f"{'a regular file' if stat.S_ISREG(st.st_mode) else 'not a regular file'})")
+        try:
+            return f.read(limit)
+        except OSError as err:
+            raise PrivateFileError(f"cannot read the {what} {os.fspath(path)}: {err}") from err
+
+
 class UnsafeDirectoryError(PermissionError):
     """A directory of the run belongs to someone else, or others may write to it (as ssh's StrictModes)."""
 

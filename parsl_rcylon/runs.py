@@ -144,6 +144,20 @@ def _same_user(proc: Any) -> bool:
         return False
 
 
+def _up_server(path: Path) -> Optional[int]:
+    """The pid of the live ``parsl-rcylon up`` server of run directory ``path``, if it has one that is ours."""
+    from .runtime.attach.info import ATTACH_DIR, INFO_FILE, AttachError, PilotInfo
+
+    if not (path / ATTACH_DIR / INFO_FILE).exists():
+        return None
+    try:
+        proc = PilotInfo.read(path).process()
+    except AttachError as err:  # an untrusted description: named, and nothing it names is signalled
+        logger.warning("%s", err)
+        return None
+    return proc.pid if proc is not None else None
+
+
 def _describe_process(proc: Any) -> str:
     try:
         # Renamed RP components pad their titles with spaces.
@@ -203,6 +217,9 @@ def clean(run_dir: Path, older_than_hours: float = 0.0, data_dirs: Optional[Sequ
             f"{run.nbytes / 2**20:.1f} MiB; {len(run.processes)} live process(es)")
         for proc in run.processes:
             say(f"    pid {proc.pid}: {_describe_process(proc)}")
+        server = _up_server(run.path)
+        if server is not None:
+            say(f"    pid {server}: the pilot server of `parsl-rcylon up` (stopped first)")
         if run.clients:
             say(f"    in use by pid {', '.join(str(p) for p in run.clients)} (a workflow still running?): "
                 + ("--force given, cleaning it anyway" if force else "skipped; --force cleans it anyway"))
@@ -216,6 +233,14 @@ def clean(run_dir: Path, older_than_hours: float = 0.0, data_dirs: Optional[Sequ
             f"director{'y' if len(runs) == 1 else 'ies'}, {total / 2**20:.1f} MiB; run again with --yes to do it")
         return runs
     for run in runs:
+        server = _up_server(run.path)
+        if server is not None:
+            # `up`'s server would otherwise stay, serving a pilot whose directory is gone
+            from .runtime.attach.detached import stop_detached
+
+            stop_detached(run.path)
+            say(f"stopped the pilot server of `parsl-rcylon up` (pid {server}) of {run.path.name}")
+            run.processes = [p for p in run.processes if p.is_running()]
         if run.processes:
             ended = end_processes(run.processes)
             say(f"ended {len(ended)} process(es) of {run.path.name}: {', '.join(str(p) for p in ended)}")

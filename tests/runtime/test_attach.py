@@ -202,3 +202,20 @@ def test_an_attached_pool_that_names_a_pilot_admits_tasks(tmp_path):
         ex.shutdown()
         assert down(pilot_dir) is not None
     assert wait_for_no_processes(info.session, timeout=30) == []
+
+
+def test_clean_force_on_an_up_directory_stops_the_up_server_too(tmp_path):
+    """`clean --force` removes an `up` run directory: the server goes with its pilot, nothing is left."""
+    pilot_dir = tmp_path / "pilot"
+    info = _up(pilot_dir, idle_minutes=30)
+    tree = _server_tree(info)
+    listed = _cli("clean", "--run-dir", str(pilot_dir))
+    assert f"pid {info.pid}: the pilot server of `parsl-rcylon up`" in listed.stdout, listed.stdout
+    assert info.process() is not None, "listing ended nothing"
+    done = _cli("clean", "--run-dir", str(pilot_dir), "--yes", "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"stopped the pilot server of `parsl-rcylon up` (pid {info.pid})" in done.stdout, done.stdout
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+    assert wait_for_no_processes(info.session, timeout=10) == []
+    assert not pilot_dir.exists()

@@ -41,6 +41,6 @@ executor submits to) and :mod:`.detached` (starting and ending the server's
 process).  What builds the executor the server fronts lives above the runtime,
 in :mod:`parsl_rcylon.serving`.
 """
-from .info import ATTACH_DIR, IDLE_TIMEOUT, INFO_FILE, AttachError, PilotInfo
+from .info import ATTACH_DIR, IDLE_TIMEOUT, INFO_FILE, AttachError, PilotInfo, UntrustedInfoError
 
-__all__ = ["ATTACH_DIR", "AttachError", "IDLE_TIMEOUT", "INFO_FILE", "PilotInfo"]
+__all__ = ["ATTACH_DIR", "AttachError", "IDLE_TIMEOUT", "INFO_FILE", "PilotInfo", "UntrustedInfoError"]

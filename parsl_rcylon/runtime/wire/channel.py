@@ -22,19 +22,17 @@ the port may connect, read tasks in transit and try to register (see
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 import zmq
 
-from ...permissions import private_dir, write_private
+from ...permissions import PrivateFileError, private_dir, read_private, write_private
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +90,11 @@ class ClientCredentials:
         so, as the executor writes it for ``encrypted=False``.
         """
         try:
-            # O_NONBLOCK: a FIFO planted at the path is opened (and refused below) instead of waited on
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        except OSError as err:
-            why = "it is a symbolic link" if err.errno == errno.ELOOP else err
-            raise ChannelError(f"cannot read the channel file {path}: {why}") from err
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                raise ChannelError(f"{path}: the channel file must belong to this user and be private "
-                                   f"(owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}, "
-                                   f"{'a regular file' if stat.S_ISREG(st.st_mode) else 'not a regular file'})")
-            try:
-                data = json.loads(f.read(1 << 20).decode("utf-8"))
-            except (OSError, ValueError) as err:
-                raise ChannelError(f"cannot read the channel file {path}: {err}") from err
+            data = json.loads(read_private(path, "channel file").decode("utf-8"))
+        except PrivateFileError as err:
+            raise ChannelError(str(err)) from err
+        except (OSError, ValueError) as err:
+            raise ChannelError(f"cannot read the channel file {path}: {err}") from err
         try:
             token = str(data["token"])
             keys = data.get("curve")
