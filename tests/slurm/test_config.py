@@ -87,7 +87,7 @@ def test_slurm_pilots_are_submitted_with_no_kill_unless_the_user_said_otherwise(
 
     slurm = SlurmCluster("mysite.cluster", cores_per_node=4).resource_config()
     monkeypatch.delenv("SBATCH_NO_KILL", raising=False)
-    assert batch_environment([slurm]) == {"SBATCH_NO_KILL": "1"}
+    assert batch_environment([slurm]) == {"SBATCH_NO_KILL": "set"}  # sbatch refuses "1"
     assert batch_environment([{"resource_manager": "PBSPRO"}]) == {} and batch_environment([]) == {}
     monkeypatch.setenv("SBATCH_NO_KILL", "0")
     assert batch_environment([slurm]) == {}, "the user's own setting wins"

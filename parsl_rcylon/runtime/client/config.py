@@ -185,7 +185,7 @@ def batch_environment(configs: List[Dict[str, Any]]) -> Dict[str, str]:
     with the nodes left, the lost node's tasks failing with ``WorkerLost``.
     A value the user set wins.
     """
-    wanted = {"SBATCH_NO_KILL": "1"} if any(c.get("resource_manager") == "SLURM" for c in configs) else {}
+    wanted = {"SBATCH_NO_KILL": "set"} if any(c.get("resource_manager") == "SLURM" for c in configs) else {}
     return {key: value for key, value in wanted.items() if key not in os.environ}
 
 
