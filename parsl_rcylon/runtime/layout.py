@@ -40,6 +40,11 @@ def pilot_logs(pilot: Any) -> List[Path]:
     return [sandbox / name for name in ("bootstrap_0.err", "agent_0.err", "bootstrap_0.out")]
 
 
+def launcher_logs(session_dir: str) -> List[Path]:
+    """The logs of the session's pilot launcher: where a batch system's refusal of a pilot job is told."""
+    return sorted(Path(session_dir).glob("pmgr_launching.*.log"))
+
+
 def task_logs(task: Any) -> List[Path]:
     """An RP task's stderr and stdout."""
     sandbox = sandbox_path(task)

@@ -89,3 +89,17 @@ def test_local_gpu_pool_without_gpus_fails_at_start_unless_pretending(tmp_path):
     ex.run_dir = str(tmp_path)
     with pytest.raises(StartupError, match="ask for 2 GPU\\(s\\) on this machine but it has 0.*pretend_gpus=True"):
         ex.start()
+
+
+def test_a_pilot_the_batch_system_refused_is_explained_in_sbatchs_own_words(tmp_path):
+    from parsl_rcylon.runtime.client.session import _launcher_errors
+    from parsl_rcylon.runtime.layout import launcher_logs
+
+    (tmp_path / "pmgr_launching.0000.log").write_text(
+        "1.0 : pmgr_launching.0000 : 1 : 2 : DEBUG    : pwatcher started\n"
+        "1.5 : pmgr_launching.0000 : 1 : 3 : ERROR    : bulk launch failed\nTraceback (most recent call last):\n"
+        "psij.exceptions.SubmitException: sbatch: error: Invalid account or account/partition combination\n")
+    (tmp_path / "pmgr_launching.0001.log").write_text("2.0 : pmgr_launching.0001 : 1 : 2 : DEBUG    : all well\n")
+    text = _launcher_errors(launcher_logs(str(tmp_path)))
+    assert "bulk launch failed" in text and "sbatch: error: Invalid account" in text
+    assert "pwatcher" not in text and "all well" not in text

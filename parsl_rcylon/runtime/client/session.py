@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ...resources import PilotSpec, WorkerPool
 from .. import rp_adjust, startup
-from ..layout import pilot_logs, task_logs
+from ..layout import launcher_logs, pilot_logs, task_logs
 from ..wire import protocol
 from ..wire.channel import ENV_CHANNEL, ENV_ENCRYPTED
 from . import config as rp_config
@@ -148,8 +148,7 @@ class PilotRuntime:
         self.timings.update(timeline.breakdown())
         for pilot in submitted:
             if self._failure is None and pilot.state != rp.PMGR_ACTIVE:
-                self._failure = f"pilot {pilot.uid} is {pilot.state}" + self._slurm_view() \
-                    + _tail_files(pilot_logs(pilot))
+                self._failure = f"pilot {pilot.uid} is {pilot.state}" + self._slurm_view() + self._why_ended(pilot)
         t2 = time.monotonic()
         self.dispatcher.wait_ready(max(1.0, timeout - (t2 - t0)), lambda: self._failure)
         self.timings["workers"] = time.monotonic() - t2
@@ -289,7 +288,11 @@ class PilotRuntime:
     def _pilot_state_cb(self, pilot, state) -> None:
         if state not in _FINAL or self._closing:
             return
-        self._pilot_ended(pilot.uid, f"pilot {pilot.uid} is {state}" + _tail_files(pilot_logs(pilot)))
+        self._pilot_ended(pilot.uid, f"pilot {pilot.uid} is {state}" + self._why_ended(pilot))
+
+    def _why_ended(self, pilot: Any) -> str:
+        # A pilot the batch system refused never ran: the launcher's log says why (sbatch's own words).
+        return _launcher_errors(launcher_logs(self._session.path)) + _tail_files(pilot_logs(pilot))
 
     def _pilot_ended(self, uid: str, reason: str) -> None:
         # Once per pilot, whichever hears first: RP's state callback or the Slurm watch.
@@ -356,6 +359,19 @@ def _pool_environment(env: Dict[str, str], pool: WorkerPool) -> Dict[str, str]:
         out["PYTHONPATH"] = os.pathsep.join([pool.environment["PYTHONPATH"], env["PYTHONPATH"]])
     out[protocol.ENV_POOL] = pool.name
     return out
+
+
+def _launcher_errors(paths: Sequence[Path], limit: int = 1500) -> str:
+    parts = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        at = text.find(" : ERROR ")
+        if at >= 0:
+            parts.append(f"\n--- {path} (its errors) ---\n{text[text.rfind(chr(10), 0, at) + 1:][-limit:].strip()}")
+    return "".join(parts)
 
 
 def _tail_files(paths: Sequence[Path], limit: int = 2000) -> str:
