@@ -83,6 +83,7 @@ def slurm_cluster():
 
 
 def pytest_collection_modifyitems(config, items):
-    # The Slurm cluster's tests run first, before the session's own pilot (the `rcylon` fixture) is up:
-    # its loaded DFK would refuse theirs, and two RP sessions at once can cross-talk.
+    # Where the Slurm cluster's tests share a session with the others (`pytest tests`; `make test` runs them
+    # in a process of their own), they run first, before the session's own pilot (the `rcylon` fixture) is
+    # up: its loaded DFK would refuse theirs, and two RP sessions at once can cross-talk.
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)

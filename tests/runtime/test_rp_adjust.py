@@ -102,7 +102,6 @@ def _allreduce(ctx):
 def live(tmp_path_factory):
     """A 2-rank local pilot, with what was in /tmp before it started."""
     agent_cfgs = set(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"), "rp.agent_cfg.*")))
-    _SOCKETS_BEFORE[:] = _own_listeners()
     run_dir = tmp_path_factory.mktemp("runinfo")
     ex = RadicalCylonExecutor(label="adj", worker_ranks=2)
     dfk = parsl.load(parsl.Config(executors=[ex], run_dir=str(run_dir), strategy="none"))
@@ -112,22 +111,6 @@ def live(tmp_path_factory):
     finally:
         dfk.cleanup()
         parsl.clear()
-
-
-#: This process's listening sockets before the pilot started: RP leaves the client-side ones of an
-#: earlier session of the same process (a Slurm pilot's, bound to every interface) open; not this pilot's.
-_SOCKETS_BEFORE: list = []
-
-
-def _own_listeners() -> list:
-    return [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-
-
-def _session_sockets(ex) -> dict:
-    """The listening sockets of the pilot's session: its processes', and this process's opened since it started."""
-    found = listening_sockets(_session_tree(ex) + [psutil.Process()])
-    return {kind: [s for s in entries if not (s[0] == os.getpid() and s[2] in _SOCKETS_BEFORE)]
-            for kind, entries in found.items()}
 
 
 def _session_tree(ex) -> list:
@@ -141,7 +124,7 @@ def _session_tree(ex) -> list:
 def test_no_rp_socket_of_a_local_pilot_listens_beyond_loopback(live):
     # MPI's sockets (hydra's PMI port, the ranks' netmod) are MPICH's, not RP's: docs/security.md
     ex, _ = live
-    sockets = _session_sockets(ex)
+    sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
     assert len(sockets["rp"]) >= 20, f"only {len(sockets['rp'])} RP sockets found: is the session's tree complete?"
     assert not sockets["rp_beyond_loopback"], f"RP sockets listening beyond loopback: {sockets}"
 
@@ -255,7 +238,7 @@ def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(liv
     ex, _ = live
     stranger = _stranger()
     host = _host_address()
-    sockets = _session_sockets(ex)
+    sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
     out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
                          user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",
                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
