@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ...permissions import make_dir, write_private
 from ..rp_adjust import RadicalVersionError, check_versions  # noqa: F401  (RadicalVersionError re-exported)
+from ..rp_adjust.environment import environment
 
 logger = logging.getLogger(__name__)
 
@@ -187,18 +188,3 @@ def batch_environment(configs: List[Dict[str, Any]]) -> Dict[str, str]:
     """
     wanted = {"SBATCH_NO_KILL": "set"} if any(c.get("resource_manager") == "SLURM" for c in configs) else {}
     return {key: value for key, value in wanted.items() if key not in os.environ}
-
-
-@contextlib.contextmanager
-def environment(values: Dict[str, str]) -> Iterator[None]:
-    """Run the body with ``values`` in ``os.environ``; RP's component processes started there inherit them."""
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

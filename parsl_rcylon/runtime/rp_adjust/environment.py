@@ -75,9 +75,15 @@ def adjusted(base: Path, local: bool) -> Iterator[None]:
     check_versions()
     if not stock():
         install()
-    env = child_environment(base, local)
-    old = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    with environment(child_environment(base, local)):
+        yield
+
+
+@contextlib.contextmanager
+def environment(values: Dict[str, str]) -> Iterator[None]:
+    """Run the body with ``values`` in ``os.environ`` (restored after); RP's processes started there inherit them."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
