@@ -1,8 +1,9 @@
 """Radical Pilot's adjustments (``runtime/rp_adjust/``): each proven in a live pilot, and the version guard.
 
 The live checks share one 2-rank local pilot: its RP processes listen on
-loopback only, its bootstrap made no DNS lookup or ping, RP left no
-``/tmp/rp.agent_cfg.*``, and its idle bridges wake rarely.
+loopback only, every RP socket does CurveZMQ with the session's keys, its
+bootstrap made no DNS lookup or ping, RP left no ``/tmp/rp.agent_cfg.*``, and
+its idle bridges wake rarely.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from parsl_rcylon import RadicalCylonExecutor, cylon_app
 from parsl_rcylon.runtime import rp_adjust
 from parsl_rcylon.runtime.layout import sandbox_path
 from parsl_rcylon.runtime.processes import listening_sockets, session_processes
+from tests import stranger as strangers
 
 
 def _hook_env(**extra: str) -> dict:
@@ -89,6 +91,72 @@ def test_the_hook_binds_rp_bridges_of_a_process_to_loopback(tmp_path):
                          timeout=120, check=True).stdout.splitlines()
     assert all(a.startswith("tcp://127.0.0.1:") for a in out[0].split()), out
     assert out[1] == "127.0.0.1"
+
+
+#: An RP pubsub bridge with its publisher, and three subscribers of the test's own: one with the
+#: session's client key, one with a made-up key (and the right server key), one with no CurveZMQ.
+CURVE_SCRIPT = textwrap.dedent("""
+    import json, os, time, zmq, radical.utils as ru
+    keys = json.load(open(os.environ["RCYLON_RP_CURVE"]))
+    ps = ru.zmq.PubSub(channel="t_ps", cfg={"uid": "t_ps", "path": "."}); ps.start()
+    got = []
+    ru.zmq.Subscriber("t_ps", url=ps.addr_sub, topic="t", cb=lambda topic, msg: got.append(msg))
+    pub = ru.zmq.Publisher("t_ps", url=ps.addr_pub)
+    ctx, subs = zmq.Context(), {}
+    made_up = zmq.curve_keypair()
+    for name, pair in (("session", (keys["client_public"].encode(), keys["client_secret"].encode())),
+                       ("made-up key", made_up), ("no curve", None)):
+        s = subs[name] = ctx.socket(zmq.SUB)
+        if pair:
+            s.curve_serverkey, s.curve_publickey, s.curve_secretkey = keys["server_public"].encode(), *pair
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(str(ps.addr_sub))
+    stranger = ctx.socket(zmq.PUB)  # a NULL publisher: what it sends must never reach a subscriber
+    stranger.connect(str(ps.addr_pub))
+    time.sleep(1.0)
+    for i in range(3):
+        pub.put("t", {"i": i})
+        stranger.send_multipart([b"t", b"stranger"])
+        time.sleep(0.2)
+    time.sleep(0.5)
+    counts = {}
+    for name, s in subs.items():
+        counts[name] = 0
+        while s.poll(100):
+            s.recv_multipart()
+            counts[name] += 1
+    print(json.dumps({"rp_subscriber": got, "counts": counts}))
+""")
+
+
+def test_the_hook_puts_rp_sockets_on_curvezmq_admitting_only_the_session(tmp_path):
+    # RP's own publisher and subscriber talk; a subscriber with the session's client key hears them;
+    # one with another key, or with none, hears nothing, and a NULL publisher reaches nobody
+    keys = rp_adjust.write_keys(tmp_path / "run")
+    assert oct(keys.stat().st_mode & 0o777) == "0o600" and oct(keys.parent.stat().st_mode & 0o777) == "0o700"
+    env = _hook_env(**{rp_adjust.ENV_BIND: rp_adjust.LOOPBACK, rp_adjust.ENV_CURVE: str(keys)})
+    proc = subprocess.run([sys.executable, "-c", CURVE_SCRIPT], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["rp_subscriber"] == [{"i": 0}, {"i": 1}, {"i": 2}], out
+    assert out["counts"] == {"session": 3, "made-up key": 0, "no curve": 0}, out
+    assert "refused a CURVE peer" in proc.stderr  # the made-up key, by the ZAP handler
+
+
+def test_a_key_file_others_may_read_is_refused(tmp_path):
+    # as an RP process of the session meets it: a file it did not write itself
+    keys = tmp_path / "copy.json"
+    keys.write_bytes(rp_adjust.write_keys(tmp_path / "run").read_bytes())
+    keys.chmod(0o640)
+    with pytest.raises(rp_adjust.CurveKeyError, match="not a private file"):
+        rp_adjust.read_keys(str(keys))
+    link = tmp_path / "link.json"
+    keys.chmod(0o600)
+    link.symlink_to(keys)
+    with pytest.raises(rp_adjust.CurveKeyError, match="cannot open"):
+        rp_adjust.read_keys(str(link))
+    assert rp_adjust.read_keys(str(keys)).client_public  # the private file itself is taken
 
 
 # -- a live pilot ------------------------------------------------------------------------------------
@@ -211,20 +279,6 @@ STRANGER = textwrap.dedent("""
 """)
 
 
-def _stranger():
-    import pwd
-
-    if os.geteuid() != 0:
-        pytest.skip("creating a second local user needs root")
-    name = "rcylonstranger"
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
-                       capture_output=True)
-        return pwd.getpwnam(name)
-
-
 def _host_address() -> str:
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
@@ -236,7 +290,7 @@ def _host_address() -> str:
 @pytest.mark.integration
 def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(live):
     ex, _ = live
-    stranger = _stranger()
+    stranger = strangers.user()
     host = _host_address()
     sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
     out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
@@ -249,4 +303,29 @@ def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(liv
     # (the victim's other services, root's when the tests run as root, are not this session's)
     assert not set(found["reached"]) & rp_ports, f"RP ports reached from another user at {host}: {found}"
     assert set(found["tried"].values()) == {"PermissionError"}, found["tried"]
+    assert _allreduce().result(timeout=60) == 2  # and the run goes on
+
+
+@pytest.mark.integration
+def test_every_rp_socket_of_a_live_pilot_does_curvezmq(live):
+    # What stops another user of this machine: not loopback, which she reaches too, but CurveZMQ.
+    # The probe's control is a plain ZeroMQ socket of this user's, which it must see as NULL.
+    import zmq
+
+    ex, _ = live
+    plain = zmq.Context.instance().socket(zmq.PULL)
+    try:
+        control = plain.bind_to_random_port("tcp://127.0.0.1")
+        owners = {addr.port: (pid, name) for pid, name, addr in
+                  listening_sockets(_session_tree(ex) + [psutil.Process()])["rp"]}
+        rp_ports = set(owners)
+        seen = strangers.probe_ports([rp_adjust.LOOPBACK], also=[control])[rp_adjust.LOOPBACK]
+    finally:
+        plain.close(linger=0)
+    assert seen[control] == "NULL", seen
+    assert len(rp_ports) >= 20 and rp_ports <= set(seen), (rp_ports, seen)
+    assert {port: (seen[port], owners[port]) for port in rp_ports if seen[port] != "CURVE"} == {}
+    # RP's agent also takes plain JSON for the control pubsub on a TCP "command port": never opened
+    pilot = next(iter(ex._own.runtime._pilots.values()))
+    assert not (sandbox_path(pilot) / "agent_0.ports.json").exists()
     assert _allreduce().result(timeout=60) == 2  # and the run goes on

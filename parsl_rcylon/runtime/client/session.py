@@ -63,6 +63,7 @@ class PilotRuntime:
         self._session = None
         self._pmgr = None
         self._tmgr = None
+        self._keys_held = False
         self._batch_env: Dict[str, str] = {}  # what sbatch reads, for batch pilots (prepare())
         self._pilots: Dict[str, Any] = {}   # PilotSpec name -> rp.Pilot
         self._workers: Dict[str, Any] = {}  # worker uid -> rp.Task
@@ -102,6 +103,9 @@ class PilotRuntime:
         """
         import radical.pilot as rp
 
+        if not rp_adjust.stock() and not self._keys_held:
+            rp_adjust.hold_keys(self.base_dir)  # CurveZMQ keys for RP's sockets, until close()
+            self._keys_held = True
         # PSI/J writes every pilot's job script under $HOME (sbatch scripts too): keep them in the run.
         with rp_config.home_for_launcher(self.base_dir), rp_config.environment(self._batch_env), \
                 rp_adjust.adjusted(self.base_dir, self.is_local):
@@ -193,13 +197,18 @@ class PilotRuntime:
         overrides: Dict[str, Any] = {}
         for spec in self.pilots:
             if spec.is_local:
-                need = dict(local_overrides(self.pools[spec.name]), **rp_adjust.resource_keys(local=True))
+                need = dict(local_overrides(self.pools[spec.name]),
+                            **rp_adjust.resource_keys(local=True, base=self.base_dir))
                 have = overrides.get(spec.resource, {})
                 for key in ("cores_per_node", "gpus_per_node"):
                     need[key] = max(need[key], have.get(key, 0))
                 overrides[spec.resource] = need
             elif spec.resource_config:
-                overrides[spec.resource] = rp_config.with_mpi_path(dict(spec.resource_config))
+                config = rp_config.with_mpi_path(dict(spec.resource_config))
+                # the agent of a batch pilot runs adjusted too (CurveZMQ on its bridges above all)
+                config["pre_bootstrap_0"] = (rp_adjust.pre_bootstrap(local=False, base=self.base_dir)
+                                             + list(config.get("pre_bootstrap_0", ())))
+                overrides[spec.resource] = config
         return overrides
 
     def _environment(self) -> Dict[str, str]:
@@ -210,7 +219,7 @@ class PilotRuntime:
             protocol.ENV_HEARTBEAT: str(self.heartbeat_period),
             protocol.ENV_THRESHOLD: str(self.heartbeat_threshold),
             "PYTHONUNBUFFERED": "1",
-            **rp_adjust.task_environment(self.is_local),
+            **rp_adjust.task_environment(self.is_local, self.base_dir),
         }
         # The workers import the user's modules the same way the client does:
         # its working directory and every sys.path entry outside the interpreter.
@@ -351,6 +360,9 @@ class PilotRuntime:
             except Exception:
                 logger.exception("%s: closing the %s failed", self.label, what)
             self.timings[f"shutdown_{what}"] = time.monotonic() - t
+        if self._keys_held:
+            self._keys_held = False
+            rp_adjust.release_keys()
 
 
 def _pool_environment(env: Dict[str, str], pool: WorkerPool) -> Dict[str, str]:

@@ -11,6 +11,8 @@ The adjustments, one module per group
 -------------------------------------
 * ``sockets``: RP's bridges and servers bind to (and advertise)
   ``RCYLON_RP_BIND``, loopback for single-node pilots, not every interface.
+* ``curve``: every RP socket does CurveZMQ with the session's keys
+  (``RCYLON_RP_CURVE``), and its servers admit only the session's clients.
 * ``polling``: RP's idle loops (queue and pubsub bridges, components'
   timed callbacks) wait on their sockets and events, not 10 ms polls.
 * ``bootstrap.sh``: the pilot's bootstrap makes no DNS lookup and no ping.
@@ -36,6 +38,7 @@ runs Radical Pilot unchanged instead (insecure, ``docs/security.md``).
 """
 from __future__ import annotations
 
+from .curve import ENV_CURVE, CurveKeyError, hold_keys, read_keys, release_keys, write_keys
 from .environment import (
     BOOTSTRAP_SCRIPT,
     ENV_ADJUST,
@@ -45,6 +48,7 @@ from .environment import (
     adjusted,
     child_environment,
     client_environment,
+    key_file,
     pre_bootstrap,
     profiling,
     task_environment,
@@ -57,9 +61,10 @@ from .startup import AGENT_CONFIG_NAME, LEAN_AGENT_CONFIG, SETTLE_S, resource_ke
 from .versions import ENV_STOCK, WRITTEN_FOR, RadicalVersionError, check_versions, stock
 
 __all__ = [
-    "AGENT_CONFIG_NAME", "BOOTSTRAP_SCRIPT", "ENV_ADJUST", "ENV_BIND", "ENV_PROFILE", "ENV_STOCK", "HOOK_DIR",
-    "IDLE_POLL_S", "LEAN_AGENT_CONFIG", "LOOPBACK", "PACKAGE_DIR", "PATCHES", "SETTLE_S", "WRITTEN_FOR",
-    "RadicalVersionError", "adjusted", "check_versions", "child_environment", "client_environment", "install",
-    "install_in_rp_process", "pre_bootstrap", "profiling", "resource_keys", "settle", "stock", "task_environment",
-    "task_path", "write_agent_config",
+    "AGENT_CONFIG_NAME", "BOOTSTRAP_SCRIPT", "CurveKeyError", "ENV_ADJUST", "ENV_BIND", "ENV_CURVE", "ENV_PROFILE",
+    "ENV_STOCK", "HOOK_DIR", "IDLE_POLL_S", "LEAN_AGENT_CONFIG", "LOOPBACK", "PACKAGE_DIR", "PATCHES",
+    "RadicalVersionError", "SETTLE_S", "WRITTEN_FOR", "adjusted", "check_versions", "child_environment",
+    "client_environment", "hold_keys", "install", "install_in_rp_process", "key_file", "pre_bootstrap", "profiling",
+    "read_keys", "release_keys", "resource_keys", "settle", "stock", "task_environment", "task_path",
+    "write_agent_config", "write_keys",
 ]

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
+from .curve import ENV_CURVE, KEY_FILE
 from .install import install
 from .sockets import ENV_BIND, LOOPBACK
 from .versions import check_versions, stock
@@ -49,6 +50,7 @@ def child_environment(base: Path, local: bool) -> Dict[str, str]:
     if stock():
         return env
     env[ENV_ADJUST] = str(PACKAGE_DIR)
+    env[ENV_CURVE] = str(key_file(base))
     path = os.environ.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join([str(HOOK_DIR)] + ([path] if path else []))
     if local:
@@ -57,6 +59,11 @@ def child_environment(base: Path, local: bool) -> Dict[str, str]:
         # every bridge's address; with ``lo`` named it advertises the loopback address it binds to.
         env["RADICAL_DEFAULT_IFACE"] = "lo"
     return env
+
+
+def key_file(base: Path) -> Path:
+    """The session's CurveZMQ key file for RP's sockets (``curve.write_keys`` makes it)."""
+    return Path(base) / KEY_FILE
 
 
 def _private_dir(path: Path) -> Path:
@@ -99,18 +106,21 @@ def task_path() -> List[str]:
     return [] if stock() else [str(HOOK_DIR)]
 
 
-def pre_bootstrap(local: bool) -> List[str]:
+def pre_bootstrap(local: bool, base: Optional[Path] = None) -> List[str]:
     """``pre_bootstrap_0`` commands of this project's pilots (run in ``bootstrap_0.sh``'s own shell).
 
     ``bootstrap.sh`` is sourced there: it replaces ``dig`` and ``ping`` for
     the bootstrap's shell only (see that file), and exports the hook's
-    variables so that the agent and everything it starts are adjusted too.
+    variables so that the agent and everything it starts are adjusted too,
+    the session's key file under ``base`` (the run directory) among them.
     """
     if stock():
         return []
     cmds = [f". {BOOTSTRAP_SCRIPT}",
             f"export {ENV_ADJUST}={PACKAGE_DIR}",
             f"export PYTHONPATH={HOOK_DIR}:$PYTHONPATH"]
+    if base is not None:
+        cmds.append(f"export {ENV_CURVE}={key_file(base)}")
     if local:
         cmds.append(f"export {ENV_BIND}={LOOPBACK}")
     return cmds
@@ -131,7 +141,7 @@ def client_environment() -> Dict[str, str]:
     return {} if profiling() else {"RADICAL_PROFILE": "False"}
 
 
-def task_environment(local: bool = True) -> Dict[str, str]:
+def task_environment(local: bool = True, base: Optional[Path] = None) -> Dict[str, str]:
     """Variables every master and worker task gets (with :func:`task_path` on ``PYTHONPATH``).
 
     With profiling off RP unsets ``RP_PROF_TGT`` in task launch scripts, and
@@ -142,6 +152,8 @@ def task_environment(local: bool = True) -> Dict[str, str]:
     env = {} if profiling() else {"RP_PROF_TGT": os.devnull}
     if not stock():
         env[ENV_ADJUST] = str(PACKAGE_DIR)
+        if base is not None:
+            env[ENV_CURVE] = str(key_file(base))
         if local:
             env[ENV_BIND] = LOOPBACK
     return env

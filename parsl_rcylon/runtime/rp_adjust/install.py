@@ -11,21 +11,25 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
+from .curve import patch_zmq_name
 from .polling import patch_component, patch_zmq_pubsub, patch_zmq_queue
-from .sockets import patch_zmq_server, patch_zmq_utils
+from .sockets import patch_agent_command_port, patch_zmq_server, patch_zmq_utils
 from .versions import RadicalVersionError, check_versions, stock
 
 logger = logging.getLogger(__name__)
 
-#: Module name -> patch, applied once right after the module is imported (or at once if it was).
-PATCHES: Dict[str, Callable[[Any], None]] = {
-    "radical.utils.zmq.utils": patch_zmq_utils,
-    "radical.utils.zmq.server": patch_zmq_server,
-    "radical.utils.zmq.queue": patch_zmq_queue,
-    "radical.utils.zmq.pubsub": patch_zmq_pubsub,
-    "radical.pilot.utils.component": patch_component,
+#: Module name -> patches, applied once right after the module is imported (or at once if it was).
+PATCHES: Dict[str, Tuple[Callable[[Any], None], ...]] = {
+    "radical.utils.zmq.utils": (patch_zmq_utils, patch_zmq_name),
+    "radical.utils.zmq.server": (patch_zmq_server, patch_zmq_name),
+    "radical.utils.zmq.queue": (patch_zmq_queue, patch_zmq_name),
+    "radical.utils.zmq.pubsub": (patch_zmq_pubsub, patch_zmq_name),
+    "radical.utils.zmq.client": (patch_zmq_name,),
+    "radical.utils.zmq.pipe": (patch_zmq_name,),
+    "radical.pilot.utils.component": (patch_component,),
+    "radical.pilot.agent.agent_0": (patch_agent_command_port,),
 }
 _applied: Dict[str, bool] = {}
 _lock = threading.RLock()
@@ -37,7 +41,8 @@ def _apply(name: str, module: Any) -> None:
             return
         _applied[name] = True
         _check_or_exit()
-        PATCHES[name](module)
+        for patch in PATCHES[name]:
+            patch(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):

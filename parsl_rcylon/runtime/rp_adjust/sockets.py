@@ -95,3 +95,15 @@ def rebind_name(mod: Any) -> None:
     utils = sys.modules.get("radical.utils.zmq.utils")
     if utils is not None and getattr(mod, "zmq_bind", None) is getattr(utils.zmq_bind, "stock", None):
         mod.zmq_bind = utils.zmq_bind
+
+
+def patch_agent_command_port(mod: Any) -> None:
+    """Patch ``radical.pilot.agent.agent_0`` (``Agent_0.command_port``)."""
+    # RP: the agent listens on a plain TCP "command port" (``agent_0.ports.json``) and publishes
+    # whatever JSON arrives there on the control pubsub, from anyone: the RPC that made the agent
+    # run a command needs no ZeroMQ at all that way, and CurveZMQ (``curve``) does not cover it.
+    # Nothing of this project, nor any RP client code, uses it.  Changed: the port is not opened.
+    def command_port(self: Any) -> None:
+        self._log.info("parsl_rcylon: the agent's command port is not opened (docs/security.md)")
+
+    mod.Agent_0.command_port = command_port

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from .environment import pre_bootstrap
 
@@ -48,9 +48,9 @@ LEAN_AGENT_CONFIG: Dict[str, Any] = {
 }
 
 
-def resource_keys(local: bool = True) -> Dict[str, Any]:
-    """Keys merged into a resource configuration of this project's pilots."""
-    return {"agent_config": AGENT_CONFIG_NAME, "pre_bootstrap_0": pre_bootstrap(local)}
+def resource_keys(local: bool = True, base: Optional[Path] = None) -> Dict[str, Any]:
+    """Keys merged into a resource configuration of this project's pilots (``base``: the run directory)."""
+    return {"agent_config": AGENT_CONFIG_NAME, "pre_bootstrap_0": pre_bootstrap(local, base)}
 
 
 def write_agent_config(config_dir: Path) -> Path:
