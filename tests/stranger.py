@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 from typing import Dict, Iterable
 
+import psutil
 import pytest
 
 NAME = "rcylonstranger"
@@ -93,3 +94,12 @@ def probe_ports(hosts: Iterable[str], also: Iterable[int] = ()) -> Dict[str, Dic
     """
     found = json.loads(run_as(PROBE, str(os.getuid()), ",".join(hosts), *map(str, also)))
     return {host: {int(port): mech for port, mech in by_port.items()} for host, by_port in found["mechanisms"].items()}
+
+
+def host_address() -> str:
+    """This machine's first address beyond loopback (the test is skipped where it has none)."""
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    pytest.skip("this machine has no address beyond loopback")

@@ -279,19 +279,11 @@ STRANGER = textwrap.dedent("""
 """)
 
 
-def _host_address() -> str:
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family.name == "AF_INET" and not a.address.startswith("127."):
-                return a.address
-    pytest.skip("this machine has no address beyond loopback")
-
-
 @pytest.mark.integration
 def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(live):
     ex, _ = live
     stranger = strangers.user()
-    host = _host_address()
+    host = strangers.host_address()
     sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
     out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
                          user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",

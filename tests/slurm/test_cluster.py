@@ -7,10 +7,13 @@ disk.  Both of RP's launch methods for Slurm run: MPIEXEC (hydra over
 """
 from __future__ import annotations
 
+import psutil
 import pytest
 from parsl import python_app
 
 from parsl_rcylon import TableRef, WorkerPool, cylon_app
+from parsl_rcylon.runtime.processes import listening_sockets, session_processes
+from tests import stranger as strangers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -121,3 +124,30 @@ def test_ddp_training_with_ranks_on_two_nodes(mpiexec_pilot):
     assert sorted(out["hosts"]) == ["n1", "n2"] and out["size"] == 2, out
     assert out["same_weights"], "DDP replicas diverged: gradients were not averaged across nodes"
     assert out["store"].split(":")[0] in ("n1", "n2"), out
+
+
+def test_a_stranger_meets_curvezmq_on_every_rp_socket_of_the_batch_pilot(mpiexec_pilot):
+    # A multi-node pilot's bridges must listen beyond loopback (the agent's node is not the client's);
+    # what keeps another user off them is CurveZMQ with the session's keys.  The probe's control is
+    # a plain ZeroMQ socket of this user's, which it must see as NULL.
+    import zmq
+
+    ex = mpiexec_pilot
+    host = strangers.host_address()
+    procs = {p.pid: p for p in session_processes(ex.session_id, ex.base_dir)}
+    procs.update({p.pid: p for p in psutil.Process().children(recursive=True)})
+    sockets = listening_sockets(list(procs.values()) + [psutil.Process()])
+    plain = zmq.Context.instance().socket(zmq.PULL)
+    try:
+        control = plain.bind_to_random_port("tcp://*")
+        seen = strangers.probe_ports([host, "127.0.0.1"], also=[control])
+    finally:
+        plain.close(linger=0)
+    assert seen[host][control] == "NULL", seen
+    beyond = {addr.port for _, _, addr in sockets["rp_beyond_loopback"]}
+    assert len(beyond) >= 10, sockets  # the agent's bridges, reachable from the other node
+    owners = {addr.port: (pid, name) for pid, name, addr in sockets["rp"]}
+    where_seen = {port: seen[host][port] if port in beyond else seen["127.0.0.1"][port] for port in owners}
+    assert {port: (m, owners[port]) for port, m in where_seen.items() if m != "CURVE"} == {}
+    out = where().result(timeout=120)  # and the run goes on
+    assert out["size"] == 1
