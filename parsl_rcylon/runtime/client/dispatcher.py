@@ -295,13 +295,16 @@ class Dispatcher(Recovery):
             return False
 
     def _broadcast(self, kind: bytes) -> None:
+        """``kind`` to every master and live rank; a HEARTBEAT only to each worker's host leaders."""
+        beat = kind == protocol.HEARTBEAT
+        frames = protocol.pack(kind, {"rank_timeout": self._rank_timeout} if beat else None)
         for uid, ranks in self._ranks.workers():
             w = self._placement.worker(uid)
             if w is not None and w.alive:
-                for entry in ranks.values():
-                    self._send(entry.identity, kind)
+                for entry in (self._ranks.leaders(uid) if beat else ranks).values():
+                    self._send_frames(entry.identity, frames)
         for ident in self._ranks.masters():
-            self._send(ident, kind)
+            self._send_frames(ident, frames)
 
     def _on_message(self, identity: bytes, message: protocol.Message) -> None:
         kind, header = message.kind, message.header
@@ -319,6 +322,8 @@ class Dispatcher(Recovery):
             return
         if kind in (protocol.RESULT, protocol.ERROR):
             self._on_report(identity, seen, message)
+        elif kind == protocol.RANK_LOST:
+            self._on_rank_lost(identity, seen, header)
         elif kind == protocol.BYE:
             logger.debug("%r left", identity)
         else:
@@ -339,7 +344,8 @@ class Dispatcher(Recovery):
             self._drop(identity, refusal)
             return
         uid, rank = info["worker"], info["rank"]
-        self._ranks.register(identity, uid, rank, info["host"], info["pid"], local=info["host"] == self._host)
+        self._ranks.register(identity, uid, rank, info["host"], info["pid"], local=info["host"] == self._host,
+                             leader=info.get("leader"))
         w = self._placement.join(uid, rank, info["host"])
         if w.ready:
             self._restart_policy.ready(w.pool)
