@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -123,3 +124,15 @@ def test_a_silent_leader_fails_its_worker(dispatcher):
             fut.result(timeout=15)
     finally:
         procs[0].send_signal(signal.SIGCONT)
+
+
+def test_a_killed_leaders_directory_is_removed_by_the_next_leader():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tempfile.mkdtemp(prefix=f"rcylon-host-{dead.pid}-")
+    mine = beat_dir()
+    try:
+        assert not os.path.exists(left)
+        assert os.stat(mine).st_mode & 0o777 == 0o700 and f"rcylon-host-{os.getpid()}-" in mine
+    finally:
+        os.rmdir(mine)

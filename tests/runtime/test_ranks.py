@@ -96,3 +96,23 @@ def test_rank_lost_and_leader_are_checked_on_the_wire():
         protocol.unpack(protocol.pack(protocol.READY, {"token": "t", "pid": 1, "host": "h", "leader": "0"}))
     with pytest.raises(protocol.ProtocolError, match="HEARTBEAT field 'rank_timeout' is a bool"):
         protocol.unpack(protocol.pack(protocol.HEARTBEAT, {"rank_timeout": True}))
+
+
+def test_heartbeats_stretch_with_many_hosts_within_the_threshold(tmp_path):
+    from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+
+    d = Dispatcher(tmp_path, heartbeat_period=2.0, heartbeat_threshold=30.0, rank_timeout=120.0,
+                   max_heartbeats_per_s=100.0)
+    try:
+        d._ranks.expect("w")
+        assert d.beat_period() == 2.0  # no leaders yet
+        for h in range(500):  # 500 hosts of 2 ranks: 500 leaders, 5 s at 100 heartbeats a second
+            for r in (2 * h, 2 * h + 1):
+                d._ranks.register(f"w/{r}".encode(), "w", r, f"n{h}", 1, local=False, leader=2 * h)
+        assert d.beat_period() == 5.0
+        for h in range(500, 5000):
+            d._ranks.register(f"w/{2 * h}".encode(), "w", 2 * h, f"n{h}", 1, local=False, leader=2 * h)
+        assert d.beat_period() == 10.0  # never beyond a third of the threshold
+    finally:
+        d.start()
+        d.stop()

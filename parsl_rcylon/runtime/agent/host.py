@@ -65,8 +65,23 @@ class HostGroup:
 
 
 def beat_dir() -> str:
-    """A new directory for a host's signs of life, mode 0700 (``mkdtemp``), in the host's temporary directory."""
-    return tempfile.mkdtemp(prefix=_PREFIX)
+    """A new directory for a host's signs of life, mode 0700 (``mkdtemp``), in the host's temporary directory.
+
+    Its name carries the leader's PID: the directories of leaders that were
+    killed (and could not remove theirs) are removed here, by the next leader
+    of this user on the host.
+    """
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if name.startswith(_PREFIX):
+            pid = name[len(_PREFIX):].split("-")[0]
+            path = os.path.join(root, name)
+            try:
+                if pid.isdigit() and not alive(int(pid)) and os.stat(path).st_uid == os.getuid():
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:  # another leader removed it first
+                pass
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
 
 
 def alive(pid: int) -> bool:

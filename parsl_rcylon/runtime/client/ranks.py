@@ -126,6 +126,10 @@ class RankRegistry:
         """The registered host leaders of ``worker``: the ranks the executor heartbeats."""
         return self._leaders.get(worker, {})
 
+    def leader_count(self) -> int:
+        """How many host leaders the executor heartbeats, of all workers."""
+        return sum(len(leaders) for leaders in self._leaders.values())
+
     def workers(self) -> Iterator[Tuple[str, Dict[int, RankEntry]]]:
         return iter(list(self._by_worker.items()))
 
