@@ -43,9 +43,9 @@ class RankRegistry:
         self._masters: Dict[bytes, str] = {}  # identity -> master uid
         self._by_identity: Dict[bytes, Tuple[str, int]] = {}  # identity -> (worker uid, rank)
         self._by_worker: Dict[str, Dict[int, RankEntry]] = {}  # worker uid -> rank -> entry
-        # What the executor looks at itself, per worker: the leaders and the ranks on its own host.
-        self._watched: Dict[str, Dict[int, RankEntry]] = {}
+        # What the executor looks at itself, per worker: the host leaders, and the ranks on its own host.
         self._leaders: Dict[str, Dict[int, RankEntry]] = {}
+        self._local: Dict[str, Dict[int, RankEntry]] = {}
 
     def expect_master(self, master: str) -> None:
         """Master ``master`` is about to start: it may register."""
@@ -68,8 +68,8 @@ class RankRegistry:
     def expect(self, worker: str) -> None:
         """Worker ``worker`` is about to start: its ranks may register."""
         self._by_worker[worker] = {}
-        self._watched[worker] = {}
         self._leaders[worker] = {}
+        self._local[worker] = {}
 
     def has(self, worker: str, rank: int, identity: bytes) -> bool:
         """Whether this rank, or this identity, has registered already."""
@@ -108,8 +108,8 @@ class RankRegistry:
         self._by_worker[worker][rank] = entry
         if entry.leader == rank:
             self._leaders[worker][rank] = entry
-        if entry.leader == rank or local:
-            self._watched[worker][rank] = entry
+        if local:
+            self._local[worker][rank] = entry
 
     def who(self, identity: bytes) -> Optional[Tuple[str, int]]:
         """(worker uid, rank) of a registered peer."""
@@ -137,17 +137,19 @@ class RankRegistry:
         """Worker ``worker`` is gone: forget its ranks."""
         for entry in self._by_worker.pop(worker, {}).values():
             self._by_identity.pop(entry.identity, None)
-        self._watched.pop(worker, None)
         self._leaders.pop(worker, None)
+        self._local.pop(worker, None)
 
     def silent_or_gone(self, worker: str, now: float, rank_timeout: float) -> Optional[str]:
         """Why ``worker`` is lost (a rank here exited, or a host leader is silent), or ``None``."""
-        for rank, entry in list(self._watched.get(worker, {}).items()):
-            if entry.local and not running(entry.pid):
+        for rank, entry in list(self._local.get(worker, {}).items()):
+            if not running(entry.pid):
                 return f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
-            silent = now - entry.last_seen
-            if entry.leader == rank and silent > rank_timeout:
-                return f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for {silent:.0f} s"
+        cutoff = now - rank_timeout  # one comparison per host: this runs every heartbeat_period
+        for rank, entry in self._leaders.get(worker, {}).items():
+            if entry.last_seen < cutoff:
+                return (f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for "
+                        f"{now - entry.last_seen:.0f} s")
         return None
 
     def lost_report(self, sender: Tuple[str, int], report: Mapping[str, Any]) -> Optional[str]:
