@@ -275,6 +275,12 @@ def plot_liveness(result: Dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(2.2 * len(rows) + 2, 4.5))
     ax.bar(labels, [r["idle_client_cpu_core_fraction"] * 100 for r in rows],
            color=["tab:gray" if r["path"] == "per rank" else "tab:blue" for r in rows])
+    most = max(r["ranks"] for r in rows)
+    for i, r in enumerate(rows):
+        if r["path"] == "per rank":  # the same cost per rank at the hosts' rank count
+            cores = r["liveness_us_per_rank_per_s"] * most / 1e6
+            ax.annotate(f"at {most:,} ranks:\n{cores:.1f} cores", (i, r["idle_client_cpu_core_fraction"] * 100),
+                        ha="center", va="bottom", fontsize=8)
     ax.axhline(result["target_core_fraction"] * 100, color="r", ls="--", lw=1, label="5% of a core")
     ax.set_ylabel("client CPU while idle (liveness), % of a core")
     ax.legend(fontsize=8)
