@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from parsl import bash_app, python_app
 
 from parsl_rcylon import RadicalCylonExecutor, TaskTimeout, WorkerLost, cylon_app
+from parsl_rcylon.runtime.agent.host import beat_root
 
 from .conftest import wait_for_no_processes
 
@@ -193,7 +193,7 @@ def test_liveness_goes_by_host_on_the_real_ranks(faulty):
         [(uid, ranks)] = list(d._ranks.workers())
         assert sorted(d._ranks.leaders(uid)) == [0] and {e.leader for e in ranks.values()} == {0}
         leader_pid = ranks[0].pid
-    [beats] = glob.glob(os.path.join(tempfile.gettempdir(), f"rcylon-host-{leader_pid}-*"))
+    [beats] = glob.glob(os.path.join(beat_root(), f"rcylon-host-{leader_pid}-*"))
     assert os.stat(beats).st_mode & 0o777 == 0o700
     fresh = {name: time.time() - os.stat(os.path.join(beats, name)).st_mtime for name in os.listdir(beats)}
     assert sorted(fresh) == ["0", "1", "2", "3"] and max(fresh.values()) < 2.0, fresh

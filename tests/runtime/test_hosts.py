@@ -15,7 +15,7 @@ import pytest
 
 from parsl_rcylon.errors import WorkerLost
 from parsl_rcylon.resources import ResourceSpec
-from parsl_rcylon.runtime.agent.host import beat_dir
+from parsl_rcylon.runtime.agent.host import beat_dir, beat_root
 from parsl_rcylon.runtime.client.dispatcher import Dispatcher
 from parsl_rcylon.runtime.wire.channel import ENV_CHANNEL
 from tests.runtime.test_dispatcher import FAKE_RANK, expect_line, task
@@ -129,7 +129,7 @@ def test_a_silent_leader_fails_its_worker(dispatcher):
 def test_a_killed_leaders_directory_is_removed_by_the_next_leader():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = tempfile.mkdtemp(prefix=f"rcylon-host-{dead.pid}-")
+    left = tempfile.mkdtemp(prefix=f"rcylon-host-{dead.pid}-", dir=beat_root())
     mine = beat_dir()
     try:
         assert not os.path.exists(left)

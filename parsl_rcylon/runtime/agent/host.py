@@ -5,8 +5,9 @@ executor heartbeats it alone, and it watches the host's other ranks (its
 *followers*) for the executor: their processes (an exit is reported at once,
 ``RANK_LOST``) and a sign of life from each follower's I/O thread, which
 touches a file of its own, every :data:`WATCH_PERIOD` seconds, in a directory
-only this user can enter that the leader made in the host's temporary
-directory (a follower silent for ``rank_timeout`` is reported).  A follower
+only this user can enter that the leader made in ``/dev/shm`` (node-local
+memory; :func:`beat_root`) (a follower silent for ``rank_timeout`` is
+reported).  A follower
 hears nothing from the executor unless a task comes: it watches its leader's
 process instead, and leaves when the leader is gone (the leader leaves when
 the executor has been silent for the heartbeat threshold, as every rank once
@@ -64,14 +65,26 @@ class HostGroup:
         return len(self.ranks) == 1
 
 
+def beat_root() -> str:
+    """Where hosts' directories go: ``/dev/shm``, node-local memory, else the temporary directory.
+
+    Not ``$TMPDIR`` first: a pilot's processes get one in the run directory,
+    which a batch pilot has on a shared file system, where every follower's
+    touch every half second would be a metadata operation of the whole
+    allocation's file system.
+    """
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
+
+
 def beat_dir() -> str:
-    """A new directory for a host's signs of life, mode 0700 (``mkdtemp``), in the host's temporary directory.
+    """A new directory for a host's signs of life, mode 0700 (``mkdtemp``), in :func:`beat_root`.
 
     Its name carries the leader's PID: the directories of leaders that were
     killed (and could not remove theirs) are removed here, by the next leader
     of this user on the host.
     """
-    root = tempfile.gettempdir()
+    root = beat_root()
     for name in os.listdir(root):
         if name.startswith(_PREFIX):
             pid = name[len(_PREFIX):].split("-")[0]
@@ -81,7 +94,7 @@ def beat_dir() -> str:
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:  # another leader removed it first
                 pass
-    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root)
 
 
 def alive(pid: int) -> bool:
@@ -200,4 +213,4 @@ class LeaderWatch:
         shutil.rmtree(self.group.beat_dir, ignore_errors=True)
 
 
-__all__ = ["WATCH_PERIOD", "FollowerWatch", "HostGroup", "LeaderWatch", "alive", "beat_dir"]
+__all__ = ["WATCH_PERIOD", "FollowerWatch", "HostGroup", "LeaderWatch", "alive", "beat_dir", "beat_root"]
