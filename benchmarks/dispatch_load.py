@@ -23,6 +23,13 @@ task.  Fake hosts share this machine's cores with the dispatcher.
     python benchmarks/dispatch_load.py [--ranks 256,1024,4096] [--tasks 30000] [--out benchmarks/results]
 
 Writes ``dispatch_load.json`` and ``dispatch_load.png``.
+
+    python benchmarks/dispatch_load.py --liveness [--hosts 9408] [--ranks 4096] [--rates 0,1000]
+
+measures liveness alone, idle, side by side: every rank heartbeaten (``--ranks`` fake ranks naming no
+host leader), and liveness by host (:func:`run_hosts`: ``--hosts`` fake host leaders, each host's 55
+other ranks registered directly) with each ``max_heartbeats_per_s`` of ``--rates``.  Writes
+``liveness.json`` and ``liveness.png``.
 """
 from __future__ import annotations
 
