@@ -100,6 +100,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/paper.py --out $(RESULTS)/paper
 	$(BIN)/python benchmarks/train.py --out $(RESULTS)
 	$(BIN)/python benchmarks/scale.py --out $(RESULTS)
+	$(BIN)/python benchmarks/dispatch_load.py --liveness --out $(RESULTS)
 
 # The training benchmark alone (about 5 minutes): loader, DDP vs torchrun, pipeline vs batch jobs.
 bench-train: $(STAMP)

@@ -23,6 +23,13 @@ task.  Fake hosts share this machine's cores with the dispatcher.
     python benchmarks/dispatch_load.py [--ranks 256,1024,4096] [--tasks 30000] [--out benchmarks/results]
 
 Writes ``dispatch_load.json`` and ``dispatch_load.png``.
+
+    python benchmarks/dispatch_load.py --liveness [--hosts 9408] [--ranks 4096] [--rates 0,1000]
+
+measures liveness alone, idle, side by side: every rank heartbeaten (``--ranks`` fake ranks naming no
+host leader), and liveness by host (:func:`run_hosts`: ``--hosts`` fake host leaders, each host's 55
+other ranks registered directly) with each ``max_heartbeats_per_s`` of ``--rates``.  Writes
+``liveness.json`` and ``liveness.png``.
 """
 from __future__ import annotations
 
@@ -50,10 +57,13 @@ CORES_PER_NODE = 56  # ranks a fake node reports: a fake host process holds seve
 
 
 def fake_host(address: str, channel_file: str, worker: str, size: int, first: int, count: int,
-              host: str) -> None:
+              host: str, stride: int = 1) -> None:
     """Ranks ``first`` .. ``first + count - 1`` of ``worker``: register, answer heartbeats and tasks.
 
-    They report nodes of :data:`CORES_PER_NODE` ranks, named ``host-0``, ``host-1``, ...
+    They report nodes of :data:`CORES_PER_NODE` ranks, named ``host-0``, ``host-1``, ...  With
+    ``stride`` > 1, the ranks are ``first``, ``first + stride``, ... (``count`` of them), each the
+    leader of a host of ``stride`` ranks named ``host-<rank // stride>`` (its followers are registered
+    in the dispatcher directly: :func:`run_hosts`).
     """
     from parsl.serialize import serialize
 
@@ -64,15 +74,17 @@ def fake_host(address: str, channel_file: str, worker: str, size: int, first: in
     ctx = zmq.Context()
     poller = zmq.Poller()
     socks: Dict[zmq.Socket, int] = {}
-    for rank in range(first, first + count):
+    for rank in range(first, first + count * stride, stride):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, f"{worker}/{rank}".encode())
         sock.setsockopt(zmq.LINGER, 0)
         credentials.apply(sock)
         sock.connect(address)
-        sock.send_multipart(protocol.pack(protocol.READY, {
-            "token": credentials.token, "worker": worker, "rank": rank, "size": size, "pid": os.getpid(),
-            "host": f"{host}-{(rank - first) // CORES_PER_NODE}", "gpus": [], "pool": "default"}))
+        ready = {"token": credentials.token, "worker": worker, "rank": rank, "size": size, "pid": os.getpid(),
+                 "host": f"{host}-{(rank - first) // CORES_PER_NODE}", "gpus": [], "pool": "default"}
+        if stride > 1:
+            ready.update(host=f"{host}-{rank // stride}", leader=rank)
+        sock.send_multipart(protocol.pack(protocol.READY, ready))
         socks[sock] = rank
         poller.register(sock, zmq.POLLIN)
     alive = protocol.pack(protocol.ALIVE)
@@ -109,15 +121,20 @@ def fake_host(address: str, channel_file: str, worker: str, size: int, first: in
 # -- the load test ---------------------------------------------------------------------------------------
 
 
-def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 2.0) -> Dict[str, Any]:
-    """One dispatcher, ``ranks`` fake ranks in one worker; idle liveness cost, then ``tasks`` one-rank tasks."""
+def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 2.0,
+        max_heartbeats_per_s: float = 1000.0) -> Dict[str, Any]:
+    """One dispatcher, ``ranks`` fake ranks in one worker; idle liveness cost, then ``tasks`` one-rank tasks.
+
+    The fake ranks name no host leader, so each leads itself: the per-rank path (every rank heartbeaten).
+    """
     from parsl_rcylon.resources import ResourceSpec
     from parsl_rcylon.runtime.client.dispatcher import Dispatcher
     from parsl_rcylon.runtime.wire.task import Task
 
     procs: List[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
-        d = Dispatcher(tmp, heartbeat_period=heartbeat_period, rank_timeout=120.0)
+        d = Dispatcher(tmp, heartbeat_period=heartbeat_period, rank_timeout=120.0,
+                       max_heartbeats_per_s=max_heartbeats_per_s)
         d.start()
         try:
             d.expect_worker("w", ranks)
@@ -136,6 +153,10 @@ def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 
             c0, w0 = time.process_time(), time.perf_counter()
             time.sleep(idle_s)
             idle_cpu = (time.process_time() - c0) / (time.perf_counter() - w0)
+            if not tasks:
+                return {"ranks": ranks, "fake_hosts": len(procs), "ready_s": ready_s,
+                        "idle_client_cpu_core_fraction": idle_cpu,
+                        "liveness_us_per_rank_per_s": idle_cpu / ranks * 1e6}
             spec = ResourceSpec(ranks=1)
             calls = [Task.build(f"t{i}", "noop", False, {}, spec) for i in range(tasks)]
             done = threading.Event()
@@ -172,6 +193,108 @@ def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 
             "liveness_us_per_rank_per_s": idle_cpu / ranks * 1e6,
             "submit_s": fed_s, "wall_s": wall, "tasks_per_s": tasks / wall,
             "client_cpu_s": cpu, "client_cpu_us_per_task": cpu / tasks * 1e6}
+
+
+def run_hosts(hosts: int, per_host: int = CORES_PER_NODE, idle_s: float = 10.0,
+              heartbeat_period: float = 2.0, max_heartbeats_per_s: float = 1000.0) -> Dict[str, Any]:
+    """Liveness by host: ``hosts`` fake host leaders connected, each host's other ranks registered directly.
+
+    The dispatcher holds ``hosts * per_host`` ranks in its registry and placement, as after every rank's
+    READY; the leaders are real CurveZMQ connections that answer every heartbeat, the followers are never
+    heard from (the executor does not heartbeat them).  Returns the client's idle CPU, liveness alone.
+    """
+    from parsl_rcylon.runtime.client.dispatcher import Dispatcher
+
+    procs: List[subprocess.Popen] = []
+    size = hosts * per_host
+    prefix = f"fake-{socket.gethostname()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Dispatcher(tmp, heartbeat_period=heartbeat_period, rank_timeout=120.0,
+                       max_heartbeats_per_s=max_heartbeats_per_s)
+        d.start()
+        try:
+            d.expect_worker("w", size)
+            t0 = time.perf_counter()
+            with d._lock:  # the followers, as their READYs would register them (no sockets: never heard)
+                for h in range(hosts):
+                    for r in range(h * per_host + 1, (h + 1) * per_host):
+                        d._ranks.register(f"w/{r}".encode(), "w", r, f"{prefix}-{h}", 0, local=False,
+                                          leader=h * per_host)
+                        d._placement.join("w", r, f"{prefix}-{h}")
+            followers_s = time.perf_counter() - t0
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+            for first in range(0, hosts, RANKS_PER_HOST):
+                count = min(RANKS_PER_HOST, hosts - first)
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--fake-host", d.address, d.channel_file, "w", str(size),
+                     str(first * per_host), str(count), prefix, str(per_host)], env=env))
+            failed = lambda: next((f"fake host {p.args[-2]} exited ({p.returncode})"  # noqa: E731
+                                   for p in procs if p.poll() is not None), None)
+            d.wait_ready(900, failed)
+            ready_s = time.perf_counter() - t0
+            period = d.beat_period()
+            time.sleep(max(2 * period, 3.0))  # the first heartbeats; the heap guard's idle collection
+            c0, w0 = time.process_time(), time.perf_counter()
+            time.sleep(idle_s)
+            idle_cpu = (time.process_time() - c0) / (time.perf_counter() - w0)
+            with d._lock:
+                leaders = len(d._ranks.leaders("w"))
+                registered = len(d._ranks.of("w"))
+        finally:
+            try:
+                d.stop()
+            finally:
+                _end(procs)
+    return {"path": "per host", "hosts": hosts, "ranks_per_host": per_host, "ranks": registered,
+            "leaders": leaders, "heartbeat_period_s": heartbeat_period,
+            "max_heartbeats_per_s": None if max_heartbeats_per_s == float("inf") else max_heartbeats_per_s,
+            "beat_period_s": period, "fake_host_processes": len(procs),
+            "followers_registered_s": followers_s, "ready_s": ready_s,
+            "idle_client_cpu_core_fraction": idle_cpu, "liveness_us_per_host_per_s": idle_cpu / hosts * 1e6,
+            "liveness_us_per_rank_per_s": idle_cpu / registered * 1e6}
+
+
+def liveness(hosts: int, per_rank: int, rates: Sequence[float], idle_s: float) -> Dict[str, Any]:
+    """Idle liveness side by side: the per-rank path at ``per_rank`` ranks, every rank heartbeaten every
+    2 s as before hosts had leaders; then ``hosts`` hosts of 56 ranks with each ``max_heartbeats_per_s``
+    in ``rates`` (0: no limit, every leader every 2 s)."""
+    row = run(per_rank, 0, idle_s, heartbeat_period=2.0, max_heartbeats_per_s=float("inf"))
+    row.update(path="per rank", heartbeat_period_s=2.0, beat_period_s=2.0)
+    rows = [row]
+    print(json.dumps(row), flush=True)
+    for rate in rates:
+        row = run_hosts(hosts, CORES_PER_NODE, idle_s, 2.0, rate or float("inf"))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"cpu_count": os.cpu_count(), "target_core_fraction": 0.05, "runs": rows}
+
+
+def plot_liveness(result: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["runs"]
+    labels = [f"{r['path']}\n{r['ranks']:,} ranks\n"
+              + (f"{r['hosts']:,} hosts, " if r["path"] == "per host" else "")
+              + f"beat every {r['beat_period_s']:.1f} s" for r in rows]
+    fig, ax = plt.subplots(figsize=(2.2 * len(rows) + 2, 4.5))
+    ax.bar(labels, [r["idle_client_cpu_core_fraction"] * 100 for r in rows],
+           color=["tab:gray" if r["path"] == "per rank" else "tab:blue" for r in rows])
+    most = max(r["ranks"] for r in rows)
+    for i, r in enumerate(rows):
+        if r["path"] == "per rank":  # the same cost per rank at the hosts' rank count
+            cores = r["liveness_us_per_rank_per_s"] * most / 1e6
+            ax.annotate(f"at {most:,} ranks:\n{cores:.1f} cores", (i, r["idle_client_cpu_core_fraction"] * 100),
+                        ha="center", va="bottom", fontsize=8)
+    ax.axhline(result["target_core_fraction"] * 100, color="r", ls="--", lw=1, label="5% of a core")
+    ax.set_ylabel("client CPU while idle (liveness), % of a core")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"Liveness per rank and per host, the real dispatcher ({os.cpu_count()} cores, shared)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _end(procs: List[subprocess.Popen]) -> None:
@@ -215,7 +338,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle liveness measured")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--liveness", action="store_true",
+                        help="idle liveness only: per rank at --ranks' largest, per host at --hosts (liveness.json)")
+    parser.add_argument("--hosts", type=int, default=9408, help="fake hosts of 56 ranks for --liveness")
+    parser.add_argument("--rates", default="0,1000",
+                        help="max_heartbeats_per_s for --liveness's hosts (0: none, every leader every 2 s)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.liveness:
+        result = liveness(args.hosts, max(int(x) for x in args.ranks.split(",")),
+                          [float(x) for x in args.rates.split(",")], args.idle)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "liveness.json").write_text(json.dumps(result, indent=2))
+        if not args.no_plot:
+            plot_liveness(result, out / "liveness.png")
+        return result
     runs = []
     for r in (int(x) for x in args.ranks.split(",")):
         row = run(r, args.tasks, args.idle)
@@ -225,7 +362,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = {"cpu_count": os.cpu_count(), "ranks_per_fake_host": RANKS_PER_HOST, "runs": runs,
               "target": {"tasks_per_s_at_most_ranks": best["tasks_per_s"], "target": TARGET_TASKS_PER_S,
                          "median_tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs)}}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dispatch_load.json").write_text(json.dumps(result, indent=2))
     if not args.no_plot:
@@ -237,6 +373,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--fake-host":
         a = sys.argv[2:]
-        fake_host(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6])
+        fake_host(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6], int(a[7]) if len(a) > 7 else 1)
     else:
         main(sys.argv[1:])

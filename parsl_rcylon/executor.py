@@ -77,7 +77,7 @@ class RadicalCylonExecutor(ParslExecutor, RepresentationMixin):
         the client listens on it alone.
     heartbeat_period, heartbeat_threshold, rank_timeout, start_timeout, cancel_grace, max_worker_restarts
         Liveness (:class:`~parsl_rcylon.runtime.client.pilots.Liveness`): seconds
-        between heartbeats; silence after which the pilot's processes end
+        between heartbeats to each host's leader rank; silence after which the pilot's processes end
         themselves; silence after which a rank's worker is lost (raise it for
         tasks that hold the GIL for minutes); the wait for the pilot and
         workers; the seconds a failed task's other ranks get before their worker

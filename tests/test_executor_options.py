@@ -16,6 +16,7 @@ from parsl_rcylon.runtime.wire.channel import ChannelOptions
     (lambda: Liveness(heartbeat_period=5, rank_timeout=5), r"rank_timeout \(5 s\) must exceed"),
     (lambda: Liveness(cancel_grace=0), "cancel_grace must be positive"),
     (lambda: Liveness(max_worker_restarts=-1), "max_worker_restarts must be >= 0"),
+    (lambda: Liveness(max_heartbeats_per_s=0), "max_heartbeats_per_s must be positive"),
     (lambda: DataOptions("ex", sharing="world"), "world"),
     (lambda: DataOptions("ex", task_dir=""), "ex: task_dir must name a directory"),
     (lambda: Allocation([PilotSpec()], [WorkerPool(name="a"), WorkerPool(name="a")]), "pool names must be unique"),

@@ -6,6 +6,7 @@ where the old one could not be saved).
 """
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ import pytest
 from parsl import bash_app, python_app
 
 from parsl_rcylon import RadicalCylonExecutor, TaskTimeout, WorkerLost, cylon_app
+from parsl_rcylon.runtime.agent.host import beat_root
 
 from .conftest import wait_for_no_processes
 
@@ -179,6 +181,23 @@ def test_an_engine_error_fails_on_every_rank_and_keeps_the_worker(faulty):
         run(faulty, bad_join).result(timeout=60)
     assert _recovered(faulty) < 30
     assert _worker_uids(faulty) == before, "an error every rank reported needs no new worker"
+
+
+def test_liveness_goes_by_host_on_the_real_ranks(faulty):
+    """The worker's four ranks share this host: rank 0 leads, the one rank the executor heartbeats; the
+    others give signs of life in a private directory it made, and stay up though they never hear from the
+    executor (tests/runtime/test_hosts.py breaks ranks of fake hosts, whose PIDs the executor cannot see)."""
+    d = faulty._own.dispatcher
+    time.sleep(2.5)  # heartbeat periods (1 s here) that ranks 1-3 were never sent
+    with d._lock:
+        [(uid, ranks)] = list(d._ranks.workers())
+        assert sorted(d._ranks.leaders(uid)) == [0] and {e.leader for e in ranks.values()} == {0}
+        leader_pid = ranks[0].pid
+    [beats] = glob.glob(os.path.join(beat_root(), f"rcylon-host-{leader_pid}-*"))
+    assert os.stat(beats).st_mode & 0o777 == 0o700
+    fresh = {name: time.time() - os.stat(os.path.join(beats, name)).st_mtime for name in os.listdir(beats)}
+    assert sorted(fresh) == ["0", "1", "2", "3"] and max(fresh.values()) < 2.0, fresh
+    assert _recovered(faulty) < 30  # a 2-rank task runs on them
 
 
 @pytest.mark.parametrize("how", ["exit", "segfault", "sigkill", "external-sigkill"])

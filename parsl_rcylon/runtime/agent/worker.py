@@ -16,6 +16,11 @@ told to (``EXIT``: the worker is being replaced) and sends results; the main
 thread runs the tasks (MPI calls and user code stay on one thread).  If the
 executor stays silent for longer than the heartbeat threshold, the rank
 exits: a killed client leaves no rank behind.
+
+Liveness goes by host (:mod:`.host`): the executor heartbeats only the lowest
+rank of the worker on each host, its leader, which watches the host's other
+ranks and reports one that exits or goes silent (``RANK_LOST``); the others
+leave within a second of their leader.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import radical.pilot.raptor.worker as rp_worker
 import zmq
 from radical.pilot.raptor.worker import Worker
 
+from parsl_rcylon.runtime.agent.host import WATCH_PERIOD, FollowerWatch, HostGroup, LeaderWatch, beat_dir
 from parsl_rcylon.runtime.agent.interrupt import Interrupter
 from parsl_rcylon.runtime.agent.pmi import MissingPMI, missing_pmi
 from parsl_rcylon.runtime.agent.rank import run_task
@@ -72,6 +78,10 @@ class CylonWorker(rp.raptor.MPIWorker):
         self._address = os.environ[protocol.ENV_ADDRESS]
         self._period = float(os.environ.get(protocol.ENV_HEARTBEAT, "2"))
         self._threshold = float(os.environ.get(protocol.ENV_THRESHOLD, "30"))
+        self._rank_timeout = 120.0  # the executor's, once its first heartbeat says (leaders only)
+        self._hostname = socket.gethostname()
+        self._host = self._host_group()
+        self._leader_watch: Optional[LeaderWatch] = None
         self._gpu_ids = self._assign_gpus()
         self._io: Optional[threading.Thread] = None
         self._interrupter: Optional[Interrupter] = None
@@ -157,22 +167,38 @@ class CylonWorker(rp.raptor.MPIWorker):
         poller.register(results, zmq.POLLIN)
         hello = {
             "token": self._credentials.token, "worker": self._uid, "rank": self._rank, "size": self._ranks,
-            "pid": os.getpid(), "host": socket.gethostname(), "gpus": list(self._gpu_ids),
-            "pool": os.environ.get(protocol.ENV_POOL, "default"),
+            "pid": os.getpid(), "host": self._hostname, "gpus": list(self._gpu_ids),
+            "pool": os.environ.get(protocol.ENV_POOL, "default"), "leader": self._host.leader,
         }
+        follower = None
+        if self._host.leader != self._rank:
+            follower = FollowerWatch(self._host, self._rank, self._threshold)
+        elif not self._host.alone:
+            self._leader_watch = LeaderWatch(self._host, self._hostname)
         sock.send_multipart(protocol.pack(protocol.READY, hello))
         last_heard = time.monotonic()
+        wait = self._period if self._host.alone else min(self._period, WATCH_PERIOD)
         try:
             while not self._my_term.is_set():
-                events = dict(poller.poll(timeout=int(self._period * 1000)))
+                events = dict(poller.poll(timeout=int(wait * 1000)))
                 if results in events:
                     sock.send_multipart(results.recv_multipart(copy=False), copy=False)
                 if sock in events:
                     last_heard = time.monotonic()
                     if not self._on_message(sock, sock.recv_multipart(copy=False)):
                         break
-                if time.monotonic() - last_heard > self._threshold:
+                now = time.monotonic()
+                if follower is not None:  # hears from the executor through its leader
+                    if follower.due(now):
+                        follower.beat(now)
+                        if follower.leader_gone():
+                            self._leader_gone(sock)
+                    continue
+                if now - last_heard > self._threshold:
                     self._leave(3, f"executor silent for {self._threshold:.0f} s")
+                if self._leader_watch is not None and self._leader_watch.due(now):
+                    for lost in self._leader_watch.check(now, self._rank_timeout):
+                        sock.send_multipart(protocol.pack(protocol.RANK_LOST, lost))
             try:
                 sock.send_multipart(protocol.pack(protocol.BYE), flags=zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -180,6 +206,8 @@ class CylonWorker(rp.raptor.MPIWorker):
         finally:
             sock.close(linger=500)
             results.close(linger=0)
+            if self._leader_watch is not None:
+                self._leader_watch.close()
 
     def _on_message(self, sock: zmq.Socket, frames: List[Any]) -> bool:
         """Act on one message from the executor; False when the rank should stop."""
@@ -192,6 +220,7 @@ class CylonWorker(rp.raptor.MPIWorker):
         if kind == protocol.TASK:
             self._tasks.put((Task.from_wire(header), Assignment.from_wire(header), bytes(message.blob)))
         elif kind == protocol.HEARTBEAT:
+            self._rank_timeout = float(header.get("rank_timeout", self._rank_timeout))
             sock.send_multipart(protocol.pack(protocol.ALIVE))
         elif kind == protocol.CANCEL:
             self._interrupter.request(header["uid"], header.get("reason", "cancelled by the executor"))
@@ -206,8 +235,35 @@ class CylonWorker(rp.raptor.MPIWorker):
         """End this rank at once, whatever the main thread is doing (it may be stuck in MPI)."""
         sys.stderr.write(f"rcylon worker {self._uid} rank {self._rank}: {why}; exiting\n")
         sys.stderr.flush()
+        if self._leader_watch is not None:
+            self._leader_watch.close()
         _end_children()
         os._exit(status)
+
+    def _leader_gone(self, sock: zmq.Socket) -> None:
+        """This follower's leader exited: say so to the executor (it may not see that host), and leave."""
+        lead = self._host
+        sock.send_multipart(protocol.pack(protocol.RANK_LOST, {
+            "rank": lead.leader, "pid": lead.leader_pid, "host": self._hostname, "reason": "exited"}))
+        time.sleep(0.2)  # ZeroMQ's I/O thread sends it; os._exit would drop it
+        self._leave(3, f"the leader of this host, rank {lead.leader} (pid {lead.leader_pid}), exited")
+
+    def _host_group(self) -> HostGroup:
+        """This worker's ranks on this host (the lowest leads), with their PIDs and the leader's private directory.
+
+        Collective over the worker's ranks: every rank calls it once, in ``__init__``.
+        """
+        from mpi4py import MPI
+
+        node = self._world.Split_type(MPI.COMM_TYPE_SHARED, key=self._rank)
+        try:
+            ranks = node.allgather(self._rank)
+            pids = node.allgather(os.getpid())
+            made = beat_dir() if node.Get_rank() == 0 and node.Get_size() > 1 else ""
+            where = node.bcast(made, root=0)
+        finally:
+            node.Free()
+        return HostGroup(tuple(ranks), tuple(pids), where)
 
     def _assign_gpus(self) -> List[int]:
         """Pick this rank's devices and hide all others, before user code imports CUDA.

@@ -68,10 +68,15 @@ class Dispatcher(Recovery):
         the address ranks connect to (the same host seen from the nodes).
     starvation_limit : int
         How often a waiting task may be passed over by smaller ones.
-    heartbeat_period, rank_timeout, cancel_grace, max_worker_restarts
-        As :class:`~.pilots.Liveness` says: heartbeat seconds; the silence after
-        which a rank's worker is lost; the seconds a failed task's other ranks
-        get to report before their worker is replaced; replacements per pool.
+    heartbeat_period, heartbeat_threshold, max_heartbeats_per_s, rank_timeout, cancel_grace, max_worker_restarts
+        As :class:`~.pilots.Liveness` says: seconds between heartbeats to each
+        host's leader rank and each master (stretched, up to a third of the
+        threshold or of ``rank_timeout``, to send at most
+        ``max_heartbeats_per_s``) and between looks at the ranks; the silence
+        after which the pilot's processes end themselves; the silence after
+        which a host leader's worker is lost; the seconds a failed task's
+        other ranks get to report before their worker is replaced;
+        replacements per pool.
     channel : ChannelOptions
         The channel's settings (:class:`..wire.channel.ChannelOptions`).
     """
@@ -79,7 +84,8 @@ class Dispatcher(Recovery):
     def __init__(self, run_dir: os.PathLike, bind_address: str = "127.0.0.1",
                  advertised_address: Optional[str] = None, *, heartbeat_period: float = 2.0,
                  starvation_limit: int = 16, rank_timeout: float = 120.0, cancel_grace: float = 3.0,
-                 channel: ChannelOptions = ChannelOptions(), max_worker_restarts: Optional[int] = None) -> None:
+                 channel: ChannelOptions = ChannelOptions(), max_worker_restarts: Optional[int] = None,
+                 heartbeat_threshold: float = 30.0, max_heartbeats_per_s: float = 1000.0) -> None:
         self._ctx = zmq.Context()
         self._channel = ServerChannel(self._ctx, Path(run_dir), bind_address, advertised_address,
                                       port_range=channel.port_range, encrypted=channel.encrypted,
@@ -90,6 +96,8 @@ class Dispatcher(Recovery):
         self.encrypted = channel.encrypted  # the pilot's processes refuse a key-less channel file unless False
         self._mailbox = Mailbox(self._ctx, f"rcylon-wake-{id(self)}")
         self._period = heartbeat_period
+        self._longest_period = min(heartbeat_threshold, rank_timeout) / 3
+        self._beats_per_s = max_heartbeats_per_s
         self._rank_timeout = rank_timeout
         self._grace = cancel_grace
         self._restart_policy = RestartPolicy(max_worker_restarts)
@@ -200,6 +208,11 @@ class Dispatcher(Recovery):
         self._mailbox.close()
         self._ctx.term()
 
+    def beat_period(self) -> float:
+        """Seconds between heartbeats now: ``heartbeat_period``, longer where the host leaders are many."""
+        stretched = min(self._ranks.leader_count() / self._beats_per_s, self._longest_period)
+        return max(self._period, stretched)
+
     def _post(self, kind: str, body: Any) -> None:
         self._mailbox.post(kind, body)
 
@@ -207,12 +220,12 @@ class Dispatcher(Recovery):
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._mailbox.pull, zmq.POLLIN)
-        next_beat = time.monotonic()
+        next_beat = next_check = time.monotonic()
         next_report = time.monotonic() + self.report_period
         heap = HeapGuard()  # a full garbage collection over a deep queue would stall this loop (heap.py)
         try:
             while True:
-                wait = min(next_beat, self._next_timer()) - time.monotonic()
+                wait = min(next_beat, next_check, self._next_timer()) - time.monotonic()
                 if self._placement.needs_pass():  # a pass stopped at its budget: go on at once
                     wait = 0
                 events = dict(poller.poll(timeout=max(0, int(wait * 1000) + 1)))
@@ -232,10 +245,12 @@ class Dispatcher(Recovery):
                     now = time.monotonic()
                     heap.tick(self._placement.busy(), now)
                     self._check_timers(now)
-                    if now >= next_beat:
+                    if now >= next_check:
                         self._check_ranks()
+                        next_check = time.monotonic() + self._period
+                    if now >= next_beat:
                         self._broadcast(protocol.HEARTBEAT)
-                        next_beat = time.monotonic() + self._period
+                        next_beat = time.monotonic() + self.beat_period()
                         if self._placement.busy() and time.monotonic() >= next_report:
                             logger.info("pools: %s", self._placement.stats())
                             next_report = time.monotonic() + self.report_period
@@ -295,13 +310,16 @@ class Dispatcher(Recovery):
             return False
 
     def _broadcast(self, kind: bytes) -> None:
+        """``kind`` to every master and live rank; a HEARTBEAT only to each worker's host leaders."""
+        beat = kind == protocol.HEARTBEAT
+        frames = protocol.pack(kind, {"rank_timeout": self._rank_timeout} if beat else None)
         for uid, ranks in self._ranks.workers():
             w = self._placement.worker(uid)
             if w is not None and w.alive:
-                for entry in ranks.values():
-                    self._send(entry.identity, kind)
+                for entry in (self._ranks.leaders(uid) if beat else ranks).values():
+                    self._send_frames(entry.identity, frames)
         for ident in self._ranks.masters():
-            self._send(ident, kind)
+            self._send_frames(ident, frames)
 
     def _on_message(self, identity: bytes, message: protocol.Message) -> None:
         kind, header = message.kind, message.header
@@ -319,6 +337,8 @@ class Dispatcher(Recovery):
             return
         if kind in (protocol.RESULT, protocol.ERROR):
             self._on_report(identity, seen, message)
+        elif kind == protocol.RANK_LOST:
+            self._on_rank_lost(identity, seen, header)
         elif kind == protocol.BYE:
             logger.debug("%r left", identity)
         else:
@@ -339,7 +359,8 @@ class Dispatcher(Recovery):
             self._drop(identity, refusal)
             return
         uid, rank = info["worker"], info["rank"]
-        self._ranks.register(identity, uid, rank, info["host"], info["pid"], local=info["host"] == self._host)
+        self._ranks.register(identity, uid, rank, info["host"], info["pid"], local=info["host"] == self._host,
+                             leader=info.get("leader"))
         w = self._placement.join(uid, rank, info["host"])
         if w.ready:
             self._restart_policy.ready(w.pool)

@@ -39,11 +39,17 @@ class Liveness:
     start_timeout: float = 300.0
     cancel_grace: float = 3.0
     max_worker_restarts: Optional[int] = None
+    #: The most heartbeats the executor sends a second: it heartbeats one rank per worker per host (and each
+    #: master), every ``heartbeat_period`` up to this many hosts per second, beyond it less often (at most
+    #: a third of ``heartbeat_threshold`` or ``rank_timeout`` apart), which bounds its liveness CPU.
+    max_heartbeats_per_s: float = 1000.0
 
     def __post_init__(self) -> None:
         if self.rank_timeout <= self.heartbeat_period:
             raise ValueError(f"rank_timeout ({self.rank_timeout} s) must exceed heartbeat_period "
                              f"({self.heartbeat_period} s)")
+        if self.max_heartbeats_per_s <= 0:
+            raise ValueError(f"max_heartbeats_per_s must be positive, got {self.max_heartbeats_per_s}")
         if self.cancel_grace <= 0:
             raise ValueError(f"cancel_grace must be positive, got {self.cancel_grace}")
         if self.max_worker_restarts is not None and self.max_worker_restarts < 0:
@@ -91,7 +97,9 @@ class OwnPilots:
         advertised = address or ("127.0.0.1" if local else socket.getfqdn())
         self.dispatcher = Dispatcher(base_dir, bind, advertised, heartbeat_period=liveness.heartbeat_period,
                                      rank_timeout=liveness.rank_timeout, cancel_grace=liveness.cancel_grace,
-                                     channel=channel, max_worker_restarts=liveness.max_worker_restarts)
+                                     channel=channel, max_worker_restarts=liveness.max_worker_restarts,
+                                     heartbeat_threshold=liveness.heartbeat_threshold,
+                                     max_heartbeats_per_s=liveness.max_heartbeats_per_s)
         self.hygiene = ClientHygiene(label, base_dir, timings)
 
     @staticmethod

@@ -1,9 +1,16 @@
 """The dispatcher's rank registry: which peer identity is which rank of which worker, and whether it lives.
 
 A rank is registered once, on its READY; from then on every message it sends
-refreshes its ``last_seen``.  :meth:`RankRegistry.silent_or_gone` names the
-first rank of a worker that has exited (its PID, where this host can see it)
-or has not answered for ``rank_timeout`` seconds.
+refreshes its ``last_seen``.  Liveness goes by host: each rank names its
+host's *leader* (the worker's lowest rank on that host, :mod:`..agent.host`),
+the only rank the executor heartbeats, which watches the others and reports
+one that exits or goes silent (``RANK_LOST``, :meth:`RankRegistry.lost_report`).
+:meth:`RankRegistry.silent_or_gone` names the first rank of a worker that
+has exited (its PID, for ranks this host can see) or, of the leaders, that
+has not answered for ``rank_timeout`` seconds; a follower counts as alive
+while its leader answers and has not reported it.  So the executor's cost is
+O(hosts + ranks on its own host), not O(ranks).  A rank whose READY names no
+leader leads itself.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ class RankEntry:
     pid: int
     local: bool  # whether this process can see the rank's PID
     last_seen: float  # time.monotonic() of its last message
+    leader: int = -1  # the rank that watches this one on its host (its own number: a leader)
 
 
 class RankRegistry:
@@ -35,6 +43,9 @@ class RankRegistry:
         self._masters: Dict[bytes, str] = {}  # identity -> master uid
         self._by_identity: Dict[bytes, Tuple[str, int]] = {}  # identity -> (worker uid, rank)
         self._by_worker: Dict[str, Dict[int, RankEntry]] = {}  # worker uid -> rank -> entry
+        # What the executor looks at itself, per worker: the host leaders, and the ranks on its own host.
+        self._leaders: Dict[str, Dict[int, RankEntry]] = {}
+        self._local: Dict[str, Dict[int, RankEntry]] = {}
 
     def expect_master(self, master: str) -> None:
         """Master ``master`` is about to start: it may register."""
@@ -57,6 +68,8 @@ class RankRegistry:
     def expect(self, worker: str) -> None:
         """Worker ``worker`` is about to start: its ranks may register."""
         self._by_worker[worker] = {}
+        self._leaders[worker] = {}
+        self._local[worker] = {}
 
     def has(self, worker: str, rank: int, identity: bytes) -> bool:
         """Whether this rank, or this identity, has registered already."""
@@ -77,15 +90,26 @@ class RankRegistry:
             return f"READY from rank {rank} of {info['size']} for worker {uid} of {slots.size} ranks"
         if self.has(uid, rank, identity):
             return f"READY for rank {rank} of worker {uid}, which has registered already"
+        if not 0 <= info.get("leader", rank) <= rank:
+            return f"READY from rank {rank} of worker {uid} naming rank {info['leader']} as its host's leader"
         return None
 
-    def register(self, identity: bytes, worker: str, rank: int, host: str, pid: int, local: bool) -> None:
-        """Register a rank; ``local``: it names this host, and its PID is judged only if visible here."""
+    def register(self, identity: bytes, worker: str, rank: int, host: str, pid: int, local: bool,
+                 leader: Optional[int] = None) -> None:
+        """Register a rank; ``local``: it names this host, and its PID is judged only if visible here.
+
+        ``leader``: the rank that watches it on its host (``None`` or ``rank``: it leads itself).
+        """
         # Same host name and a visible PID: a rank in another PID namespace
         # (a container) is judged by its answers alone.
         local = local and running(pid)
+        entry = RankEntry(identity, host, pid, local, time.monotonic(), rank if leader is None else leader)
         self._by_identity[identity] = (worker, rank)
-        self._by_worker[worker][rank] = RankEntry(identity, host, pid, local, time.monotonic())
+        self._by_worker[worker][rank] = entry
+        if entry.leader == rank:
+            self._leaders[worker][rank] = entry
+        if local:
+            self._local[worker][rank] = entry
 
     def who(self, identity: bytes) -> Optional[Tuple[str, int]]:
         """(worker uid, rank) of a registered peer."""
@@ -98,6 +122,14 @@ class RankRegistry:
         """The registered ranks of ``worker`` (empty if none)."""
         return self._by_worker.get(worker, {})
 
+    def leaders(self, worker: str) -> Dict[int, RankEntry]:
+        """The registered host leaders of ``worker``: the ranks the executor heartbeats."""
+        return self._leaders.get(worker, {})
+
+    def leader_count(self) -> int:
+        """How many host leaders the executor heartbeats, of all workers."""
+        return sum(len(leaders) for leaders in self._leaders.values())
+
     def workers(self) -> Iterator[Tuple[str, Dict[int, RankEntry]]]:
         return iter(list(self._by_worker.items()))
 
@@ -105,16 +137,36 @@ class RankRegistry:
         """Worker ``worker`` is gone: forget its ranks."""
         for entry in self._by_worker.pop(worker, {}).values():
             self._by_identity.pop(entry.identity, None)
+        self._leaders.pop(worker, None)
+        self._local.pop(worker, None)
 
     def silent_or_gone(self, worker: str, now: float, rank_timeout: float) -> Optional[str]:
-        """Why ``worker`` is lost (a rank exited or is silent), or ``None``."""
-        for rank, entry in list(self.of(worker).items()):
-            if entry.local and not running(entry.pid):
+        """Why ``worker`` is lost (a rank here exited, or a host leader is silent), or ``None``."""
+        for rank, entry in list(self._local.get(worker, {}).items()):
+            if not running(entry.pid):
                 return f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
-            silent = now - entry.last_seen
-            if silent > rank_timeout:
-                return f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for {silent:.0f} s"
+        cutoff = now - rank_timeout  # one comparison per host: this runs every heartbeat_period
+        for rank, entry in self._leaders.get(worker, {}).items():
+            if entry.last_seen < cutoff:
+                return (f"rank {rank} (pid {entry.pid} on {entry.host}) has not answered for "
+                        f"{now - entry.last_seen:.0f} s")
         return None
+
+    def lost_report(self, sender: Tuple[str, int], report: Mapping[str, Any]) -> Optional[str]:
+        """What a ``RANK_LOST`` from rank ``sender`` (worker uid, rank) says, in words; ``None`` if it may not say it.
+
+        A leader reports its followers; a follower, its leader.
+        """
+        worker, by = sender
+        ranks = self.of(worker)
+        entry, reporter = ranks.get(report["rank"]), ranks.get(by)
+        if entry is None or reporter is None or report["rank"] == by:
+            return None
+        if not (entry.leader == by or reporter.leader == report["rank"]) or entry.host != reporter.host:
+            return None
+        role = "its host's leader" if entry.leader == by else "a rank it leads"
+        return (f"rank {report['rank']} (pid {entry.pid} on {entry.host}) {report['reason'][:200]} "
+                f"(reported by rank {by}, {role})")
 
     def exited(self, worker: str) -> List[str]:
         """The ranks of ``worker`` on this host whose processes are gone, in words."""

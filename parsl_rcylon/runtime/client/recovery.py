@@ -6,7 +6,8 @@ a failure into failed futures and a replacement, never a wait
 future at once and its other ranks are cancelled, with ``cancel_grace``
 seconds to report before their worker is ended and replaced; a task past its
 walltime is failed and stopped the same way; a rank that exited or went
-silent loses its worker, and that worker's tasks fail with ``WorkerLost``;
+silent (as its host's leader reports, ``RANK_LOST``, or the executor sees)
+loses its worker, and that worker's tasks fail with ``WorkerLost``;
 with no worker left every task fails with ``ExecutorBroken``.  It is a base
 class because it acts in the dispatcher's loop thread on the dispatcher's own
 state, under its lock; it holds no state of its own.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ...errors import ExecutorBroken, TaskTimeout, WorkerLost
 from ..wire import protocol
@@ -51,6 +52,9 @@ class Recovery:
               blob: Optional[bytes] = None) -> bool:
         raise NotImplementedError("defined by Dispatcher")
 
+    def _drop(self, identity: bytes, why: str) -> None:
+        raise NotImplementedError("defined by Dispatcher")
+
     def expect_worker(self, uid: str, size: int, pool: str = "default", gpus_per_rank: int = 0,
                       cores_per_rank: int = 1) -> None:
         raise NotImplementedError("defined by Dispatcher")
@@ -66,6 +70,15 @@ class Recovery:
                 reason = self._ranks.silent_or_gone(uid, now, self._rank_timeout)
                 if reason:
                     self._on_worker_failed((uid, reason, True))
+
+    def _on_rank_lost(self, identity: bytes, sender: Tuple[str, int], report: Mapping[str, Any]) -> None:
+        """A host's leader says one of its ranks exited or went silent (or a follower, that its leader did)."""
+        reason = self._ranks.lost_report(sender, report)
+        if reason is None:
+            self._drop(identity, f"RANK_LOST for rank {report['rank']} from rank {sender[1]} of worker "
+                                 f"{sender[0]}, which does not watch it")
+            return
+        self._on_worker_failed((sender[0], reason, True))
 
     def _task_failed(self, task: RunningTask, error: BaseException) -> None:
         """Fail the task's future at once; the ranks still at work get ``cancel_grace`` to finish."""

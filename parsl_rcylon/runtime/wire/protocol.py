@@ -9,7 +9,10 @@ code that needs it, after the sender was authenticated (see ``channel``)
 and the header checked.
 
 Ranks and masters connect DEALER sockets to the executor's ROUTER, so the
-executor addresses each of them by identity.
+executor addresses each of them by identity.  Heartbeats go to one rank of
+each worker per host, its *leader* (named in every rank's ``READY``), which
+watches the other ranks of its host and reports one that exits or goes
+silent (``RANK_LOST``); see :mod:`..agent.host`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from .task import Assignment, Task, wire_schema
 
 # executor -> rank / master
 TASK = b"T"        # header: the Task and its Assignment (.task); blob: Parsl's packed function and arguments
-HEARTBEAT = b"H"   # absence for too long means the client died
+HEARTBEAT = b"H"   # to hosts' leaders and masters; absence for too long means the client died; header: rank_timeout
 STOP = b"S"        # end cleanly
 CANCEL = b"C"      # header: uid; interrupt that task on this rank
 EXIT = b"X"        # header: reason; leave at once (the worker is being replaced)
@@ -31,7 +34,8 @@ READY = b"R"       # header: who the rank or master is, and the run's token
 RESULT = b"D"      # header: per-rank outcome; blob: the value (rank 0) or the exception; the rank is free
 ERROR = b"E"       # header: as RESULT, ok false; blob: the exception; sent the moment user code raised
 BYE = b"B"         # rank or master is leaving
-ALIVE = b"A"       # a rank's answer to each heartbeat
+ALIVE = b"A"       # a host leader's answer to each heartbeat
+RANK_LOST = b"L"   # header: rank, pid, host, reason; a rank of the sender's host exited or went silent
 
 # attached client <-> pilot server (runtime/attach/); HEARTBEAT, ALIVE (with the pools' figures) and
 # STOP serve there too
@@ -68,16 +72,18 @@ _ASSIGNMENT = wire_schema(Assignment)
 # kind -> (required fields, optional fields, whether a blob frame must follow)
 _SCHEMAS: Dict[bytes, Tuple[Dict[str, tuple], Dict[str, tuple], Optional[bool]]] = {
     TASK: (dict(_TASK[0], **_ASSIGNMENT[0]), dict(_TASK[1], **_ASSIGNMENT[1]), True),
-    HEARTBEAT: ({}, {}, False),
+    HEARTBEAT: ({}, {"rank_timeout": _NUM}, False),
     STOP: ({}, {}, False),
     CANCEL: ({"uid": _STR}, {"reason": _STR}, False),
     EXIT: ({}, {"reason": _STR}, False),
     READY: ({"token": _STR, "pid": _INT, "host": _STR},
-            {"worker": _STR, "rank": _INT, "size": _INT, "gpus": _LIST, "pool": _STR, "master": _STR}, False),
+            {"worker": _STR, "rank": _INT, "size": _INT, "gpus": _LIST, "pool": _STR, "master": _STR,
+             "leader": _INT}, False),
     RESULT: ({"uid": _STR, "rank": _INT, "ok": _BOOL},
              {"t_start": _NUM, "t_end": _NUM, "setup_error": _STR, "error": _BOOL, "cancelled": _BOOL}, None),
     BYE: ({}, {}, False),
     ALIVE: ({}, {"pools": _DICT}, False),
+    RANK_LOST: ({"rank": _INT, "pid": _INT, "host": _STR, "reason": _STR}, {}, False),
     ATTACH: ({"token": _STR, "pid": _INT, "host": _STR}, {}, False),
     WELCOME: ({"session": _STR, "pid": _INT}, {"pools": _DICT}, False),
     SUBMIT: (dict(_TASK[0], resources=_DICT), _TASK[1], True),
@@ -166,7 +172,7 @@ def _check(kind: bytes, key: str, value: Any, types: tuple) -> None:
 
 
 _NAMES = {TASK: "TASK", HEARTBEAT: "HEARTBEAT", STOP: "STOP", CANCEL: "CANCEL", EXIT: "EXIT", READY: "READY",
-          RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE", ATTACH: "ATTACH",
+          RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE", ALIVE: "ALIVE", RANK_LOST: "RANK_LOST", ATTACH: "ATTACH",
           WELCOME: "WELCOME", SUBMIT: "SUBMIT", OUTCOME: "OUTCOME", STARTED: "STARTED", DETACH: "DETACH"}
 
 
