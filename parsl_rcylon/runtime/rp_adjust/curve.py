@@ -14,15 +14,18 @@ Changed: a session of this project writes a key file (:func:`write_keys`,
 through ``RCYLON_RP_CURVE``): a server key pair and a client key pair, fresh
 for each session.  Every socket those modules create
 
-* binds as a CurveZMQ server with the session's server key, and a ZAP
-  handler in its context admits only the session's client key;
-* connects as a CurveZMQ client with the session's client key, pinning the
-  session's server key.
+* binds as a CurveZMQ server with the session's server key pair;
+* connects as a CurveZMQ client with the session's client key pair,
+  pinning the session's server key.
 
-A stranger then gets no further than ZeroMQ's greeting: a NULL peer is
-dropped at the mechanism check, a CURVE peer without the session's server
-key cannot make a HELLO the server opens, and one without its client key is
-refused by ZAP.  No frame of hers reaches RP's code.
+Both key pairs, public halves included, exist only in the private key file
+and in the session's processes: the server's public key is the session's
+shared secret.  A stranger then gets no further than ZeroMQ's greeting: a
+NULL peer is dropped at the mechanism check, and a CURVE peer that does not
+know the server's public key cannot make a HELLO the server opens (its box
+is sealed to that key).  No frame of hers reaches RP's code.  There is no
+ZAP handler checking client keys: it takes a thread per ZeroMQ context,
+which would keep every context RP leaves to the garbage collector alive.
 
 Which sockets: in an RP process that the hook loads into, ``RCYLON_RP_CURVE``
 is set for the process's life, so all of them.  In the executor's own
@@ -44,7 +47,7 @@ import stat
 import threading
 import types
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Set
+from typing import Any, Dict, NamedTuple, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +56,6 @@ ENV_CURVE = "RCYLON_RP_CURVE"
 
 #: Where a session's key file lives under its run directory (``keys/`` is private, as the channel's).
 KEY_FILE = Path("keys") / "rp_curve.json"
-
-#: ZeroMQ's ZAP endpoint: a context's sockets that do CURVE ask whatever is bound here.
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
 _loaded: Dict[str, Keys] = {}
@@ -164,56 +164,10 @@ def _keys_now() -> Optional[Keys]:
     path = os.environ.get(ENV_CURVE)
     return read_keys(path) if path else _held
 
-#: Contexts that have a ZAP handler, by ``id``, with the client keys it admits.
-_zap: Dict[int, Set[bytes]] = {}
-
-
-def _start_zap(context: Any, client_public: bytes) -> None:
-    """Admit ``client_public`` on the CURVE sockets of ``context`` (one ZAP handler thread per context)."""
-    import zmq
-
-    with _lock:
-        admitted = _zap.get(id(context))
-        if admitted is not None:
-            admitted.add(client_public)
-            return
-        admitted = _zap[id(context)] = {client_public}
-        handler = context.socket(zmq.REP, socket_class=zmq.Socket)
-        handler.linger = 0
-        handler.bind(ZAP_ENDPOINT)
-    threading.Thread(target=_answer_zap, args=(handler, admitted), name="rcylon-rp-zap", daemon=True).start()
-
-
-def _answer_zap(handler: Any, admitted: Set[bytes]) -> None:
-    import zmq
-    from zmq.utils import z85
-
-    while True:
-        try:
-            frames = handler.recv_multipart()
-        except zmq.ContextTerminated:
-            break
-        except zmq.ZMQError:
-            continue
-        if len(frames) < 6:
-            continue  # not a ZAP request: nothing to answer
-        version, request_id, mechanism = frames[0], frames[1], frames[5]
-        key = z85.encode(frames[6]) if mechanism == b"CURVE" and len(frames) > 6 and len(frames[6]) == 32 else b""
-        ok = key in admitted
-        if not ok:
-            logger.warning("refused a %s peer at %s on a Radical Pilot socket: not this session's client key",
-                           mechanism.decode("ascii", "replace"), frames[3].decode("ascii", "replace"))
-        handler.send_multipart([version, request_id, b"200" if ok else b"400",
-                                b"OK" if ok else b"not this session's key", b"", b""])
-    handler.close(linger=0)
-
-
 def _serve(sock: Any, keys: Keys) -> None:
-    _start_zap(sock.context, keys.client_public)
     sock.curve_secretkey = keys.server_secret
     sock.curve_publickey = keys.server_public
     sock.curve_server = True
-    sock.zap_domain = b"rcylon"
 
 
 def _client(sock: Any, keys: Keys) -> None:
