@@ -142,9 +142,12 @@ class RankRegistry:
 
     def silent_or_gone(self, worker: str, now: float, rank_timeout: float) -> Optional[str]:
         """Why ``worker`` is lost (a rank here exited, or a host leader is silent), or ``None``."""
-        for rank, entry in list(self._local.get(worker, {}).items()):
-            if not running(entry.pid):
-                return f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
+        # every rank here that is gone, not the first: when one rank dies the launcher kills the
+        # others, and by the time this looks the lowest gone rank may be one the launcher killed
+        gone = [f"rank {rank} (pid {entry.pid} on {entry.host}) exited"
+                for rank, entry in sorted(self._local.get(worker, {}).items()) if not running(entry.pid)]
+        if gone:
+            return "; ".join(gone)
         cutoff = now - rank_timeout  # one comparison per host: this runs every heartbeat_period
         for rank, entry in self._leaders.get(worker, {}).items():
             if entry.last_seen < cutoff:
