@@ -21,7 +21,20 @@ import pytest
 
 NAME = "rcylonstranger"
 
-PROBE = textwrap.dedent("""
+#: Source of ``victim_ports(uid)``: the ports ``uid`` listens on, found as an attacker finds them
+#: (``/proc/net/tcp``'s uid column).  Scripts run by :func:`run_as` start with it.
+FIND_PORTS = textwrap.dedent("""
+    def victim_ports(victim):
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in open(table).read().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and int(f[7]) == victim:  # LISTEN, and the victim's
+                    ports.add(int(f[1].split(":")[1], 16))
+        return ports
+""")
+
+PROBE = FIND_PORTS + textwrap.dedent("""
     import json, socket, sys
 
     def read(s, n):
@@ -54,12 +67,7 @@ PROBE = textwrap.dedent("""
             s.close()
 
     victim, hosts, extra = int(sys.argv[1]), sys.argv[2].split(","), [int(p) for p in sys.argv[3:]]
-    ports = set(extra)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            f = line.split()
-            if f[3] == "0A" and int(f[7]) == victim:  # LISTEN, and the victim's: as an attacker finds them
-                ports.add(int(f[1].split(":")[1], 16))
+    ports = victim_ports(victim) | set(extra)
     print(json.dumps({"ports": sorted(ports),
                       "mechanisms": {h: {p: mechanism(h, p) for p in sorted(ports)} for h in hosts}}))
 """)
@@ -77,12 +85,12 @@ def user() -> pwd.struct_passwd:
         return pwd.getpwnam(NAME)
 
 
-def run_as(script: str, *args: str) -> str:
+def run_as(script: str, *args: str, timeout: float = 300) -> str:
     """Run ``script`` with the system Python as the stranger; its standard output."""
     stranger = user()
     out = subprocess.run(["/usr/bin/python3", "-c", script, *args], user=stranger.pw_uid, group=stranger.pw_gid,
                          extra_groups=[], cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=timeout)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -251,15 +251,10 @@ def test_idle_rp_bridges_wait_on_their_sockets(live):
 # -- as another local user ------------------------------------------------------------------------
 
 #: Run as the stranger with the system Python (the project's virtualenv may be in root's home).
-STRANGER = textwrap.dedent("""
+STRANGER = strangers.FIND_PORTS + textwrap.dedent("""
     import json, os, socket, sys
     victim, host, base = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            f = line.split()
-            if f[3] == "0A" and int(f[7]) == victim:  # LISTEN, and the victim's: found as an attacker finds them
-                ports.add(int(f[1].split(":")[1], 16))
+    ports = victim_ports(victim)
     reached = []
     for port in sorted(ports):
         s = socket.socket()
@@ -282,14 +277,9 @@ STRANGER = textwrap.dedent("""
 @pytest.mark.integration
 def test_a_stranger_reaches_no_rp_bridge_beyond_loopback_and_the_run_goes_on(live):
     ex, _ = live
-    stranger = strangers.user()
     host = strangers.host_address()
     sockets = listening_sockets(_session_tree(ex) + [psutil.Process()])
-    out = subprocess.run(["/usr/bin/python3", "-c", STRANGER, str(os.getuid()), host, str(ex.base_dir)],
-                         user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], cwd="/",
-                         env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    found = json.loads(out.stdout)
+    found = json.loads(strangers.run_as(STRANGER, str(os.getuid()), host, str(ex.base_dir), timeout=120))
     rp_ports = {addr.port for _, _, addr in sockets["rp"]}
     assert rp_ports <= set(found["ports"]), "the stranger sees the victim's ports as an attacker would"
     # (the victim's other services, root's when the tests run as root, are not this session's)

@@ -58,10 +58,6 @@ ENV_CURVE = "RCYLON_RP_CURVE"
 KEY_FILE = Path("keys") / "rp_curve.json"
 
 
-_loaded: Dict[str, Keys] = {}
-_lock = threading.Lock()
-
-
 class CurveKeyError(RuntimeError):
     """The session's Radical Pilot key file is missing, not private, not this user's, or malformed."""
 
@@ -73,6 +69,11 @@ class Keys(NamedTuple):
     server_secret: bytes
     client_public: bytes
     client_secret: bytes
+
+
+#: Keys already read or written by this process, by file.
+_loaded: Dict[str, Keys] = {}
+_lock = threading.Lock()
 
 
 def fresh_keys() -> Keys:
@@ -136,7 +137,6 @@ def release_keys() -> None:
             _held = None
 
 
-
 def read_keys(path: str) -> Keys:
     """The keys in ``path``, trusted only as a private regular file of this user (checked on the open file)."""
     with _lock:
@@ -163,6 +163,7 @@ def read_keys(path: str) -> Keys:
 def _keys_now() -> Optional[Keys]:
     path = os.environ.get(ENV_CURVE)
     return read_keys(path) if path else _held
+
 
 def _serve(sock: Any, keys: Keys) -> None:
     sock.curve_secretkey = keys.server_secret
