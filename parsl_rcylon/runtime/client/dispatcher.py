@@ -275,13 +275,12 @@ class Dispatcher(Recovery):
         The one place where a peer's frames are decoded: a message that does
         not follow the protocol, or that its sender may not send, is dropped.
         """
-        try:
-            frames = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        got = self._channel.receive()
+        if got is None:
             return False
-        identity = frames[0].bytes
+        identity, frames = got
         try:
-            message = protocol.unpack(frames[1:])
+            message = protocol.unpack(frames)
         except protocol.ProtocolError as err:
             self._drop(identity, str(err))
             return True
@@ -302,12 +301,7 @@ class Dispatcher(Recovery):
         return self._send_frames(identity, protocol.pack(kind, header, blob))
 
     def _send_frames(self, identity: bytes, frames: List[Any]) -> bool:
-        try:
-            self._router.send_multipart([identity] + frames, copy=False)
-            return True
-        except zmq.ZMQError as err:  # peer gone (ROUTER_MANDATORY)
-            logger.debug("cannot reach %r: %s", identity, err)
-            return False
+        return self._channel.send(identity, frames)
 
     def _broadcast(self, kind: bytes) -> None:
         """``kind`` to every master and live rank; a HEARTBEAT only to each worker's host leaders."""

@@ -13,9 +13,9 @@ had not caught up with, and the next post failed with ``zmq.Again``.)
 """
 from __future__ import annotations
 
-import queue
 import threading
-from typing import Any, Iterator, Tuple
+from collections import deque
+from typing import Any, Deque, Iterator, Tuple
 
 import zmq
 
@@ -40,11 +40,12 @@ class Mailbox:
         self._lock = threading.Lock()
         self._closed = False
         self._woken = False  # a wake-up byte is on its way and not yet drained
-        self._commands: queue.Queue[Tuple[str, Any]] = queue.Queue()
+        # a deque, not a queue.Queue: append and popleft are atomic, and the owner never waits on it
+        self._commands: Deque[Tuple[str, Any]] = deque()
 
     def post(self, kind: str, body: Any = None) -> None:
         """Queue a command and wake the owner (any thread; after :meth:`close` the command only queues)."""
-        self._commands.put((kind, body))
+        self._commands.append((kind, body))
         with self._lock:
             if not self._closed and not self._woken:
                 self._woken = True
@@ -61,8 +62,8 @@ class Mailbox:
         """The commands queued so far, in order (the owner's thread)."""
         while True:
             try:
-                yield self._commands.get_nowait()
-            except queue.Empty:
+                yield self._commands.popleft()
+            except IndexError:
                 return
 
     def close(self) -> None:

@@ -7,8 +7,10 @@ scan or a sort of the worker's ranks.
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ...resources import ResourceSpec
@@ -91,8 +93,9 @@ class FreeIndex:
         need = spec.ranks * per
         best = min((c for c in self.buckets if c >= need), default=None)
         if best is not None:  # one host has enough: the one with the fewest free ranks that suffice
-            host = next(iter(self.buckets[best]))
-            return chunks(sorted(self.by_host[host]), per)[:spec.ranks]
+            free = self.by_host[next(iter(self.buckets[best]))]
+            # its lowest ranks, without sorting the host's free ranks (a one-rank start is the common case)
+            return chunks([min(free)] if need == 1 else heapq.nsmallest(need, free), per)
         groups: List[List[int]] = []  # span hosts, filling the fullest first so whole hosts stay free
         for c in sorted(k for k in self.buckets if k >= per):
             for h in self.buckets[c]:
@@ -258,7 +261,7 @@ class Placed:
     groups: Tuple[Tuple[int, ...], ...]
     cores: int = 1
 
-    @property
+    @cached_property  # read for every report of the task's ranks
     def ranks(self) -> Tuple[int, ...]:
         """Worker ranks that run the task: task rank ``i`` on ``ranks[i]``."""
         return tuple(g[0] for g in self.groups)

@@ -110,9 +110,15 @@ class Message:
     blob: Optional[Blob] = None
 
 
+# One encoder and decoder for every message: json.dumps with any option builds a new encoder per call,
+# and json.loads on bytes sniffs the encoding first (peers send UTF-8 only).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
 def pack(kind: bytes, header: Optional[Mapping[str, Any]] = None, blob: Optional[Blob] = None) -> List[Any]:
     """The frames of a message (the header must be JSON-serializable)."""
-    frames: List[Any] = [kind, json.dumps(header or {}, separators=(",", ":")).encode()]
+    frames: List[Any] = [kind, _encode(header or {}).encode()]
     if blob is not None:
         frames.append(blob)
     return frames
@@ -135,7 +141,7 @@ def unpack(frames: Sequence[Any]) -> Message:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(raw)
+        header = _decode(raw.decode())
     except (UnicodeDecodeError, ValueError) as err:
         raise ProtocolError(f"header is not JSON: {err}") from None
     if not isinstance(header, dict):
@@ -158,7 +164,7 @@ def unpack(frames: Sequence[Any]) -> Message:
 
 
 def _bytes(frame: Any) -> bytes:
-    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+    return frame if type(frame) is bytes else frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
 def _check(kind: bytes, key: str, value: Any, types: tuple) -> None:
