@@ -35,7 +35,9 @@ start a task of r ranks (as ``Dispatcher._start``) and handling one
 heartbeat answer (``Dispatcher._on_message`` on a dispatcher with fake
 registered ranks).  Then the load test of ``benchmarks/dispatch_load.py``:
 the real dispatcher with thousands of fake ranks over its CurveZMQ channel,
-one-rank tasks fed directly, and the client's CPU for liveness alone.
+one-rank tasks fed directly, and the client's CPU for liveness alone; and
+liveness by host at 9,408 hosts of 56 ranks (``dispatch_load.run_hosts``:
+a real CurveZMQ connection per host leader, 526,848 ranks registered).
 
     python benchmarks/scale.py [--quick] [--out benchmarks/results]
 
@@ -68,6 +70,7 @@ TARGET_BOUND_RATIO_1024 = 0.9
 TARGET_DECISION_MS = 1.0
 TARGET_PASS_MS = 50.0
 TARGET_START_1024_MS = 5.0
+TARGET_LIVENESS_CORES = 0.05  # client CPU for liveness at 5x10^5 ranks, idle
 
 # -- workload ---------------------------------------------------------------------------------------
 
@@ -529,6 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         rank_counts = [1, 64, 1024]
         beats = 2000
         load_ranks, load_tasks, load_idle = [64], 2000, 2.0
+        live_hosts = 16
     else:
         scenarios = [("16 nodes, 3,000 tasks", 16, 1, 3000, ("default",)),
                      ("1,024 nodes, 20,000 tasks", 1024, 1, 20000, ("default",)),
@@ -539,6 +543,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         rank_counts = [1, 64, 1024, 3584]
         beats = 50000
         load_ranks, load_tasks, load_idle = [256, 1024, 4096], 30000, 10.0
+        live_hosts = 9408
     result: Dict[str, Any] = {"quick": args.quick, "seed": args.seed, "cores_per_node": CORES_PER_NODE,
                               "simulations": []}
     for label, nodes, workers, tasks, pools in scenarios:
@@ -574,6 +579,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for ranks in load_ranks:
         result["dispatch_load"].append(load.run(ranks, load_tasks, idle_s=load_idle))
         print("dispatch load:", json.dumps(result["dispatch_load"][-1]), flush=True)
+    # liveness by host at Frontier's size: the hosts' leaders over real CurveZMQ connections, the rest registered
+    result["liveness"] = load.run_hosts(live_hosts, load.CORES_PER_NODE, idle_s=load_idle)
+    print("liveness:", json.dumps(result["liveness"]), flush=True)
     sims = result["simulations"]
     q = result["deep_queue"]
     qf = result["deep_queue_heap_guard"]
@@ -590,6 +598,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "dispatch_tasks_per_s_most_ranks": {"value": result["dispatch_load"][-1]["tasks_per_s"],
                                             "ranks": result["dispatch_load"][-1]["ranks"],
                                             "target": load.TARGET_TASKS_PER_S},
+        "liveness_core_fraction": {"value": result["liveness"]["idle_client_cpu_core_fraction"],
+                                   "ranks": result["liveness"]["ranks"], "target": TARGET_LIVENESS_CORES},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
