@@ -107,6 +107,19 @@ def test_results_come_back(dispatcher):
     assert [f.result(timeout=10) for f in futs] == [f"app{i}" for i in range(20)]
 
 
+def test_walltimes_of_finished_tasks_are_not_kept(dispatcher):
+    """Every task with a walltime arms a timer; those of tasks that finished long before it are dropped
+    (the loop looks at the earliest timer at each wake-up, not at every running task)."""
+    one_rank(dispatcher, mode="answer")
+    futs = [dispatcher.submit(task(f"t{i}", ResourceSpec(ranks=1, walltime=3600), f"app{i}"), b"")
+            for i in range(300)]
+    assert [f.result(timeout=30) for f in futs] == [f"app{i}" for i in range(300)]
+    with dispatcher._lock:
+        assert len(dispatcher._timers) <= 65
+        assert dispatcher._next_timer() == float("inf")
+        assert dispatcher._timers == []
+
+
 def test_a_task_past_its_walltime_fails_and_its_stuck_worker_is_replaced(dispatcher):
     replaced = []
     dispatcher.on_replace = lambda old, new: replaced.append((old, new))

@@ -109,6 +109,8 @@ class Dispatcher(Recovery):
         self._ranks = RankRegistry()
         self._tasks: Dict[str, RunningTask] = {}  # waiting and running
         self._active: Dict[str, RunningTask] = {}  # running
+        self._timers: List[Tuple[float, int, str]] = []  # walltimes and cancel graces (Recovery._arm)
+        self._timer_seq = itertools.count()
         self._tags = itertools.count(1)
         self._dropped = 0
         self._refusal: Optional[BaseException] = None  # what every task fails with once broken or stopped
@@ -438,6 +440,7 @@ class Dispatcher(Recovery):
         task.pending_ranks = set(range(len(placed.ranks)))
         if task.call.walltime:
             task.deadline = time.monotonic() + task.call.walltime
+            self._arm(task.deadline, task.uid)
         header = dict(task.call.to_wire(), **Assignment(placed.ranks, next(self._tags) % 32000, placed.cores).to_wire())
         # Encoded once, the same frames to each rank (the header lists them all): O(ranks), not O(ranks^2).
         frames = protocol.pack(protocol.TASK, header, task.payload)

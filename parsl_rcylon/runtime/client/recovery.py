@@ -10,14 +10,16 @@ silent (as its host's leader reports, ``RANK_LOST``, or the executor sees)
 loses its worker, and that worker's tasks fail with ``WorkerLost``;
 with no worker left every task fails with ``ExecutorBroken``.  It is a base
 class because it acts in the dispatcher's loop thread on the dispatcher's own
-state, under its lock; it holds no state of its own.
+state, under its lock; it holds no state of its own (its timer heap is the
+dispatcher's).
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ...errors import ExecutorBroken, TaskTimeout, WorkerLost
 from ..wire import protocol
@@ -40,6 +42,8 @@ class Recovery:
     _restart_policy: RestartPolicy
     _tasks: Dict[str, RunningTask]
     _active: Dict[str, RunningTask]
+    _timers: List[Tuple[float, int, str]]  # (when, seq, task uid) heap of walltimes and cancel graces
+    _timer_seq: Iterator[int]
     _refusal: Optional[BaseException]
     _refusal_lock: threading.Lock
     _ready_cond: threading.Condition
@@ -91,23 +95,45 @@ class Recovery:
     def _cancel(self, task: RunningTask, reason: str) -> None:
         if task.settle_by is None:
             task.settle_by = time.monotonic() + self._grace
+            self._arm(task.settle_by, task.uid)
         ranks = self._ranks.of(task.placed.worker)
         for i in task.pending_ranks - task.failed_ranks:
             entry = ranks.get(task.placed.ranks[i])
             if entry is not None:
                 self._send(entry.identity, protocol.CANCEL, {"uid": task.uid, "reason": reason[:500]})
 
+    def _arm(self, when: float, uid: str) -> None:
+        """Look at task ``uid`` at ``when`` (its ``deadline`` or ``settle_by``, set just before)."""
+        timers = self._timers
+        if len(timers) > 64 and len(timers) > 4 * len(self._active):  # mostly ended tasks' timers: drop them
+            timers[:] = [t for t in timers if self._armed(t) is not None]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (when, next(self._timer_seq), uid))
+
+    def _armed(self, timer: Tuple[float, int, str]) -> Optional[RunningTask]:
+        """The running task a timer is for, if that timer is still set (not ended, fired or replaced)."""
+        task = self._active.get(timer[2])
+        return task if task is not None and timer[0] in (task.deadline, task.settle_by) else None
+
     def _next_timer(self) -> float:
-        timers = [t for task in self._active.values() for t in (task.deadline, task.settle_by) if t is not None]
-        return min(timers, default=float("inf"))
+        """When the next walltime or cancel grace ends (a heap: the loop asks at every wake-up)."""
+        timers = self._timers
+        while timers and self._armed(timers[0]) is None:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else float("inf")
 
     def _check_timers(self, now: float) -> None:
-        for task in list(self._active.values()):
-            if task.deadline is not None and now >= task.deadline:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)
+            task = self._armed(timer)
+            if task is None:
+                continue
+            if task.deadline == timer[0]:
                 task.deadline = None
                 self._task_failed(task, TaskTimeout(None, f"task {task.uid} ({task.name}) ran longer than its "
                                                           f"walltime of {task.call.walltime:g} s and was stopped"))
-            if task.settle_by is not None and now >= task.settle_by and task.uid in self._active:
+            if task.settle_by == timer[0] and task.uid in self._active:
                 waiting = sorted(task.placed.ranks[i] for i in task.pending_ranks)
                 self._replace(task.placed.worker,
                               f"rank(s) {waiting} did not finish task {task.uid} ({task.name}) within "
