@@ -270,3 +270,27 @@ def test_a_channel_file_is_checked_on_the_open_file_never_through_a_link(tmp_pat
     with pytest.raises(ChannelError, match="not a regular file"):
         ClientCredentials.load(str(fifo))  # opened without waiting for a writer, then refused
     assert ClientCredentials.load(path).encrypted
+
+
+def test_the_listener_queues_thousands_of_connections(tmp_path):
+    """All ranks of a worker connect at once: the kernel's accept queue for the channel holds thousands
+    (ZeroMQ's default of 100 dropped SYNs, and ranks waited seconds to retry), up to ``somaxconn``."""
+    import shutil
+    import subprocess
+
+    from parsl_rcylon.runtime.wire.channel import LISTEN_BACKLOG
+
+    if shutil.which("ss") is None:
+        pytest.skip("iproute2's ss is not installed: the listen queue's size cannot be read")
+    ctx = zmq.Context()
+    server = ServerChannel(ctx, tmp_path)
+    try:
+        port = server.address.rsplit(":", 1)[1]
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        with open("/proc/sys/net/core/somaxconn") as f:
+            cap = int(f.read())
+        # a listening socket's Send-Q is its accept queue's size
+        assert [int(line.split()[2]) for line in out.splitlines()] == [min(LISTEN_BACKLOG, cap)]
+    finally:
+        server.close()
+        ctx.term()
