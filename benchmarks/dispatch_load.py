@@ -20,7 +20,10 @@ CurveZMQ included), in % of a core and microseconds per rank per second;
 one-rank tasks started and completed per second, and the client's CPU per
 task.  Fake hosts share this machine's cores with the dispatcher.
 
-    python benchmarks/dispatch_load.py [--ranks 256,1024,4096] [--tasks 30000] [--out benchmarks/results]
+    python benchmarks/dispatch_load.py [--ranks 256,1024,4096,16384] [--tasks 30000] [--out benchmarks/results]
+
+The largest count is what this machine holds: the client keeps one connection, one open file, per rank,
+and the hard limit here is 20,000 (``ulimit -Hn``); a count the limit cannot hold is refused up front.
 
 Writes ``dispatch_load.json`` and ``dispatch_load.png``.
 
@@ -144,6 +147,7 @@ def run(ranks: int, tasks: int, idle_s: float = 10.0, heartbeat_period: float = 
     from parsl_rcylon.runtime.client.dispatcher import Dispatcher
     from parsl_rcylon.runtime.wire.task import Task
 
+    _open_files_for(ranks)
     procs: List[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Dispatcher(tmp, heartbeat_period=heartbeat_period, rank_timeout=120.0,
@@ -218,6 +222,7 @@ def run_hosts(hosts: int, per_host: int = CORES_PER_NODE, idle_s: float = 10.0,
     """
     from parsl_rcylon.runtime.client.dispatcher import Dispatcher
 
+    _open_files_for(hosts)
     procs: List[subprocess.Popen] = []
     size = hosts * per_host
     prefix = f"fake-{socket.gethostname()}"
@@ -310,6 +315,20 @@ def plot_liveness(result: Dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _open_files_for(connections: int) -> None:
+    """The client holds a TCP connection, a descriptor, per fake rank: raise the soft limit to the hard one,
+    and say so if that is still too few (the largest rank count this machine holds is bounded by it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    need = connections + 1024  # the interpreter, ZeroMQ's own descriptors, the fake hosts' pipes
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise RuntimeError(f"{connections} fake ranks need about {need} open files in this process; the limit "
+                           f"is {hard} (ulimit -n): ask for fewer ranks or raise the limit")
+
+
 def _end(procs: List[subprocess.Popen]) -> None:
     """The fake hosts leave on the dispatcher's STOP; any that does not within 20 s is killed."""
     for p in procs:
@@ -346,7 +365,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", default="256,1024,4096", help="comma-separated fake rank counts")
+    parser.add_argument("--ranks", default="256,1024,4096,16384", help="comma-separated fake rank counts")
     parser.add_argument("--tasks", type=int, default=30000)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle liveness measured")
     parser.add_argument("--out", default="benchmarks/results")

@@ -542,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         mem = (9408, 100000)
         rank_counts = [1, 64, 1024, 3584]
         beats = 50000
-        load_ranks, load_tasks, load_idle = [256, 1024, 4096], 30000, 10.0
+        load_ranks, load_tasks, load_idle = [256, 1024, 4096, 16384], 30000, 10.0
         live_hosts = 9408
     result: Dict[str, Any] = {"quick": args.quick, "seed": args.seed, "cores_per_node": CORES_PER_NODE,
                               "simulations": []}
