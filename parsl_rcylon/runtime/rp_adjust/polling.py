@@ -4,7 +4,9 @@ RP 1.103 has ~30 processes per pilot whose loops poll with hard-coded 10 ms
 timeouts: an idle pilot used a third of a core and more.  Each loop changed
 here still wakes at once on its socket or event; :data:`IDLE_POLL_S` bounds
 only how often an idle loop looks at its stop flag, never how fast a message
-is passed on.
+is passed on.  A pubsub subscriber's listener thread (RP polls it 500 ms at
+a time) is woken by its ``stop()``, which otherwise waited for the poll to
+run out: ~11 of those one after another made most of a session's close.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from .sockets import rebind_name
 from .versions import stock
@@ -128,7 +130,6 @@ class _Wake:
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self._r, zmq.POLLIN)
-        self.fd = self._r
 
     def set(self) -> None:
         try:
@@ -167,15 +168,23 @@ def patch_zmq_subscriber(mod: Any) -> None:
     stock_get: Any = sub._get_nowait  # a staticmethod: the plain function
     stock_start = sub._start_listener
     stock_stop = sub._stop_listener
+    import zmq
 
-    def _get_nowait(sock: Any, lock: Any, timeout: Any, log: Any, prof: Any) -> Tuple[Any, Any]:
+    noblock = zmq.NOBLOCK
+
+    def _get_nowait(sock: Any, lock: Any, timeout: Any, log: Any, prof: Any) -> Any:
         wake = _wakes.get(sock)
         if wake is None:
             return stock_get(sock, lock, timeout, log, prof)
         events = dict(wake.poller.poll(timeout=timeout))
-        if sock in events:
-            return stock_get(sock, lock, 0, log, prof)
-        return None, None  # woken by stop(), or the poll ran out: the listener looks at its flag
+        if sock not in events:
+            return None, None  # woken by stop(), or the poll ran out: the listener looks at its flag
+        # the rest of RP's _get_nowait (its own poll, done above, builds a zmq.Poller per call)
+        data = mod.no_intr(sock.recv, flags=noblock)
+        topic, bmsg = data.split(b" ", 1)
+        msg = mod.from_msgpack(bmsg)
+        log.debug_9(" <- %s: %s", topic, msg)
+        return [mod.as_string(topic), mod.as_string(msg)]
 
     def _start_listener(self: Any) -> None:
         if not stock() and self._sock not in _wakes:
