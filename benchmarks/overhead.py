@@ -11,13 +11,21 @@ calls so that both see the same background load.
   (``plain_rp.py``, stock RP, same worker size) started the same way.
 * Idle cost: after the first cycle's tasks, cores busy over ``--idle``
   seconds with nothing running, per process (from ``/proc/<pid>/stat``).
+* Worker replacement: ``--replacements`` times per cycle, one rank of a
+  live worker is SIGKILLed (as the OOM killer would); seconds until the
+  executor has noticed, until a replacement worker's ranks are all ready,
+  and until a 2-rank task has run on it.
+* Shutdown: ``dfk.cleanup()``, with the executor's breakdown (task manager,
+  pilot manager, session).
 * Attached start: a pilot started as ``parsl-rcylon up`` does, then
   ``--attached`` times ``parsl.load`` with ``attach=`` to the first result.
 
 With ``--rp both`` the cold cycles alternate between Radical Pilot as this
 project adjusts it (``runtime/rp_adjust/``) and stock RP
 (``RCYLON_RP_STOCK=1``), each with its own idle cost and census of
-listening sockets (RP's and MPI's, on loopback or beyond).
+listening sockets (RP's and MPI's, on loopback or beyond); ``rp_adjust``
+in the result holds both sides' medians and their ratios, and the result
+goes to ``overhead_rp_adjust.json`` (and ``.png``).
 
 With ``--encryption both`` the cold cycles alternate between the
 authenticated, encrypted channel (the default) and ``encrypted=False``, so
@@ -25,8 +33,9 @@ the cost of CurveZMQ is measured side by side too.
 
     python benchmarks/overhead.py --out benchmarks/results [--cycles 5] [--calls 50] [--encryption on]
 
-Writes ``overhead.json`` and ``overhead.png`` into ``--out``; the top-level
-``summary`` is the default (encrypted) configuration's.
+Writes ``overhead.json`` and ``overhead.png`` into ``--out`` (with ``--rp
+both``: ``overhead_rp_adjust.json``/``.png``); the top-level ``summary`` is
+the default (encrypted) configuration's.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +61,8 @@ from parsl_rcylon.runtime.processes import component, listening_sockets, session
 from parsl_rcylon.serving import down, up
 
 BREAKDOWN = ("session", "managers", "pilot", "task_manager", "bootstrap", "agent", "workers")
+SHUTDOWN_STEPS = ("shutdown_ranks", "shutdown_tmgr", "shutdown_pmgr", "shutdown_session")
+REPLACEMENT_STEPS = ("detected_s", "ready_s", "task_done_s")
 
 TARGETS = {"latency_ratio_max": 0.1, "throughput_min_per_s": 500.0, "shutdown_max_s": 5.0,
            "cold_start_max_s": 12.0, "attached_max_s": 1.0, "idle_cores_max": 0.1}
@@ -125,6 +137,48 @@ def idle_cost(sid: str, seconds: float) -> dict:
             "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))}
 
 
+def worker_replacement(ex: RadicalCylonExecutor, timeout: float = 180.0) -> dict:
+    """SIGKILL the last rank of a live worker; seconds to the executor noticing, the replacement ready, a task run.
+
+    ``detected_s``: the dispatcher forgot the worker; ``ready_s``: every rank
+    of the pool is idle again on a new worker; ``task_done_s``: a 2-rank task
+    submitted then has its result.  Counted from the kill.
+    """
+    dispatcher = ex._own.dispatcher  # the rank registry, as tests/test_faults.py reads it
+    with dispatcher._lock:
+        uid, ranks = next(iter(dispatcher._ranks.workers()))
+        rank = max(ranks)
+        pid = ranks[rank].pid
+    (pool, before), = ex.status().items()
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    out: dict = {"worker": uid, "rank": rank}
+
+    def wait(what: str, done) -> float:
+        while not done():
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"worker replacement: {what} not within {timeout:.0f} s: {ex.status()}")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+
+    def known() -> set:
+        with dispatcher._lock:
+            return {w for w, _ in dispatcher._ranks.workers()}
+
+    out["detected_s"] = wait("the loss noticed", lambda: uid not in known())
+
+    def replaced() -> bool:
+        now = ex.status().get(pool, {})
+        return now.get("restarts", 0) > before.get("restarts", 0) and now.get("idle") == before["ranks"]
+
+    out["ready_s"] = wait("a replacement ready", replaced)
+    assert trivial_mpi().result(timeout=timeout) == 2
+    out["task_done_s"] = time.perf_counter() - t0
+    out["new_worker"] = sorted(known() - {uid})
+    _progress("replacement: " + ", ".join(f"{k} {out[k]:.2f}" for k in REPLACEMENT_STEPS))
+    return out
+
+
 def plain_rp(run_dir: str, ranks: int) -> dict:
     """One run of benchmarks/plain_rp.py (stock RP) in a fresh interpreter."""
     script = Path(__file__).with_name("plain_rp.py")
@@ -168,7 +222,8 @@ def attached_starts(run_dir: str, count: int, ranks: int) -> dict:
 
 
 def run_cycle(run_dir: str, calls: int, throughput_tasks: int, baseline_script: str, measure_tasks: bool,
-              encrypted: bool = True, idle_s: float = 0.0, ranks: int = 4, rp: str = "adjusted") -> dict:
+              encrypted: bool = True, idle_s: float = 0.0, ranks: int = 4, rp: str = "adjusted",
+              replacements: int = 0) -> dict:
     out: dict = {"encrypted": encrypted, "rp": rp}
     if rp == "stock":
         os.environ[rp_adjust.ENV_STOCK] = "1"
@@ -207,14 +262,17 @@ def run_cycle(run_dir: str, calls: int, throughput_tasks: int, baseline_script: 
                 rates.append(throughput_tasks / (time.perf_counter() - t))
             out["throughput_per_s"] = rates
             _progress(f"throughput median {statistics.median(rates):.0f} tasks/s")
+        out["replacements"] = [worker_replacement(ex) for _ in range(replacements)]
     finally:
         t = time.perf_counter()
         dfk.cleanup()
         parsl.clear()
         out["cleanup_s"] = time.perf_counter() - t
         out["shutdown_s"] = ex.timings.get("shutdown")
+        out["shutdown_breakdown_s"] = {k: ex.timings[k] for k in SHUTDOWN_STEPS if k in ex.timings}
         os.environ.pop(rp_adjust.ENV_STOCK, None)
-    _progress(f"cycle: first result {out['first_result_s']:.1f} s, shutdown {out['shutdown_s']:.1f} s")
+    _progress(f"cycle: first result {out['first_result_s']:.1f} s, shutdown {out['shutdown_s']:.1f} s ("
+              + ", ".join(f"{k[9:]} {v:.2f}" for k, v in out["shutdown_breakdown_s"].items()) + ")")
     return out
 
 
@@ -234,13 +292,37 @@ def summarize(cycles: list) -> dict:
         "latency_ratio": lat / base,
         "throughput_per_s": med([x for c in measured for x in c["throughput_per_s"]]),
         "shutdown_s": med([c["shutdown_s"] for c in cycles]),
+        **{f"{k}_s": med([c.get("shutdown_breakdown_s", {}).get(k, float("nan")) for c in cycles])
+           for k in SHUTDOWN_STEPS},
     }
+    replaced = [r for c in cycles for r in c.get("replacements", [])]
+    if replaced:
+        summary["replacements"] = len(replaced)
+        summary.update({f"replacement_{k}": med([r[k] for r in replaced]) for k in REPLACEMENT_STEPS})
     summary["targets_met"] = {
         "latency_ratio": summary["latency_ratio"] <= TARGETS["latency_ratio_max"],
         "throughput": summary["throughput_per_s"] >= TARGETS["throughput_min_per_s"],
         "shutdown": summary["shutdown_s"] < TARGETS["shutdown_max_s"],
     }
     return summary
+
+
+def compare_rp(modes: dict, idles: dict) -> dict:
+    """Adjusted against stock RP (encrypted channel): both sides' medians and adjusted / stock."""
+    adj, stock = modes.get("encrypted, adjusted RP"), modes.get("encrypted, stock RP")
+    if not adj or not stock:
+        return {}
+    keys = ["first_result_s", "shutdown_s", *(f"{k}_s" for k in SHUTDOWN_STEPS),
+            *(f"replacement_{k}" for k in REPLACEMENT_STEPS), "latency_2rank_ms"]
+    out = {k: {"adjusted": adj.get(k), "stock": stock.get(k),
+               "ratio": adj[k] / stock[k] if adj.get(k) and stock.get(k) else None} for k in keys}
+    if "adjusted" in idles and "stock" in idles:
+        a, b = idles["adjusted"]["total_cores"], idles["stock"]["total_cores"]
+        out["idle_cores"] = {"adjusted": a, "stock": b, "ratio": a / b if b else None}
+    for k, v in out.items():
+        if v["ratio"] is not None:
+            _progress(f"rp_adjust: {k} adjusted {v['adjusted']:.3f} / stock {v['stock']:.3f} = {v['ratio']:.2f}")
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
@@ -251,7 +333,8 @@ def plot(result: dict, path: Path) -> None:
 
     s = result["summary"]
     cyc = result["cycles"][0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    rp = result.get("rp_adjust")
+    fig, axes = plt.subplots(1, 4 if rp else 3, figsize=(17 if rp else 13, 4))
     ax = axes[0]
     known = [("session", s["session_s"]), ("managers", s["managers_s"]), ("pilot", s["pilot_s"]),
              ("workers ready", s["workers_s"])]
@@ -276,6 +359,18 @@ def plot(result: dict, path: Path) -> None:
                label=f"target {TARGETS['throughput_min_per_s']:.0f}/s")
     ax.set_title(f"200 one-rank tasks; shutdown {s['shutdown_s']:.1f} s")
     ax.legend(fontsize=8)
+    if rp:
+        ax = axes[3]
+        keys = [k for k in ("shutdown_s", "shutdown_tmgr_s", "shutdown_pmgr_s", "shutdown_session_s",
+                            "replacement_ready_s", "replacement_task_done_s") if rp.get(k, {}).get("ratio")]
+        x = range(len(keys))
+        ax.bar([i - 0.2 for i in x], [rp[k]["adjusted"] for k in keys], 0.4, label="adjusted RP")
+        ax.bar([i + 0.2 for i in x], [rp[k]["stock"] for k in keys], 0.4, label="stock RP")
+        ax.set_xticks(list(x), [k.replace("replacement_", "replace\n").replace("shutdown_", "shutdown\n")[:-2]
+                                for k in keys], fontsize=7)
+        ax.set_ylabel("seconds (median)")
+        ax.set_title("adjusted vs stock RP")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -290,6 +385,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=4, help="worker ranks (both the executor and plain RP)")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle cost measurement (0: skip)")
     parser.add_argument("--attached", type=int, default=10, help="attached starts (0: skip)")
+    parser.add_argument("--replacements", type=int, default=1,
+                        help="worker replacements per cycle (a rank SIGKILLed; 0: skip)")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain Radical Pilot baseline")
     parser.add_argument("--encryption", choices=["on", "off", "both"], default="on",
                         help="channel configurations to measure (both: alternating cycles)")
@@ -313,7 +410,7 @@ def main() -> None:
                 cycles.append(run_cycle(os.path.join(tmp, f"run{i}-{encrypted}-{rp}"), args.calls, args.tasks,
                                         script, measure_tasks=i < args.measured_cycles, encrypted=encrypted,
                                         idle_s=args.idle if i == 0 and encrypted == enc[0] else 0.0,
-                                        ranks=args.ranks, rp=rp))
+                                        ranks=args.ranks, rp=rp, replacements=args.replacements))
             if not args.no_plain:
                 plain.append(plain_rp(os.path.join(tmp, f"plain{i}"), args.ranks))
         idles = {c["rp"]: c.pop("idle") for c in cycles if "idle" in c}
@@ -335,6 +432,7 @@ def main() -> None:
                       sockets=idles[r]["sockets"] if r in idles and e == enc[0] else None)
                   for e, r in modes},
         "idle_by_rp": idles,
+        "rp_adjust": None,
         "plain_rp": {
             "runs": plain,
             "median_s": {k: med([p[k] for p in ok_plain]) for k in ok_plain[0] if k != "sid"} if ok_plain else {},
@@ -346,6 +444,7 @@ def main() -> None:
                                       load_median_s=med(attached["load_s"])),
         "cycles": cycles,
     }
+    result["rp_adjust"] = compare_rp(result["modes"], idles) or None
     s = result["summary"]
     s["targets_met"]["cold_start"] = s["first_result_s"] <= TARGETS["cold_start_max_s"]
     if idle:
@@ -354,9 +453,11 @@ def main() -> None:
     if attached:
         s["attached_first_result_s"] = result["attached"]["first_result_median_s"]
         s["targets_met"]["attached"] = s["attached_first_result_s"] < TARGETS["attached_max_s"]
-    (out / "overhead.json").write_text(json.dumps(result, indent=2))
-    plot(result, out / "overhead.png")
-    print(json.dumps({"summary": s, "plain_rp": result["plain_rp"]["median_s"]}, indent=2))
+    name = "overhead_rp_adjust" if args.rp == "both" else "overhead"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / f"{name}.png")
+    print(json.dumps({"summary": s, "plain_rp": result["plain_rp"]["median_s"], "rp_adjust": result["rp_adjust"]},
+                     indent=2))
 
 
 if __name__ == "__main__":

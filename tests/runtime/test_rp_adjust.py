@@ -3,7 +3,7 @@
 The live checks share one 2-rank local pilot: its RP processes listen on
 loopback only, every RP socket does CurveZMQ with the session's keys, its
 bootstrap made no DNS lookup or ping, RP left no ``/tmp/rp.agent_cfg.*``, and
-its idle bridges wake rarely.
+its idle bridges wake rarely, and a subscriber's stop() does not wait out its poll.
 """
 from __future__ import annotations
 
@@ -311,3 +311,31 @@ def test_every_rp_socket_of_a_live_pilot_does_curvezmq(live):
     pilot = next(iter(ex._own.runtime._pilots.values()))
     assert not (sandbox_path(pilot) / "agent_0.ports.json").exists()
     assert _allreduce().result(timeout=60) == 2  # and the run goes on
+
+
+@pytest.mark.integration
+def test_a_subscriber_stops_without_waiting_out_its_poll_and_still_delivers(live):
+    # RP's Subscriber listener polls 500 ms at a time and stop() joins it: each stop waited for the poll
+    # to run out, about 11 of them one after another when a session closes.  Adjusted, stop() wakes the
+    # listener.  A topic nobody else publishes on keeps the listener's poll undisturbed.
+    import radical.utils as ru
+
+    ex, _ = live
+    session = ex._own.runtime._session
+    topic = "rcylon.test.wake"
+    got = []
+    sub = ru.zmq.Subscriber("control_pubsub", url=session._ctrl_sub.url, topic=topic,
+                            cb=lambda t, msg: got.append(msg))
+    pub = ru.zmq.Publisher("control_pubsub", url=session._ctrl_pub.url)
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:  # a new subscription misses what came before it joined
+        pub.put(topic, {"n": 1})
+        time.sleep(0.1)
+    assert got and got[0] == {"n": 1}, "the patched listener delivers messages"
+    thread = sub._thread
+    time.sleep(0.05)  # the listener is in a fresh 500 ms poll (stock: stop() waits ~0.45 s here)
+    t = time.monotonic()
+    sub.stop()
+    took = time.monotonic() - t
+    assert not thread.is_alive() and sub._thread is None
+    assert took < 0.2, f"stop() took {took:.3f} s: it waited for the listener's 500 ms poll"

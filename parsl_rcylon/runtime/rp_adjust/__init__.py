@@ -14,7 +14,8 @@ The adjustments, one module per group
 * ``curve``: every RP socket does CurveZMQ with the session's keys
   (``RCYLON_RP_CURVE``), and its servers admit only the session's clients.
 * ``polling``: RP's idle loops (queue and pubsub bridges, components'
-  timed callbacks) wait on their sockets and events, not 10 ms polls.
+  timed callbacks) wait on their sockets and events, not 10 ms polls; a
+  pubsub subscriber's ``stop()`` wakes its listener thread at once.
 * ``bootstrap.sh``: the pilot's bootstrap makes no DNS lookup and no ping.
 * ``startup``: a lean agent configuration and capped RAPTOR settle sleeps;
   ``environment``: RP's profiling off, its temporary files in the run

@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable, Dict, Tuple
 
 from .curve import patch_zmq_name
-from .polling import patch_component, patch_zmq_pubsub, patch_zmq_queue
+from .polling import patch_component, patch_zmq_pubsub, patch_zmq_queue, patch_zmq_subscriber
 from .sockets import patch_agent_command_port, patch_zmq_server, patch_zmq_utils
 from .versions import RadicalVersionError, check_versions, stock
 
@@ -25,7 +25,7 @@ PATCHES: Dict[str, Tuple[Callable[[Any], None], ...]] = {
     "radical.utils.zmq.utils": (patch_zmq_utils, patch_zmq_name),
     "radical.utils.zmq.server": (patch_zmq_server, patch_zmq_name),
     "radical.utils.zmq.queue": (patch_zmq_queue, patch_zmq_name),
-    "radical.utils.zmq.pubsub": (patch_zmq_pubsub, patch_zmq_name),
+    "radical.utils.zmq.pubsub": (patch_zmq_pubsub, patch_zmq_subscriber, patch_zmq_name),
     "radical.utils.zmq.client": (patch_zmq_name,),
     "radical.utils.zmq.pipe": (patch_zmq_name,),
     "radical.pilot.utils.component": (patch_component,),
