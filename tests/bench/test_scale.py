@@ -41,3 +41,8 @@ def test_quick_scale_benchmark_runs_and_reports(tmp_path):
     # high-water mark of 1,000) all start on the fake ranks and complete
     (load,) = result["dispatch_load"]
     assert load["ranks"] == 64 and load["tasks"] == 2000 and load["tasks_per_s"] > 0
+    assert len(load["bursts"]) == 3 and all(b["tasks_per_s"] > 0 for b in load["bursts"])
+    # liveness by host: every fake host's leader registered over its own connection, its followers directly
+    live = result["liveness"]
+    assert live["leaders"] == 16 and live["ranks"] == 16 * 56 and live["idle_client_cpu_core_fraction"] >= 0
+    assert result["targets"]["liveness_core_fraction"]["ranks"] == 16 * 56
