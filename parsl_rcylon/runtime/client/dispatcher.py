@@ -300,10 +300,7 @@ class Dispatcher(Recovery):
 
     def _send(self, identity: bytes, kind: bytes, header: Optional[Dict[str, Any]] = None,
               blob: Optional[bytes] = None) -> bool:
-        return self._send_frames(identity, protocol.pack(kind, header, blob))
-
-    def _send_frames(self, identity: bytes, frames: List[Any]) -> bool:
-        return self._channel.send(identity, frames)
+        return self._channel.send(identity, protocol.pack(kind, header, blob))
 
     def _broadcast(self, kind: bytes) -> None:
         """``kind`` to every master and live rank; a HEARTBEAT only to each worker's host leaders."""
@@ -313,9 +310,9 @@ class Dispatcher(Recovery):
             w = self._placement.worker(uid)
             if w is not None and w.alive:
                 for entry in (self._ranks.leaders(uid) if beat else ranks).values():
-                    self._send_frames(entry.identity, frames)
+                    self._channel.send(entry.identity, frames)
         for ident in self._ranks.masters():
-            self._send_frames(ident, frames)
+            self._channel.send(ident, frames)
 
     def _on_message(self, identity: bytes, message: protocol.Message) -> None:
         kind, header = message.kind, message.header
@@ -446,7 +443,7 @@ class Dispatcher(Recovery):
         frames = protocol.pack(protocol.TASK, header, task.payload)
         ranks = self._ranks.of(placed.worker)
         for world_rank in placed.ranks:
-            if not self._send_frames(ranks[world_rank].identity, frames):
+            if not self._channel.send(ranks[world_rank].identity, frames):
                 self._on_worker_failed((placed.worker, f"rank {world_rank} is unreachable", True))
                 return
         if self.on_start is not None:
