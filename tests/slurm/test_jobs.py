@@ -57,6 +57,9 @@ def test_the_watch_reports_a_cancelled_job_within_seconds(slurm_cluster, tmp_pat
         assert time.monotonic() - t0 < 5
         assert len(ended) == 1 and ended[0][0] == "main", ended
         assert ended[0][1].startswith(f"the pilot's Slurm job {job} was cancelled (scancel)"), ended
+        # What RP's state callback asks when it hears of the end first: the same answer, from Slurm.
+        assert watch.why_ended("main").startswith(f"the pilot's Slurm job {job} was cancelled (scancel)")
+        assert watch.why_ended("other") is None
     finally:
         watch.stop()
         subprocess.run(["scancel", job], check=False)

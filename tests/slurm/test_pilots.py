@@ -13,6 +13,7 @@ import pytest
 from parsl import python_app
 
 from parsl_rcylon import ExecutorBroken, PilotLost, WorkerLost, WorkerPool, cylon_app
+from parsl_rcylon.runtime.client import slurmjobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -79,6 +80,29 @@ def test_scancel_of_the_pilot_job_fails_pending_tasks_with_pilot_lost_within_5_s
             running.result(timeout=30)
     finally:
         slurm_cluster.close(ex, dfk)
+
+
+def test_when_radical_pilot_hears_of_the_cancelled_job_first_the_error_still_gives_slurms_reason(
+        slurm_cluster, tmp_path, monkeypatch):
+    # The watch learns the job's id but its report of the end goes nowhere: RP's own state callback (PSI/J's
+    # polling, or the agent's last word) is first, as it was in one CI run, and must ask Slurm why.
+    monkeypatch.setattr(slurmjobs.SlurmJobWatch, "__init__", _no_reports(slurmjobs.SlurmJobWatch.__init__))
+    ex, dfk = slurm_cluster.load(tmp_path, "MPIEXEC", _pair(), "rpfirst")
+    try:
+        pending = [where(parsl_resource_specification={"ranks": 2}) for _ in range(2)]
+        job = slurm_cluster.pilot_job(ex)
+        subprocess.run(["scancel", job["id"]], check=True)
+        for fut in pending:
+            with pytest.raises(ExecutorBroken, match=f"Slurm job {job['id']} was cancelled \\(scancel\\)"):
+                fut.result(timeout=120)
+    finally:
+        slurm_cluster.close(ex, dfk)
+
+
+def _no_reports(init):
+    def wrapped(watch, sandboxes, on_end, period=1.0):
+        init(watch, sandboxes, lambda name, why: None, period)
+    return wrapped
 
 
 # About 70 s here; the bound is the sum of its own deadlines (start, results, the node's job ending, set-up again).

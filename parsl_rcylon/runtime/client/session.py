@@ -297,7 +297,12 @@ class PilotRuntime:
     def _pilot_state_cb(self, pilot, state) -> None:
         if state not in _FINAL or self._closing:
             return
-        self._pilot_ended(pilot.uid, f"pilot {pilot.uid} is {state}" + self._why_ended(pilot))
+        reason = f"pilot {pilot.uid} is {state}"
+        name = next((n for n, p in self._pilots.items() if p.uid == pilot.uid), None)
+        slurm = self._slurm_watch.why_ended(name) if self._slurm_watch is not None and name else None
+        if slurm:
+            reason = f"pilot {pilot.uid} ({name!r}) ended: {slurm}"
+        self._pilot_ended(pilot.uid, reason + self._why_ended(pilot))
 
     def _why_ended(self, pilot: Any) -> str:
         # A pilot the batch system refused never ran: the launcher's log says why (sbatch's own words).

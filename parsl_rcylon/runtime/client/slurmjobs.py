@@ -17,6 +17,7 @@ import logging
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -182,12 +183,35 @@ class SlurmJobWatch:
                 continue
             if self._stop.is_set():
                 return
-            job = job or final_state(job_id)
-            state = job.state if job else "gone"
-            why = _WHY.get(state, f"is {state}") if job else "left the queue"
-            reason = f"the pilot's Slurm job {job_id} {why}"
-            if job and job.reason not in ("", "None", "(null)", "?"):
-                reason += f" (Slurm reason: {job.reason})"
-            del self.sandboxes[name]
-            logger.warning("pilot %r: %s", name, reason)
-            self.on_end(name, reason)
+            reason = _ended(job_id, job or final_state(job_id))
+            if self.sandboxes.pop(name, None) is not None:
+                logger.warning("pilot %r: %s", name, reason)
+                self.on_end(name, reason)
+
+    def why_ended(self, name: str, wait: float = 3.0) -> Optional[str]:
+        """Why pilot ``name``'s job ended, asked of Slurm now; ``None`` if its job is unknown or still live.
+
+        Radical Pilot sometimes hears of an ended pilot before the next poll (the agent reports its own end);
+        this lets its callback give Slurm's reason too.  A job still in ``COMPLETING`` is waited for up to
+        ``wait`` seconds.
+        """
+        job_id = self.job_ids.get(name)
+        if job_id is None:
+            return None
+        deadline = time.monotonic() + wait
+        while True:
+            job = final_state(job_id)
+            if job is not None and job.state not in LIVE_STATES:
+                return _ended(job_id, job)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+
+
+def _ended(job_id: str, job: Optional[SlurmJob]) -> str:
+    state = job.state if job else "gone"
+    why = _WHY.get(state, f"is {state}") if job else "left the queue"
+    reason = f"the pilot's Slurm job {job_id} {why}"
+    if job and job.reason not in ("", "None", "(null)", "?"):
+        reason += f" (Slurm reason: {job.reason})"
+    return reason
