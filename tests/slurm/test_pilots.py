@@ -84,8 +84,9 @@ def test_scancel_of_the_pilot_job_fails_pending_tasks_with_pilot_lost_within_5_s
 
 def test_when_radical_pilot_hears_of_the_cancelled_job_first_the_error_still_gives_slurms_reason(
         slurm_cluster, tmp_path, monkeypatch):
-    # The watch learns the job's id but its report of the end goes nowhere: RP's own state callback (PSI/J's
-    # polling, or the agent's last word) is first, as it was in one CI run, and must ask Slurm why.
+    # The watch learns the job's id but its report of the end goes nowhere: RP's own state callback (the
+    # agent's last word, at once, as in one CI run; or PSI/J's polling, after Slurm forgot the job) fails the
+    # tasks, and must still say what Slurm said.
     monkeypatch.setattr(slurmjobs.SlurmJobWatch, "__init__", _no_reports(slurmjobs.SlurmJobWatch.__init__))
     ex, dfk = slurm_cluster.load(tmp_path, "MPIEXEC", _pair(), "rpfirst")
     try:

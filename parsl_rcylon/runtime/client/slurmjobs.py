@@ -148,6 +148,7 @@ class SlurmJobWatch:
         self.on_end = on_end
         self.period = period
         self.job_ids: Dict[str, str] = {}
+        self.ended: Dict[str, str] = {}  # why each ended pilot's job ended, by pilot name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rcylon-slurm-watch", daemon=True)
 
@@ -184,6 +185,7 @@ class SlurmJobWatch:
             if self._stop.is_set():
                 return
             reason = _ended(job_id, job or final_state(job_id))
+            self.ended[name] = reason
             if self.sandboxes.pop(name, None) is not None:
                 logger.warning("pilot %r: %s", name, reason)
                 self.on_end(name, reason)
@@ -192,9 +194,13 @@ class SlurmJobWatch:
         """Why pilot ``name``'s job ended, asked of Slurm now; ``None`` if its job is unknown or still live.
 
         Radical Pilot sometimes hears of an ended pilot before the next poll (the agent reports its own end);
-        this lets its callback give Slurm's reason too.  A job still in ``COMPLETING`` is waited for up to
-        ``wait`` seconds.
+        this lets its callback give Slurm's reason too.  What a poll already saw is answered from memory (Slurm
+        forgets an ended job after ``MinJobAge``, 2 s on the test cluster, and RP may hear tens of seconds
+        later).  A job Slurm still calls live is asked again for up to ``wait`` seconds: the pilot's end can
+        reach RP before Slurm's state leaves ``RUNNING``; one still live then ended for a reason of its own.
         """
+        if name in self.ended:
+            return self.ended[name]
         job_id = self.job_ids.get(name)
         if job_id is None:
             return None
@@ -204,6 +210,7 @@ class SlurmJobWatch:
             if job is not None and job.state not in LIVE_STATES:
                 return _ended(job_id, job)
             if time.monotonic() >= deadline:
+                logger.debug("Slurm job %s of pilot %r is %s", job_id, name, job.state if job else "unknown")
                 return None
             time.sleep(0.2)
 
