@@ -1,6 +1,7 @@
 """Start, shutdown, failure and client death: no hang, no process left behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -144,6 +145,36 @@ def test_killed_client_leaves_no_process_behind(tmp_path):
     # nothing of Radical Pilot, PSI/J or radical.utils in the user's home or working directory
     assert sorted(p.name for p in home.iterdir()) == []
     assert sorted(p.name for p in cwd.iterdir()) == []
+
+
+def test_a_client_killed_while_its_session_opens_leaves_no_process_behind(tmp_path):
+    # RP's proxy fork of the client is made inside rp.Session(), before the session is the executor's to
+    # close; the guard has watched since before it, and ends it and the session's bridges.
+    script = Path(__file__).with_name("lifecycle_client.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(script.parent.parent), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "client.out"
+    with out.open("w") as stdout:  # a file, not a pipe: a fork left alive would hold a pipe open
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "runinfo"), "--die-in-session"],
+                              stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), timeout=240)
+    text = out.read_text()
+    assert proc.returncode == -signal.SIGKILL, text
+    lines = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith(("SESSION", "CHILDREN")))
+    sid, children = lines["SESSION"].strip(), [int(pid) for pid in lines["CHILDREN"].split()]
+    assert children, "RP's proxy fork of the client was not among its children"
+    left = []
+    for pid in children:
+        try:
+            left.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=30)
+    outlived = []
+    for proc in alive:  # the test's own leftovers, when it fails
+        with contextlib.suppress(psutil.Error):
+            outlived.append((proc.pid, proc.cmdline()))
+            proc.kill()
+    assert alive == [], f"the client's children outlived it: {outlived}"
+    assert wait_for_no_processes(sid, timeout=30) == []
 
 
 def test_a_lost_pilot_fails_every_pending_task_at_once_and_a_new_executor_starts(tmp_path):

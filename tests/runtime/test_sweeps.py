@@ -236,6 +236,45 @@ def test_guard_ends_the_session_and_spares_the_rest_when_the_client_dies(procs, 
     assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in foreign), out
 
 
+#: A client that starts its guard, forks inside the watched window as RP's session does, and is killed there.
+DIES_FORKING = ("import os, signal, sys, time\n"
+                "from pathlib import Path\n"
+                "from parsl_rcylon.runtime.client.hygiene import ClientHygiene\n"
+                "hygiene = ClientHygiene('t', Path(sys.argv[1]), {})\n"
+                "hygiene.start_guard(sys.argv[2])\n"
+                "print(hygiene._guard.pid, flush=True)\n"
+                "with hygiene.watch_forks():\n"
+                "    pids = []\n"
+                "    for _ in range(3):\n"
+                "        pid = os.fork()\n"
+                "        if pid == 0:\n"
+                "            time.sleep(300)\n"
+                "            os._exit(0)\n"
+                "        pids.append(pid)\n"
+                "    print(*pids, flush=True)\n"
+                "    os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def test_guard_ends_the_forks_of_a_client_killed_while_its_session_opens(procs, tmp_path):
+    # RP's proxy fork is made inside rp.Session(): a client killed there has no session to sweep by id.
+    base = tmp_path / "run"
+    base.mkdir(mode=0o700)
+    root = Path(__file__).resolve().parents[2]
+    client = procs.start([sys.executable, "-c", DIES_FORKING, str(base), f"rp.session.{uuid.uuid4()}"], tmp_path,
+                         env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
+    guard = psutil.Process(int(client.popen.stdout.readline()))
+    forks = [psutil.Process(int(pid)) for pid in client.popen.stdout.readline().split()]
+    procs.started += [guard, *forks]
+    assert len(forks) == 3
+    client.popen.wait(timeout=30)
+    _, alive = psutil.wait_procs(forks, timeout=15)
+    assert alive == [], (base / "guard.log").read_text()
+    psutil.wait_procs([guard], timeout=15)
+    assert not _alive(guard)
+    log = (base / "guard.log").read_text()
+    assert all(str(p.pid) in log for p in forks), log
+
+
 # -- on a real pilot ---------------------------------------------------------------------------------
 
 

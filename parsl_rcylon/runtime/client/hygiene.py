@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import psutil
 
 from ...permissions import open_log
-from ..guard import process_spec
+from ..guard import FORKS_ON_STDIN, process_spec
 from ..processes import end_processes, end_session
 
 logger = logging.getLogger(__name__)
@@ -73,37 +73,47 @@ class ClientHygiene:
 
     @contextlib.contextmanager
     def watch_forks(self) -> Iterator[None]:
-        """Record the forks of this process that the body makes (RP's session opens its proxy fork)."""
+        """Record the forks of this process that the body makes (RP's session opens its proxy fork).
+
+        Each fork tells the guard its own ``PID:START`` on the guard's stdin as its first act, so a client
+        killed at any moment of the body leaves no fork unknown to the guard.  The pipe is closed when the
+        body ends: the guard reads its end-of-file as "no more forks".
+        """
         before = {c.pid for c in psutil.Process().children()}
-        yield
-        me = psutil.Process()
-        for child in me.children():
-            try:
-                if child.pid not in before and child.cmdline() == me.cmdline():
-                    self._forks.append(child)
-            except psutil.Error:
-                continue
+        _ForkReport.start(self._guard.stdin.fileno() if self._guard is not None and self._guard.stdin else None)
+        try:
+            yield
+        finally:
+            _ForkReport.stop()
+            if self._guard is not None and self._guard.stdin is not None:
+                self._guard.stdin.close()
+            me = psutil.Process()
+            for child in me.children():
+                try:
+                    if child.pid not in before and child.cmdline() == me.cmdline():
+                        self._forks.append(child)
+                except psutil.Error:
+                    continue
 
     def start_guard(self, sid: str) -> None:
-        """Start :mod:`.guard` for session ``sid``, watching this process and its recorded forks."""
+        """Start :mod:`.guard` for session ``sid`` (before it opens), watching this process and its forks."""
         package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
-        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(self.base_dir),
-                process_spec(psutil.Process()), *(process_spec(p) for p in self._forks)]
+        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", FORKS_ON_STDIN, sid, str(self.base_dir),
+                process_spec(psutil.Process())]
         with os.fdopen(open_log(self.base_dir / "guard.log"), "ab") as log:
-            self._guard = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self._guard = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=str(self.base_dir), env=env, start_new_session=True)
 
     def close(self, sid: Optional[str]) -> List[Any]:
         """End the guard, then the recorded forks and every leftover process of session ``sid``."""
         self._closed = True
         self._stop_guard()
-        if not sid:
-            return []
         t = time.monotonic()
         ended = end_processes([p for p in self._forks if p.is_running()], grace=1.0)
-        ended += end_session(sid, self.base_dir)
+        if sid:
+            ended += end_session(sid, self.base_dir)
         self.timings["shutdown_sweep"] = time.monotonic() - t
         if ended:
             logger.warning("%s: ended %d leftover process(es) of session %s: %s", self.label, len(ended), sid, ended)
@@ -112,9 +122,52 @@ class ClientHygiene:
     def _stop_guard(self) -> None:
         if self._guard is None:
             return
+        if self._guard.stdin is not None:
+            self._guard.stdin.close()
         self._guard.terminate()
         try:
             self._guard.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._guard.kill()
             self._guard.wait()
+
+
+class _ForkReport:
+    """While set, each direct fork of this process writes its ``PID:START`` line to the guard's stdin.
+
+    ``os.register_at_fork`` hooks cannot be removed, so one hook is registered once and does nothing outside
+    :meth:`ClientHygiene.watch_forks`.  ``subprocess`` children do not run it (they exec without Python's fork
+    hooks) and do not inherit the pipe (it is close-on-exec).
+    """
+
+    fd: Optional[int] = None
+    _registered = False
+
+    @classmethod
+    def start(cls, fd: Optional[int]) -> None:
+        if not cls._registered:
+            os.register_at_fork(after_in_child=cls._in_child)
+            cls._registered = True
+        cls.fd = fd
+
+    @classmethod
+    def stop(cls) -> None:
+        cls.fd = None
+
+    @classmethod
+    def _in_child(cls) -> None:
+        # Not os.getppid(): a client killed at once leaves its fork with another parent before this runs.
+        # The fork's own forks find ``fd`` unset: only the client's forks report.
+        fd, cls.fd = cls.fd, None
+        if fd is None:
+            return
+        try:
+            # One short write to a pipe is atomic: lines of forks made at once do not interleave.
+            os.write(fd, (process_spec(psutil.Process()) + "\n").encode())
+            # The fork keeps no copy of the pipe (the guard's end-of-file comes when the client closes its
+            # own), but its inherited file object keeps a valid descriptor: /dev/null in the pipe's place.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except OSError:
+            pass

@@ -125,9 +125,11 @@ class OwnPilots:
         self.dispatcher.start()
         self.hygiene.register_atexit(on_exit)
         try:
+            # The guard watches from before the session's first fork: a client killed inside rp.Session()
+            # leaves nothing running either.
+            self.hygiene.start_guard(self.runtime.choose_session_id())
             with self.hygiene.watch_forks():
                 self.runtime.open_session(started=started)
-            self.hygiene.start_guard(self.runtime.session_id)
             left = max(1.0, self.liveness.start_timeout - (time.monotonic() - started))
             self.runtime.launch(self.dispatcher, descriptions, left)
         except KeyboardInterrupt:

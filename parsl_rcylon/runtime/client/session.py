@@ -61,6 +61,7 @@ class PilotRuntime:
         self.heartbeat_threshold = heartbeat_threshold
         self.timings = timings
         self._session = None
+        self._sid: Optional[str] = None
         self._pmgr = None
         self._tmgr = None
         self._keys_held = False
@@ -81,7 +82,18 @@ class PilotRuntime:
 
     @property
     def session_id(self) -> Optional[str]:
-        return self._session.uid if self._session is not None else None
+        return self._sid
+
+    def choose_session_id(self) -> str:
+        """The id the session will have, chosen before it opens (the guard needs it from the first fork on)."""
+        import radical.utils as ru
+
+        if self._sid is None:
+            # As RP names a session itself (radical.pilot.session), so nothing downstream tells them apart.
+            base = os.environ.get("RADICAL_PILOT_SID_BASE")
+            self._sid = ru.generate_id(base, mode=ru.SIMPLE) if base else \
+                ru.generate_id("rp.session", mode=ru.ID_PRIVATE)
+        return self._sid
 
     # -- start ----------------------------------------------------------------------
 
@@ -109,7 +121,7 @@ class PilotRuntime:
         # PSI/J writes every pilot's job script under $HOME (sbatch scripts too): keep them in the run.
         with rp_config.home_for_launcher(self.base_dir), rp_config.environment(self._batch_env), \
                 rp_adjust.adjusted(self.base_dir, self.is_local):
-            self._session = rp.Session(cfg={"base": str(self.base_dir)})
+            self._session = rp.Session(uid=self.choose_session_id(), cfg={"base": str(self.base_dir)})
             self.timings["session"] = time.monotonic() - started
             t = time.monotonic()
             self._pmgr = rp.PilotManager(session=self._session)
