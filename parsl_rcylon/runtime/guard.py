@@ -20,7 +20,7 @@ client is gone it ends the forks and every local process of the session,
 then exits.  On a clean shutdown the executor ends the guard with SIGTERM,
 which it obeys at once.
 
-    python -m parsl_rcylon.runtime.guard [--forks-on-stdin] SID BASE_DIR CLIENT_PID:START [FORK_PID:START ...]
+    python -m parsl_rcylon.runtime.guard SID BASE_DIR CLIENT_PID:START < FORK_REPORTS
 """
 from __future__ import annotations
 
@@ -45,9 +45,6 @@ POLL = 0.5
 #: Seconds to wait, once the client has ended, for forks it made in its last moment to report themselves.
 REPORT_GRACE = 1.0
 
-#: The first argument that says the client reports its forks on the guard's stdin.
-FORKS_ON_STDIN = "--forks-on-stdin"
-
 
 def process_spec(proc: psutil.Process) -> str:
     """``PID:START``, how the guard is told about a process."""
@@ -66,18 +63,17 @@ def _process(spec: str) -> Optional[psutil.Process]:
         return None
 
 
-def watch(sid: str, base_dir: Path, client: str, forks: Sequence[str] = (), reports: Optional[int] = None,
-          poll: float = POLL) -> List[int]:
+def watch(sid: str, base_dir: Path, client: str, reports: int = 0, poll: float = POLL) -> List[int]:
     """Wait for the client to end; then end its forks and the session's processes; return their PIDs.
 
-    The forks are ``forks`` and those reported on the descriptor ``reports`` (a pipe the client writes a
-    ``PID:START`` line to for each fork, until it closes it).  The session's processes are those of
+    The forks are those reported on the descriptor ``reports`` (a pipe the client writes a ``PID:START``
+    line to for each fork, until it closes it).  The session's processes are those of
     :func:`.processes.session_processes` for ``sid`` under ``base_dir``.
     """
     reported = _Reports(reports)
     _wait_for_exit(client, poll, reported)
     reported.drain(timeout=REPORT_GRACE)
-    procs = [p for p in (_process(spec) for spec in [*forks, *reported.specs]) if p is not None]
+    procs = [p for p in (_process(spec) for spec in reported.specs) if p is not None]
     known = {p.pid for p in procs}
     procs += [p for p in session_processes(sid, base_dir) if p.pid not in known]
     ended = end_processes(procs)
@@ -86,10 +82,10 @@ def watch(sid: str, base_dir: Path, client: str, forks: Sequence[str] = (), repo
 
 
 class _Reports:
-    """The ``PID:START`` lines read so far from the client's fork reports (none where ``fd`` is None)."""
+    """The ``PID:START`` lines read so far from the client's fork reports (``fd`` is None after end-of-file)."""
 
-    def __init__(self, fd: Optional[int]) -> None:
-        self.fd = fd
+    def __init__(self, fd: int) -> None:
+        self.fd: Optional[int] = fd
         self.specs: List[str] = []
         self._partial = b""
 
@@ -114,13 +110,12 @@ class _Reports:
             self.read()
 
 
-def _wait_for_exit(spec: str, poll: float, reports: Optional[_Reports] = None) -> None:
+def _wait_for_exit(spec: str, poll: float, reports: _Reports) -> None:
     """Return once the process ``spec`` names has ended, reading ``reports`` meanwhile.
 
     Blocks on a pidfd where Linux offers one (no CPU while the client
     lives); polls every ``poll`` seconds elsewhere.
     """
-    reports = reports or _Reports(None)
     pid = int(spec.split(":")[0])
     try:
         fd = os.pidfd_open(pid)
@@ -144,15 +139,13 @@ def _wait_for_exit(spec: str, poll: float, reports: Optional[_Reports] = None) -
 
 
 def main(argv: Sequence[str]) -> int:
-    # The client writes each of its forks to our stdin while its session opens (its hygiene module).
-    reports = 0 if argv[:1] == [FORKS_ON_STDIN] else None
-    args = list(argv[1:] if reports is not None else argv)
-    if len(args) < 3:
+    if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s guard %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    watch(args[0], Path(args[1]), args[2], args[3:], reports=reports)
+    # The client writes each of its forks to our stdin while its session opens (its hygiene module).
+    watch(argv[0], Path(argv[1]), argv[2], reports=sys.stdin.fileno())
     return 0
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def test_guard_ends_the_session_and_spares_the_rest_when_the_client_dies(procs, 
     ours = _rp_like(procs, sid, session, pilot, task, launch)
     root = Path(__file__).resolve().parents[2]
     guard = subprocess.Popen([sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(base),
-                              process_spec(client)], cwd=str(base), stdout=subprocess.PIPE,
+                              process_spec(client)], cwd=str(base), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True,
                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                                  [str(root), os.environ.get("PYTHONPATH", "")])))

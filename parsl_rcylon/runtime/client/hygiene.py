@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import psutil
 
 from ...permissions import open_log
-from ..guard import FORKS_ON_STDIN, process_spec
+from ..guard import process_spec
 from ..processes import end_processes, end_session
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class ClientHygiene:
         package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
-        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", FORKS_ON_STDIN, sid, str(self.base_dir),
+        args = [sys.executable, "-m", "parsl_rcylon.runtime.guard", sid, str(self.base_dir),
                 process_spec(psutil.Process())]
         with os.fdopen(open_log(self.base_dir / "guard.log"), "ab") as log:
             self._guard = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,

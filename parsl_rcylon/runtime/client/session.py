@@ -203,7 +203,7 @@ class PilotRuntime:
     def _slurm_job_ended(self, name: str, reason: str) -> None:
         pilot = self._pilots.get(name)
         if pilot is not None and not self._closing:
-            self._pilot_ended(pilot.uid, f"pilot {pilot.uid} ({name!r}) ended: {reason}")
+            self._pilot_ended(pilot.uid, _ended_by_slurm(pilot.uid, name, reason))
 
     def _resource_overrides(self) -> Dict[str, Any]:
         overrides: Dict[str, Any] = {}
@@ -309,11 +309,9 @@ class PilotRuntime:
     def _pilot_state_cb(self, pilot, state) -> None:
         if state not in _FINAL or self._closing:
             return
-        reason = f"pilot {pilot.uid} is {state}"
         name = next((n for n, p in self._pilots.items() if p.uid == pilot.uid), None)
         slurm = self._slurm_watch.why_ended(name) if self._slurm_watch is not None and name else None
-        if slurm:
-            reason = f"pilot {pilot.uid} ({name!r}) ended: {slurm}"
+        reason = _ended_by_slurm(pilot.uid, name, slurm) if slurm else f"pilot {pilot.uid} is {state}"
         self._pilot_ended(pilot.uid, reason + self._why_ended(pilot))
 
     def _why_ended(self, pilot: Any) -> str:
@@ -380,6 +378,11 @@ class PilotRuntime:
         if self._keys_held:
             self._keys_held = False
             rp_adjust.release_keys()
+
+
+def _ended_by_slurm(uid: str, name: str, why: str) -> str:
+    # One wording whichever hears first, the Slurm watch or RP's callback.
+    return f"pilot {uid} ({name!r}) ended: {why}"
 
 
 def _pool_environment(env: Dict[str, str], pool: WorkerPool) -> Dict[str, str]:

@@ -186,12 +186,12 @@ class SlurmJobWatch:
                 return
             reason = _ended(job_id, job or final_state(job_id))
             self.ended[name] = reason
-            if self.sandboxes.pop(name, None) is not None:
-                logger.warning("pilot %r: %s", name, reason)
-                self.on_end(name, reason)
+            del self.sandboxes[name]
+            logger.warning("pilot %r: %s", name, reason)
+            self.on_end(name, reason)
 
     def why_ended(self, name: str, wait: float = 3.0) -> Optional[str]:
-        """Why pilot ``name``'s job ended, asked of Slurm now; ``None`` if its job is unknown or still live.
+        """Why pilot ``name``'s job ended, as Slurm says; ``None`` if its job is unknown or still live.
 
         Radical Pilot sometimes hears of an ended pilot before the next poll (the agent reports its own end);
         this lets its callback give Slurm's reason too.  What a poll already saw is answered from memory (Slurm
